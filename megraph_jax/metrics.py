@@ -1,0 +1,57 @@
+"""AU detection metrics: per-AU F1, mean F1 and accuracy at a threshold, accumulated over batches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def confusion_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
+                     threshold: float = 0.5) -> jax.Array:
+  """Per-AU [TP, FP, TN, FN] counts ``[N, 4]`` (int32) of ``probs >= threshold``; jittable."""
+  pred = (probs >= threshold)
+  y = labels > 0.5
+  m = jnp.ones(probs.shape[:1], bool) if mask is None else mask > 0.5
+  m = m[:, None]
+  tp = jnp.sum(pred & y & m, axis=0)
+  fp = jnp.sum(pred & ~y & m, axis=0)
+  tn = jnp.sum(~pred & ~y & m, axis=0)
+  fn = jnp.sum(~pred & y & m, axis=0)
+  return jnp.stack([tp, fp, tn, fn], axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass
+class AUMetrics:
+  """Accumulates confusion counts over batches; ``compute()`` gives F1/accuracy per AU and their means."""
+
+  au_names: tuple[str, ...]
+  counts: np.ndarray | None = None  # [N, 4] int64: TP, FP, TN, FN
+
+  def update(self, counts) -> "AUMetrics":
+    counts = np.asarray(counts, np.int64)
+    if counts.shape != (len(self.au_names), 4):
+      raise ValueError(f"counts must be [{len(self.au_names)}, 4], got {counts.shape}")
+    self.counts = counts if self.counts is None else self.counts + counts
+    return self
+
+  def update_from_predictions(self, probs, labels, mask=None, threshold: float = 0.5) -> "AUMetrics":
+    return self.update(confusion_counts(jnp.asarray(probs), jnp.asarray(labels),
+                                        None if mask is None else jnp.asarray(mask), threshold))
+
+  def compute(self) -> dict:
+    if self.counts is None:
+      raise ValueError("AUMetrics.compute() called before any update")
+    tp, fp, tn, fn = (self.counts[:, i].astype(np.float64) for i in range(4))
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)  # sklearn's zero_division=0
+    acc = (tp + tn) / np.maximum(tp + fp + tn + fn, 1)
+    return {
+        "f1": dict(zip(self.au_names, f1.tolist())),
+        "accuracy": dict(zip(self.au_names, acc.tolist())),
+        "mean_f1": float(np.mean(f1)),
+        "mean_accuracy": float(np.mean(acc)),
+        "num_examples": int(self.counts[0].sum()),
+    }

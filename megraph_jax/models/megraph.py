@@ -1,0 +1,113 @@
+"""The two ME-GraphAU models: Stage1Model (backbone + ANFL) and Stage2Model (backbone + AFG + MEFL + GatedGCN)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from megraph_jax.models.afg import AFG
+from megraph_jax.models.backbones import build_backbone, global_linear_channels
+from megraph_jax.models.fgg import FGG
+from megraph_jax.models.gated_gcn import GatedGCN
+from megraph_jax.models.layers import LinearBlock, torch_linear, xavier_uniform_init
+from megraph_jax.models.mefl import MEFL
+from megraph_jax.models.sc_head import SCHead
+
+NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label = 2*y_i + y_j
+
+
+class _MEGraphBase(nnx.Module):
+  """Backbone, global_linear and AFG, shared by both stages."""
+
+  def __init__(self, *, backbone: str, num_aus: int, img_size: int, drop_path_rate: float | None,
+               dtype: Any, param_dtype: Any, rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
+    if num_aus < 2:
+      raise ValueError(f"num_aus must be at least 2, got {num_aus}")
+    self.backbone_name = backbone
+    self.num_aus = num_aus
+    self.dtype = dtype
+    self.backbone = backbone_module if backbone_module is not None else build_backbone(
+        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs)
+    c_in = self.backbone.num_features
+    self.channels = global_linear_channels(backbone, c_in)
+    self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.afg = AFG(self.channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.sc = SCHead(self.channels, num_aus, param_dtype=param_dtype, rngs=rngs)
+
+  def features(self, images: jax.Array) -> jax.Array:
+    """Full-face representation X after ``global_linear``: ``[B, H, W, 3]`` -> ``[B, D, C]``."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
+    return self.global_linear(self.backbone(images.astype(self.dtype)))
+
+
+class Stage1Model(_MEGraphBase):
+  """Stage 1: backbone -> global_linear -> AFG -> FGG -> SC head (ANFL, paper Sec. 2.1)."""
+
+  def __init__(self, backbone: str, num_aus: int, *, neighbor_num: int = 4, metric: str = "dots",
+               img_size: int = 224, drop_path_rate: float | None = None, dtype: Any = jnp.float32,
+               param_dtype: Any = jnp.float32, rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
+    super().__init__(backbone=backbone, num_aus=num_aus, img_size=img_size, drop_path_rate=drop_path_rate,
+                     dtype=dtype, param_dtype=param_dtype, rngs=rngs, backbone_module=backbone_module)
+    self.fgg = FGG(self.channels, num_aus, neighbor_num=neighbor_num, metric=metric, dtype=dtype,
+                   param_dtype=param_dtype, rngs=rngs)
+
+  def head(self, x: jax.Array) -> dict[str, jax.Array]:
+    """ANFL on X ``[B, D, C]``."""
+    u = self.afg(x)  # [B, N, D, C]
+    v = jnp.mean(u, axis=2)  # [B, N, C] node features
+    v, adj = self.fgg(v)
+    return {"au_probs": self.sc(v), "node_features": v, "adjacency": adj}
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    return self.head(self.features(images))
+
+
+class Stage2Model(_MEGraphBase):
+  """Stage 2: backbone -> global_linear -> AFG -> MEFL -> GatedGCN -> SC head and edge FC (Sec. 2.2)."""
+
+  def __init__(self, backbone: str, num_aus: int, *, img_size: int = 224, drop_path_rate: float | None = None,
+               gnn_layers: int = 2, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+               rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
+    super().__init__(backbone=backbone, num_aus=num_aus, img_size=img_size, drop_path_rate=drop_path_rate,
+                     dtype=dtype, param_dtype=param_dtype, rngs=rngs, backbone_module=backbone_module)
+    c = self.channels
+    self.mefl = MEFL(c, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gnn = GatedGCN(c, num_aus, num_layers=gnn_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.edge_fc = torch_linear(c, NUM_RELATION_CLASSES, kernel_init=xavier_uniform_init(), dtype=dtype,
+                                param_dtype=param_dtype, rngs=rngs)
+
+  def head(self, x: jax.Array) -> dict[str, jax.Array]:
+    """AFG + MEFL + GatedGCN on X ``[B, D, C]``."""
+    u = self.afg(x)  # [B, N, D, C]
+    v = jnp.mean(u, axis=2)  # [B, N, C]
+    e = self.mefl(u, x)  # [B, N*N, C]
+    v, e = self.gnn(v, e)
+    return {"au_probs": self.sc(v), "edge_logits": self.edge_fc(e).astype(jnp.float32),
+            "node_features": v, "edge_features": e}
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    return self.head(self.features(images))
+
+
+SHARED_SUBMODULES = ("backbone", "global_linear", "afg", "sc")
+
+
+def init_stage2_from_stage1(stage2: Stage2Model, stage1: Stage1Model) -> Stage2Model:
+  """Copies backbone, global_linear, AFG and the SC vectors from a stage-1 model (as the official resume).
+
+  The official second stage loads the stage-1 checkpoint with ``strict=False``, so every key the
+  two models share by name is copied: these four sub-modules. Returns ``stage2`` updated in place.
+  """
+  if (stage1.backbone_name, stage1.num_aus, stage1.channels) != (stage2.backbone_name, stage2.num_aus,
+                                                                stage2.channels):
+    raise ValueError(
+        f"stage-1 model ({stage1.backbone_name}, N={stage1.num_aus}) does not match stage 2 "
+        f"({stage2.backbone_name}, N={stage2.num_aus})")
+  for name in SHARED_SUBMODULES:
+    nnx.update(getattr(stage2, name), nnx.state(getattr(stage1, name)))
+  return stage2
