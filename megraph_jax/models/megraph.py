@@ -28,6 +28,7 @@ class _MEGraphBase(nnx.Module):
       raise ValueError(f"num_aus must be at least 2, got {num_aus}")
     self.backbone_name = backbone
     self.num_aus = num_aus
+    self.img_size = img_size
     self.dtype = dtype
     self.backbone = backbone_module if backbone_module is not None else build_backbone(
         backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype,
