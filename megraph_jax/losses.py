@@ -31,6 +31,21 @@ def weighted_asymmetric_loss(probs: jax.Array, labels: jax.Array, weights: jax.A
   return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def weighted_bce_loss(probs: jax.Array, labels: jax.Array, weights: jax.Array | None = None, *,
+                      eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
+  """Weighted binary cross-entropy (the loss of the first two rows of the paper's Table 3)."""
+  p = probs.astype(jnp.float32)
+  y = labels.astype(jnp.float32)
+  loss = y * jnp.log(jnp.maximum(p, eps)) + (1.0 - y) * jnp.log(jnp.maximum(1.0 - p, eps))
+  if weights is not None:
+    loss = loss * jnp.asarray(weights, jnp.float32)[None, :]
+  per_example = jnp.mean(loss, axis=-1)
+  if mask is None:
+    return -jnp.mean(per_example)
+  mask = mask.astype(jnp.float32)
+  return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def relation_labels(labels: jax.Array) -> jax.Array:
   """4-class co-occurrence label of every ordered AU pair: ``[B, N]`` -> ``[B, N*N]``, 2*y_i + y_j at i*N + j."""
   y = labels.astype(jnp.int32)

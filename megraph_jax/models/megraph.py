@@ -47,22 +47,29 @@ class _MEGraphBase(nnx.Module):
 
 
 class Stage1Model(_MEGraphBase):
-  """Stage 1: backbone -> global_linear -> AFG -> FGG -> SC head (ANFL, paper Sec. 2.1)."""
+  """Stage 1: backbone -> global_linear -> AFG -> FGG -> SC head (ANFL, paper Sec. 2.1).
+
+  ``use_fgg=False`` gives the "backbone + AFG" row of the paper's Table 3 (no graph).
+  """
 
   def __init__(self, backbone: str, num_aus: int, *, neighbor_num: int = 4, metric: str = "dots",
-               img_size: int = 224, drop_path_rate: float | None = None, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
+               use_fgg: bool = True, img_size: int = 224, drop_path_rate: float | None = None,
+               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs,
+               backbone_module: nnx.Module | None = None):
     super().__init__(backbone=backbone, num_aus=num_aus, img_size=img_size, drop_path_rate=drop_path_rate,
                      dtype=dtype, param_dtype=param_dtype, rngs=rngs, backbone_module=backbone_module)
+    self.use_fgg = use_fgg
     self.fgg = FGG(self.channels, num_aus, neighbor_num=neighbor_num, metric=metric, dtype=dtype,
-                   param_dtype=param_dtype, rngs=rngs)
+                   param_dtype=param_dtype, rngs=rngs) if use_fgg else None
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """ANFL on X ``[B, D, C]``."""
     u = self.afg(x)  # [B, N, D, C]
     v = jnp.mean(u, axis=2)  # [B, N, C] node features
-    v, adj = self.fgg(v)
-    return {"au_probs": self.sc(v), "node_features": v, "adjacency": adj}
+    out = {}
+    if self.fgg is not None:
+      v, out["adjacency"] = self.fgg(v)
+    return {"au_probs": self.sc(v), "node_features": v, **out}
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     return self.head(self.features(images))
@@ -93,6 +100,32 @@ class Stage2Model(_MEGraphBase):
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     return self.head(self.features(images))
+
+
+class BaselineModel(nnx.Module):
+  """Backbone -> global_linear -> GAP -> FC -> sigmoid: the "backbone only" row of the paper's Table 3."""
+
+  def __init__(self, backbone: str, num_aus: int, *, img_size: int = 224, drop_path_rate: float | None = None,
+               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs,
+               backbone_module: nnx.Module | None = None):
+    self.backbone_name = backbone
+    self.num_aus = num_aus
+    self.img_size = img_size
+    self.dtype = dtype
+    self.backbone = backbone_module if backbone_module is not None else build_backbone(
+        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype,
+        rngs=rngs)
+    c_in = self.backbone.num_features
+    self.channels = global_linear_channels(backbone, c_in)
+    self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fc = torch_linear(self.channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
+    x = self.global_linear(self.backbone(images.astype(self.dtype)))  # [B, D, C]
+    logits = self.fc(jnp.mean(x, axis=1)).astype(jnp.float32)  # [B, N]
+    return {"au_probs": jax.nn.sigmoid(logits), "au_logits": logits}
 
 
 SHARED_SUBMODULES = ("backbone", "global_linear", "afg", "sc")
