@@ -48,28 +48,41 @@ class BatchNorm(nnx.Module):
     self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
     self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
 
+  def _bshape(self, ndim: int) -> tuple[tuple[int, ...], list[int]]:
+    axes = tuple(a % ndim for a in self.axis)
+    bshape = [1] * ndim
+    for a, n in zip(axes, self.num_features):
+      bshape[a] = n
+    return axes, bshape
+
+  def update_running_stats(self, mean: jax.Array, var: jax.Array, count: int) -> None:
+    """Moves the running averages towards batch moments (``var`` biased; stored unbiased, as torch)."""
+    unbiased = var * (count / max(count - 1, 1))
+    m = self.momentum
+    self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+    self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+
+  def normalize(self, x: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias with per-feature moments of shape ``num_features``."""
+    _, bshape = self._bshape(x.ndim)
+    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(jnp.float32)
+    y = (x.astype(jnp.float32) - mean.reshape(bshape)) * inv.reshape(bshape)
+    return (y + self.bias[...].astype(jnp.float32).reshape(bshape)).astype(self.dtype or x.dtype)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    axes = tuple(a % x.ndim for a in self.axis)
+    axes, _ = self._bshape(x.ndim)
     if tuple(x.shape[a] for a in axes) != self.num_features:
       raise ValueError(
           f"BatchNorm expects {self.num_features} features on axes {self.axis}, got shape {x.shape}")
-    reduce_axes = tuple(a for a in range(x.ndim) if a not in axes)
-    bshape = [1] * x.ndim
-    for a, n in zip(axes, self.num_features):
-      bshape[a] = n
-    xf = x.astype(jnp.float32)
     if self.use_running_average:
-      mean, var = self.mean[...], self.var[...]
-    else:
-      mean = jnp.mean(xf, axis=reduce_axes)
-      var = jnp.mean(jnp.square(xf - mean.reshape(bshape)), axis=reduce_axes)
-      count = 1
-      for a in reduce_axes:
-        count *= x.shape[a]
-      unbiased = var * (count / max(count - 1, 1))
-      m = self.momentum
-      self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
-      self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(jnp.float32)
-    y = (xf - mean.reshape(bshape)) * inv.reshape(bshape) + self.bias[...].astype(jnp.float32).reshape(bshape)
-    return y.astype(self.dtype or x.dtype)
+      return self.normalize(x, self.mean[...], self.var[...])
+    reduce_axes = tuple(a for a in range(x.ndim) if a not in axes)
+    _, bshape = self._bshape(x.ndim)
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=reduce_axes)
+    var = jnp.mean(jnp.square(xf - mean.reshape(bshape)), axis=reduce_axes)
+    count = 1
+    for a in reduce_axes:
+      count *= x.shape[a]
+    self.update_running_stats(mean, var, count)
+    return self.normalize(x, mean, var)

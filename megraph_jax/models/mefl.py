@@ -38,11 +38,15 @@ class MEFL(nnx.Module):
   key/value F_i; then a linear edge projection, BatchNorm over pairs (statistics over batch,
   tokens and channels) and the mean over tokens (GAP). Query/key/value projections are computed
   once per node and broadcast over pairs; no loop over pairs.
+
+  ``streaming=True`` (default) computes the same function without any ``[B, N*N, D, C]`` tensor
+  (see :meth:`_streaming`); ``streaming=False`` is the direct form, kept as the reference.
   """
 
-  def __init__(self, channels: int, num_aus: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32):
+  def __init__(self, channels: int, num_aus: int, *, streaming: bool = True, rngs: nnx.Rngs,
+               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
     self.num_aus = num_aus
+    self.streaming = streaming
     self.dtype = dtype
     self.FAM = CrossAttention(channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.ARM = CrossAttention(channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -66,9 +70,52 @@ class MEFL(nnx.Module):
     a = self.ARM.attend(q, k, "bjqh,bikh->bijqk").astype(v.dtype)  # [B, N(i), N(j), D, D]
     return jnp.einsum("bijqk,bikc->bijqc", a, v)  # [B, N, N, D, C]
 
-  def __call__(self, u: jax.Array, x: jax.Array) -> jax.Array:
-    b, n, d, c = u.shape
-    f = self.fam(u, x)
+  def _direct(self, f: jax.Array) -> jax.Array:
+    """Reference form: materialises ARM's output and the edge projection for every pair."""
+    b, n, d, c = f.shape
     y = self.edge_proj(self.arm(f)).reshape(b, n * n, d, c)  # [B, N*N, D, C]
     y = self.bn(y)
     return jnp.mean(y, axis=2)  # [B, N*N, C]
+
+  def _folded_value(self, f: jax.Array) -> jax.Array:
+    """V'_i = F_i W_v W_e + (b_v W_e + b_e): ARM's value with the edge projection folded in ``[B, N, D, C]``."""
+    we = self.edge_proj.kernel[...].astype(jnp.float32)
+    w = self.ARM.linear_v.kernel[...].astype(jnp.float32) @ we  # [C, C]
+    bias = self.ARM.linear_v.bias[...].astype(jnp.float32) @ we + self.edge_proj.bias[...].astype(jnp.float32)
+    return jnp.einsum("bndc,ce->bnde", f, w.astype(f.dtype),
+                      preferred_element_type=jnp.float32) + bias
+
+  def _streaming(self, f: jax.Array) -> jax.Array:
+    """Exact edge features without the ``[B, N*N, D, C]`` tensor.
+
+    With z = A V'_i the projected ARM output of pair (i, j) (A its D x D attention; rows sum to
+    one, so the edge projection folds into V'), the edge feature is BN(z) averaged over tokens.
+    BatchNorm per pair is affine given its moments, so it commutes with the token mean:
+    mean_d z = (mean_d A) V'_i. The training moments over (batch, tokens, channels) are
+    sum z = (1^T A)(V'_i 1) and sum z^2 = sum (A^T A) * (V'_i V'_i^T), computed with V'_i
+    shifted by its mean (z - c = A (V' - c)) to avoid cancellation.
+    """
+    b, n, d, c = f.shape
+    q = self.ARM.linear_q(f)  # [B, N, D, C/2]
+    k = self.ARM.linear_k(f)  # [B, N, D, C/2]
+    a = self.ARM.attend(q, k, "bjqh,bikh->bijqk")  # [B, N(i), N(j), D, D] float32
+    vp = self._folded_value(f)  # [B, N, D, C] float32
+    zbar = jnp.einsum("bijk,bikc->bijc", jnp.mean(a, axis=3), vp).reshape(b, n * n, c)  # mean_d z
+    if self.bn.use_running_average:
+      return self.bn.normalize(zbar, self.bn.mean[...], self.bn.var[...])
+    shift = jax.lax.stop_gradient(jnp.mean(vp, axis=(0, 2, 3)))  # [N], one per key/value node i
+    vc = vp - shift[None, :, None, None]
+    s1 = jnp.einsum("bijk,bik->ij", jnp.sum(a, axis=3), jnp.sum(vc, axis=3))  # sum over (b, d, c)
+    gram = jnp.einsum("bikc,bilc->bikl", vc, vc)  # [B, N, D, D]
+    s2 = jnp.sum(jnp.einsum("bijqk,bikl->bijql", a, gram) * a, axis=(0, 3, 4))  # [N, N]
+    count = b * d * c
+    mean_c = s1 / count
+    var = jnp.maximum(s2 / count - jnp.square(mean_c), 0.0).reshape(n * n)
+    mean = (mean_c + shift[:, None]).reshape(n * n)
+    self.bn.update_running_stats(mean, var, count)
+    return self.bn.normalize(zbar, mean, var)
+
+  def __call__(self, u: jax.Array, x: jax.Array) -> jax.Array:
+    f = self.fam(u, x)  # [B, N, D, C]
+    out = self._streaming(f) if self.streaming else self._direct(f)
+    return out.astype(self.dtype)  # [B, N*N, C]

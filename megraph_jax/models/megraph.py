@@ -79,12 +79,12 @@ class Stage2Model(_MEGraphBase):
   """Stage 2: backbone -> global_linear -> AFG -> MEFL -> GatedGCN -> SC head and edge FC (Sec. 2.2)."""
 
   def __init__(self, backbone: str, num_aus: int, *, img_size: int = 224, drop_path_rate: float | None = None,
-               gnn_layers: int = 2, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
+               gnn_layers: int = 2, mefl_streaming: bool = True, dtype: Any = jnp.float32,
+               param_dtype: Any = jnp.float32, rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
     super().__init__(backbone=backbone, num_aus=num_aus, img_size=img_size, drop_path_rate=drop_path_rate,
                      dtype=dtype, param_dtype=param_dtype, rngs=rngs, backbone_module=backbone_module)
     c = self.channels
-    self.mefl = MEFL(c, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.mefl = MEFL(c, num_aus, streaming=mefl_streaming, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.gnn = GatedGCN(c, num_aus, num_layers=gnn_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.edge_fc = torch_linear(c, NUM_RELATION_CLASSES, kernel_init=xavier_uniform_init(), dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
