@@ -77,36 +77,60 @@ class MEFL(nnx.Module):
     y = self.bn(y)
     return jnp.mean(y, axis=2)  # [B, N*N, C]
 
-  def _folded_value(self, f: jax.Array) -> jax.Array:
-    """V'_i = F_i W_v W_e + (b_v W_e + b_e): ARM's value with the edge projection folded in ``[B, N, D, C]``."""
-    we = self.edge_proj.kernel[...].astype(jnp.float32)
-    w = self.ARM.linear_v.kernel[...].astype(jnp.float32) @ we  # [C, C]
-    bias = self.ARM.linear_v.bias[...].astype(jnp.float32) @ we + self.edge_proj.bias[...].astype(jnp.float32)
-    return jnp.einsum("bndc,ce->bnde", f, w.astype(f.dtype),
-                      preferred_element_type=jnp.float32) + bias
+  def _streaming(self, u: jax.Array, x: jax.Array) -> jax.Array:
+    """The same edge features with no ``[B, N*N, D, C]`` (or even ``[B, N, D, C]`` ARM) tensor.
 
-  def _streaming(self, f: jax.Array) -> jax.Array:
-    """Exact edge features without the ``[B, N*N, D, C]`` tensor.
-
-    With z = A V'_i the projected ARM output of pair (i, j) (A its D x D attention; rows sum to
-    one, so the edge projection folds into V'), the edge feature is BN(z) averaged over tokens.
-    BatchNorm per pair is affine given its moments, so it commutes with the token mean:
-    mean_d z = (mean_d A) V'_i. The training moments over (batch, tokens, channels) are
-    sum z = (1^T A)(V'_i 1) and sum z^2 = sum (A^T A) * (V'_i V'_i^T), computed with V'_i
-    shifted by its mean (z - c = A (V' - c)) to avoid cancellation.
+    Exact algebra, no approximation (attention rows sum to one; softmax ignores terms constant
+    along the key axis):
+    - FAM: logits_i = (U_i W_q + b_q)(X W_k + b_k)^T = U_i P^T + 1 (K b_q)^T with P = K W_q^T, and
+      F_i = A_i V with V = X W_v + b_v shared by all AUs.
+    - ARM on F: q_j = A_j Q + b_q, k_i = A_i K + b_k with Q = V W_q, K = V W_k, so
+      logits_ij = A_j (Q K^T) A_i^T + 1 (A_i K b_q)^T (+ terms constant along keys).
+    - The edge projection folds into ARM's value: V'_i = F_i W_v W_e + b' = A_i Y + b', Y = V W_v W_e.
+    - BatchNorm per pair is affine given its moments, so it commutes with the token mean:
+      mean_d z_ij = (abar_ij A_i) Y + b' with abar_ij the token-mean of pair (i, j)'s attention.
+    - Training moments over (batch, tokens, channels) of z_ij = a_ij V'_i use
+      sum z = (1^T a)(V'_i 1) and sum z^2 = sum (a^T a) * (V'_i V'_i^T), with
+      V'_i V'_i^T = A_i (Y Y^T) A_i^T + rank-one terms, after shifting V'_i by its mean.
     """
-    b, n, d, c = f.shape
-    q = self.ARM.linear_q(f)  # [B, N, D, C/2]
-    k = self.ARM.linear_k(f)  # [B, N, D, C/2]
-    a = self.ARM.attend(q, k, "bjqh,bikh->bijqk")  # [B, N(i), N(j), D, D] float32
-    vp = self._folded_value(f)  # [B, N, D, C] float32
-    zbar = jnp.einsum("bijk,bikc->bijc", jnp.mean(a, axis=3), vp).reshape(b, n * n, c)  # mean_d z
+    b, n, d, c = u.shape
+    f32 = jnp.float32
+    fam, arm = self.FAM, self.ARM
+    p32 = lambda v: v[...].astype(f32)
+    xf = x.astype(f32)
+    # FAM (Eq. 4 with A = U_i, B = X).
+    kf = xf @ p32(fam.linear_k.kernel) + p32(fam.linear_k.bias)  # [B, D, C/2]
+    proj = jnp.einsum("bkh,ch->bkc", kf, p32(fam.linear_q.kernel))  # [B, D, C]
+    logits = jnp.einsum("bnqc,bkc->bnqk", u, proj.astype(u.dtype), preferred_element_type=f32)
+    logits = logits + (kf @ p32(fam.linear_q.bias))[:, None, None, :]
+    a_fam = jax.nn.softmax(logits * fam.scale, axis=-1)  # [B, N, D, D]
+    v = xf @ p32(fam.linear_v.kernel) + p32(fam.linear_v.bias)  # [B, D, C]; F_i = A_i V
+    # ARM (Eq. 5): query F_j, key/value F_i, for every ordered pair (i, j).
+    qa = v @ p32(arm.linear_q.kernel)  # [B, D, C/2]
+    ka = v @ p32(arm.linear_k.kernel)  # [B, D, C/2]
+    gq = jnp.einsum("bqh,bkh->bqk", qa, ka)  # [B, D, D]
+    h = jnp.einsum("bjqm,bmk->bjqk", a_fam, gq)  # [B, N, D, D]: A_j Q K^T
+    r = jnp.einsum("bikm,bm->bik", a_fam, ka @ p32(arm.linear_q.bias))  # [B, N, D]
+    pair_logits = jnp.einsum("bjqm,bikm->bijqk", h, a_fam) + r[:, :, None, None, :]
+    a = jax.nn.softmax(pair_logits * arm.scale, axis=-1)  # [B, N(i), N(j), D, D]
+    we = p32(self.edge_proj.kernel)
+    y = (v @ p32(arm.linear_v.kernel)) @ we  # [B, D, C]
+    bias = p32(arm.linear_v.bias) @ we + p32(self.edge_proj.bias)  # [C]
+    abar = jnp.mean(a, axis=3)  # [B, N, N, D]
+    w = jnp.einsum("bijk,bikm->bijm", abar, a_fam)  # [B, N, N, D]
+    zbar = (jnp.einsum("bijm,bmc->bijc", w, y) + bias).reshape(b, n * n, c)  # token-mean of z
     if self.bn.use_running_average:
       return self.bn.normalize(zbar, self.bn.mean[...], self.bn.var[...])
-    shift = jax.lax.stop_gradient(jnp.mean(vp, axis=(0, 2, 3)))  # [N], one per key/value node i
-    vc = vp - shift[None, :, None, None]
-    s1 = jnp.einsum("bijk,bik->ij", jnp.sum(a, axis=3), jnp.sum(vc, axis=3))  # sum over (b, d, c)
-    gram = jnp.einsum("bikc,bilc->bikl", vc, vc)  # [B, N, D, D]
+    # Per-node shift c_i (the mean of V'_i over batch, tokens, channels): z - c_i = a (V'_i - c_i).
+    ay1 = jnp.einsum("bikm,bm->bik", a_fam, jnp.sum(y, axis=-1))  # [B, N, D]: A_i Y 1
+    shift = jax.lax.stop_gradient(jnp.mean(ay1, axis=(0, 2)) / c + jnp.mean(bias))  # [N]
+    beta = bias[None, :] - shift[:, None]  # [N, C]
+    rowsum = ay1 + jnp.sum(beta, axis=-1)[None, :, None]  # [B, N, D]: (V'_i - c_i) 1
+    s1 = jnp.einsum("bijk,bik->ij", jnp.sum(a, axis=3), rowsum)  # sum over (b, d, c) of z - c_i
+    yy = jnp.einsum("bmc,blc->bml", y, y)  # [B, D, D]
+    ayb = jnp.einsum("bikm,bmi->bik", a_fam, jnp.einsum("bmc,ic->bmi", y, beta))  # [B, N, D]
+    gram = (jnp.einsum("bikm,bml,bipl->bikp", a_fam, yy, a_fam) + ayb[:, :, :, None] + ayb[:, :, None, :]
+            + jnp.sum(beta * beta, axis=-1)[None, :, None, None])  # [B, N, D, D]
     s2 = jnp.sum(jnp.einsum("bijqk,bikl->bijql", a, gram) * a, axis=(0, 3, 4))  # [N, N]
     count = b * d * c
     mean_c = s1 / count
@@ -116,6 +140,5 @@ class MEFL(nnx.Module):
     return self.bn.normalize(zbar, mean, var)
 
   def __call__(self, u: jax.Array, x: jax.Array) -> jax.Array:
-    f = self.fam(u, x)  # [B, N, D, C]
-    out = self._streaming(f) if self.streaming else self._direct(f)
+    out = self._streaming(u, x) if self.streaming else self._direct(self.fam(u, x))
     return out.astype(self.dtype)  # [B, N*N, C]
