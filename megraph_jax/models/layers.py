@@ -46,6 +46,13 @@ def torch_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bia
                     bias_init=uniform_init(bound), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
+def apply_block(block: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
+  """``block(x)``, rematerialised in the backward pass when ``remat`` (saves activation memory)."""
+  if not remat:
+    return block(x)
+  return nnx.remat(lambda blk, h: blk(h))(block, x)
+
+
 class LinearBlock(nnx.Module):
   """Linear -> BatchNorm over channels (statistics over batch and tokens) -> ReLU, on ``[B, D, C]``."""
 

@@ -39,6 +39,10 @@ class _MEGraphBase(nnx.Module):
     self.afg = AFG(self.channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.sc = SCHead(self.channels, num_aus, param_dtype=param_dtype, rngs=rngs)
 
+  def set_remat(self, remat: bool) -> None:
+    """Rematerialise backbone blocks in the backward pass (less activation memory, more compute)."""
+    self.set_attributes(remat=remat, raise_if_not_found=False)
+
   def features(self, images: jax.Array) -> jax.Array:
     """Full-face representation X after ``global_linear``: ``[B, H, W, 3]`` -> ``[B, D, C]``."""
     if images.ndim != 4 or images.shape[-1] != 3:

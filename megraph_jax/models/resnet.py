@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
+from megraph_jax.models.layers import apply_block
 
 # depth -> (block kind, blocks per stage), as torchvision's resnet{18,34,50,101}.
 _CONFIGS = {
@@ -107,6 +108,7 @@ class ResNet(nnx.Module):
     block = BasicBlock if kind == "basic" else Bottleneck
     self.depth = depth
     self.dtype = dtype
+    self.remat = False  # rematerialise each residual block in the backward pass (set_attributes(remat=...))
     self.conv1 = _conv(3, 64, 7, 2, dtype, param_dtype, rngs)
     self.bn1 = _bn(64, dtype, param_dtype)
     cin = 64
@@ -125,7 +127,7 @@ class ResNet(nnx.Module):
     x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [B, H/4, W/4, 64]
     for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
       for blk in layer:
-        x = blk(x)
+        x = apply_block(blk, x, self.remat)
     b, h, w, c = x.shape  # [B, H/32, W/32, C]
     return x.reshape(b, h * w, c)  # [B, D = h*w, C], row-major (h, w)
 

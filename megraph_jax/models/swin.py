@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from megraph_jax.models.layers import apply_block
+
 _LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 _ZEROS = nnx.initializers.zeros_init()
 # torch's default Conv2d init (kaiming_uniform with a=sqrt(5)) is U(+-1/sqrt(fan_in)): variance 1/(3 fan_in).
@@ -242,10 +244,11 @@ class BasicLayer(nnx.Module):
     ])
     self.downsample = (PatchMerging(dim, resolution, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                        if downsample else None)
+    self.remat = False  # rematerialise each block in the backward pass (set_attributes(remat=...))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for block in self.blocks:
-      x = block(x)
+      x = apply_block(block, x, self.remat)
     return x if self.downsample is None else self.downsample(x)
 
 
