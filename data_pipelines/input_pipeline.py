@@ -1,0 +1,446 @@
+"""tf.data input pipeline over the official ME-GraphAU dataset layout (BP4D / DISFA lists and images).
+
+Layout read (as the official code): ``ROOT/img/<relative path>`` and ``ROOT/list/`` with
+``NAME_{train,test}_img_path_foldK.txt`` (one relative path per line), ``NAME_{train,test}_label_foldK.txt``
+(N space-separated 0/1 per line), optional ``NAME_train_AU_relation_foldK.txt`` (N*N values per line,
+2*y_j + y_k at column j*N + k) and ``NAME_weight_foldK.txt`` (N tab-separated class weights).
+
+Augmentation follows the official transforms: resize the shorter side to ``image_size`` (bilinear,
+antialiased like PIL), random ``crop_size`` crop at a uniform offset, random horizontal flip,
+ColorJitter(brightness=.4, contrast=.4, saturation=.4) in a random order, ImageNet normalisation;
+evaluation resizes and centre-crops. All randomness is drawn in NumPy from (seed, epoch) per
+position of the global epoch order, so batches do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+  import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NUM_AUS: dict[str, int] = {"BP4D": 12, "DISFA": 8}
+SPLITS = ("train", "test")
+_MAX_LISTED = 5  # Missing images named in an error message.
+
+
+class DatasetError(ValueError):
+  """A list file of the dataset is malformed (the message names the file and the line)."""
+
+
+def _prepare_hint(root: str, name: str) -> str:
+  """How to obtain a dataset in the expected layout."""
+  return (f"prepare it with the official tools (tool/{name}_image_label_process.py, "
+          f"tool/{name}_deal_AU_relation.py, tool/{name}_calculate_AU_class_weights.py of ME-GraphAU) so that "
+          f"{root} holds img/ and list/, or write a synthetic set there with "
+          f"`python -m data_pipelines.synthetic {root} --name {name}`")
+
+
+def list_path(root: str, name: str, fold: int, kind: str, split: str = "train") -> str:
+  """Path of a list file; ``kind`` in {img_path, label, AU_relation, weight}."""
+  if kind == "weight":
+    return os.path.join(root, "list", f"{name}_weight_fold{fold}.txt")
+  return os.path.join(root, "list", f"{name}_{split}_{kind}_fold{fold}.txt")
+
+
+def _require_file(path: str, root: str, name: str) -> None:
+  """Raises FileNotFoundError with the expected location and a preparation hint."""
+  if os.path.isfile(path):
+    return
+  folder = os.path.dirname(path)
+  where = "" if os.path.isdir(folder) else f" (the folder {folder} does not exist)"
+  raise FileNotFoundError(f"dataset list file not found: expected {path}{where}; {_prepare_hint(root, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+  """One split of one fold: image paths relative to ``ROOT/img``, AU labels and relation labels."""
+
+  paths: tuple[str, ...]  # [M]
+  labels: np.ndarray  # [M, N] int32 in {0, 1}
+  relations: np.ndarray  # [M, N*N] int32 in {0, 1, 2, 3}
+  name: str = ""
+  fold: int = 0
+  split: str = ""
+
+  @property
+  def num_examples(self) -> int:
+    """M."""
+    return len(self.paths)
+
+  @property
+  def num_aus(self) -> int:
+    """N."""
+    return int(self.labels.shape[1])
+
+
+def relation_labels(labels: np.ndarray) -> np.ndarray:
+  """``[M, N]`` 0/1 labels -> ``[M, N*N]`` int32 with 2*label[j] + label[k] at column j*N + k."""
+  y = np.asarray(labels).astype(np.int32)
+  m, n = y.shape
+  return (2 * y[:, :, None] + y[:, None, :]).reshape(m, n * n)
+
+
+def class_weights(labels: np.ndarray, au_names: Sequence[str] | None = None) -> np.ndarray:
+  """Official class weights ``[N]`` (float64): rate = mean(label > 0), w = 1/rate, w = w / sum(w) * N."""
+  y = np.asarray(labels)
+  if y.ndim != 2 or y.shape[0] == 0:
+    raise ValueError(f"labels must be a non-empty [M, N] array, got shape {y.shape}")
+  rate = np.sum(y > 0, axis=0) / float(y.shape[0])
+  zero = np.flatnonzero(rate == 0)
+  if zero.size:
+    which = [au_names[j] if au_names is not None else f"column {j}" for j in zero]
+    raise ValueError(f"AU(s) {', '.join(map(str, which))} have no positive label among the {y.shape[0]} training "
+                     "rows; its class weight 1/rate would be infinite (use a split with positives of every AU)")
+  w = 1.0 / rate
+  return w / w.sum() * w.shape[0]
+
+
+def _data_lines(path: str) -> list[tuple[int, str]]:
+  """(1-based line number, text) of the non-blank, non-comment lines of a numeric list file."""
+  out = []
+  with open(path) as f:
+    for lineno, line in enumerate(f, 1):
+      text = line.split("#", 1)[0].strip()
+      if text:
+        out.append((lineno, text))
+  return out
+
+
+def _read_table(path: str, num_cols: int | None, allowed: Sequence[int], what: str) -> np.ndarray:
+  """Reads a whitespace-separated integer table (np.loadtxt-compatible) with line-exact errors.
+
+  Returns int32 ``[rows, num_cols]``; ``num_cols=None`` takes the first row's width.
+  """
+  base = os.path.basename(path)
+  table = None
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # Empty-file warning: handled below.
+      table = np.loadtxt(path, dtype=np.float64, ndmin=2)
+  except ValueError:
+    pass  # The slow path below names the offending line.
+  ok = (table is not None and table.shape[0] > 0 and (num_cols is None or table.shape[1] == num_cols)
+        and bool(np.all(np.isin(table, allowed))))
+  if ok:
+    return table.astype(np.int32)
+  lines = _data_lines(path)
+  if not lines:
+    raise DatasetError(f"{path} is empty; expected one row of {what} per image")
+  want = num_cols if num_cols is not None else len(lines[0][1].split())
+  allowed_set = set(allowed)
+  for lineno, text in lines:
+    toks = text.split()
+    if len(toks) != want:
+      raise DatasetError(f"{base} line {lineno}: expected {want} {what} values, found {len(toks)} "
+                         f"({text[:80]!r}) in {path}")
+    for col, tok in enumerate(toks, 1):
+      try:
+        v = float(tok)
+      except ValueError:
+        raise DatasetError(f"{base} line {lineno}, column {col}: non-numeric value {tok!r} in {path}; "
+                           f"{what} values must be one of {sorted(allowed_set)}") from None
+      if v not in allowed_set:
+        raise DatasetError(f"{base} line {lineno}, column {col}: unknown {what} value {tok!r} in {path}; "
+                           f"expected one of {sorted(allowed_set)}")
+  raise DatasetError(f"{path} could not be parsed by np.loadtxt")  # Unreachable for well-formed text.
+
+
+def _read_paths(path: str) -> list[str]:
+  """Image paths, one per line; trailing blank lines are ignored, blank lines inside are errors."""
+  with open(path) as f:
+    lines = [line.strip() for line in f]
+  while lines and not lines[-1]:
+    lines.pop()
+  for lineno, p in enumerate(lines, 1):
+    if not p:
+      raise DatasetError(f"{os.path.basename(path)} line {lineno}: empty image path in {path}")
+  if not lines:
+    raise DatasetError(f"{path} is empty; expected one image path (relative to ROOT/img) per line")
+  return lines
+
+
+def read_split(root: str, name: str, fold: int, split: str, *, num_aus: int | None = None,
+               check_images: bool = True) -> SplitData:
+  """Reads the image list, labels and relation labels of ``split`` (train/test) of fold 1..3.
+
+  ``num_aus`` defaults to 12 for BP4D, 8 for DISFA, else the first label row's width. Relations come
+  from NAME_train_AU_relation_foldK.txt when present (checked against the labels), else from labels.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if fold not in (1, 2, 3):
+    raise ValueError(f"fold must be 1, 2 or 3, got {fold!r}")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"dataset root {root} does not exist; {_prepare_hint(root, name)}")
+  n = num_aus if num_aus is not None else NUM_AUS.get(name)
+  img_file = list_path(root, name, fold, "img_path", split)
+  label_file = list_path(root, name, fold, "label", split)
+  _require_file(img_file, root, name)
+  _require_file(label_file, root, name)
+  paths = _read_paths(img_file)
+  labels = _read_table(label_file, n, (0, 1), "AU label")
+  if len(paths) != labels.shape[0]:
+    raise DatasetError(f"{os.path.basename(img_file)} lists {len(paths)} images but {os.path.basename(label_file)} "
+                       f"has {labels.shape[0]} label rows; the two files must have one line per image "
+                       f"({img_file}, {label_file})")
+  n = labels.shape[1]
+  relations = relation_labels(labels)
+  rel_file = list_path(root, name, fold, "AU_relation", split)
+  if split == "train" and os.path.isfile(rel_file):
+    rel = _read_table(rel_file, n * n, (0, 1, 2, 3), "AU relation")
+    if rel.shape[0] != labels.shape[0]:
+      raise DatasetError(f"{os.path.basename(rel_file)} has {rel.shape[0]} rows but {os.path.basename(label_file)} "
+                         f"has {labels.shape[0]} ({rel_file})")
+    bad = np.flatnonzero(np.any(rel != relations, axis=1))
+    if bad.size:
+      lineno = _data_lines(rel_file)[bad[0]][0]
+      raise DatasetError(f"{os.path.basename(rel_file)} line {lineno}: relation labels disagree with "
+                         f"{os.path.basename(label_file)} (expected 2*label[j] + label[k] at column j*N + k); "
+                         f"{bad.size} row(s) differ. Regenerate it from the labels ({rel_file})")
+    relations = rel
+  if check_images:
+    img_dir = os.path.join(root, "img")
+    missing = [(i + 1, p) for i, p in enumerate(paths) if not os.path.isfile(os.path.join(img_dir, p))]
+    if missing:
+      shown = ", ".join(f"{os.path.join(img_dir, p)} (line {ln})" for ln, p in missing[:_MAX_LISTED])
+      raise FileNotFoundError(f"{len(missing)} of {len(paths)} images listed in {img_file} are missing under "
+                              f"{img_dir}: {shown}{' ...' if len(missing) > _MAX_LISTED else ''}; "
+                              f"{_prepare_hint(root, name)}")
+  return SplitData(paths=tuple(paths), labels=labels, relations=relations.astype(np.int32), name=name,
+                   fold=fold, split=split)
+
+
+def load_class_weights(root: str, name: str, fold: int, num_aus: int | None = None) -> np.ndarray:
+  """Reads NAME_weight_foldK.txt: one row of N floats ``[N]`` (float64)."""
+  path = list_path(root, name, fold, "weight")
+  _require_file(path, root, name)
+  lines = _data_lines(path)
+  if len(lines) != 1:
+    raise DatasetError(f"{path}: expected exactly one row of class weights, found {len(lines)}")
+  lineno, text = lines[0]
+  try:
+    w = np.array([float(t) for t in text.split()])
+  except ValueError:
+    raise DatasetError(f"{os.path.basename(path)} line {lineno}: non-numeric class weight in {path}") from None
+  n = num_aus if num_aus is not None else NUM_AUS.get(name, w.size)
+  if w.size != n or not np.all(np.isfinite(w)) or np.any(w <= 0):
+    raise DatasetError(f"{os.path.basename(path)} line {lineno}: expected {n} positive class weights, got {text!r}")
+  return w
+
+
+def num_train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  """Full global batches per epoch (the remainder is dropped)."""
+  if global_batch <= 0:
+    raise ValueError(f"global_batch must be positive, got {global_batch}")
+  return num_examples // global_batch
+
+
+def num_eval_steps(num_examples: int, global_batch: int) -> int:
+  """Eval batches per pass (the last one padded)."""
+  if global_batch <= 0:
+    raise ValueError(f"global_batch must be positive, got {global_batch}")
+  return -(-num_examples // global_batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# tf.data.
+
+
+@functools.cache
+def _tf():
+  """Imports TensorFlow for data loading only: it must not take GPU/TPU memory from JAX."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # Already initialised by the caller; keep its setting.
+  return tf
+
+
+def _check_shard(batch_size: int, process_index: int, process_count: int) -> None:
+  """Validates per-process batch and shard arguments."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size (per process) must be positive, got {batch_size}")
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
+
+
+def _decode_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Reads an image file, decodes it to RGB and resizes its shorter side: float32 [H', W', 3] in [0, 255]."""
+  tf = _tf()
+  img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+  img.set_shape([None, None, 3])
+  shape = tf.shape(img)
+  h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+  short = tf.minimum(h, w)
+  size = tf.constant(image_size, tf.float64)
+  # As torchvision Resize(int): the short side becomes image_size, the long int(image_size * long / short).
+  nh = tf.cast(tf.where(h <= w, size, tf.floor(size * h / short)), tf.int32)
+  nw = tf.cast(tf.where(h <= w, tf.floor(size * w / short), size), tf.int32)
+  return tf.image.resize(img, tf.stack([nh, nw]), method="bilinear", antialias=True)
+
+
+def _normalise(img: tf.Tensor) -> tf.Tensor:
+  """[0, 1] RGB -> ImageNet-normalised float32."""
+  tf = _tf()
+  return (img - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
+
+
+def _grayscale(img: tf.Tensor) -> tf.Tensor:
+  """ITU-R 601-2 luma (as PIL's convert('L')), [H, W, 1]."""
+  tf = _tf()
+  return tf.tensordot(img, tf.constant([0.299, 0.587, 0.114], tf.float32), axes=[[2], [0]])[..., None]
+
+
+_JITTER_ORDERS = np.array([(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+
+
+def _jitter_slots(factors: np.ndarray, order: np.ndarray) -> np.ndarray:
+  """Per-example ColorJitter steps ``[M, 3, 3]``: (factor, is_contrast, is_saturation) in application order.
+
+  ``factors`` ``[M, 3]`` are (brightness, contrast, saturation); ``order`` ``[M]`` indexes the 6 orders.
+  """
+  ops = _JITTER_ORDERS[order]  # [M, 3] op id per step: 0 brightness, 1 contrast, 2 saturation.
+  f = np.take_along_axis(factors, ops, axis=1)
+  return np.stack([f, ops == 1, ops == 2], axis=-1).astype(np.float32)
+
+
+def _color_jitter(img: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+  """torchvision ColorJitter on a [0, 1] image, one step per row of ``slots`` [3, 3] (see _jitter_slots).
+
+  Every step is ``clip(f * x + (1 - f) * ref)`` with ref = 0 (brightness), the mean grey level
+  (contrast) or the grey image (saturation); written branch-free, which tf.data runs ~2x faster
+  than a switch over the 6 orders.
+  """
+  tf = _tf()
+  for k in range(3):
+    f, is_con, is_sat = slots[k, 0], slots[k, 1], slots[k, 2]
+    gray = _grayscale(img)
+    ref = is_sat * gray + is_con * tf.reduce_mean(gray)
+    img = tf.clip_by_value(f * img + (1.0 - f) * ref, 0.0, 1.0)
+  return img
+
+
+def _full_paths(root: str, data: SplitData, idx: np.ndarray) -> np.ndarray:
+  """Absolute image paths of the given example indices."""
+  img_dir = os.path.join(root, "img")
+  return np.array([os.path.join(img_dir, data.paths[i]) for i in idx], dtype=object)
+
+
+def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Deterministic element order despite parallel decoding."""
+  tf = _tf()
+  opts = tf.data.Options()
+  opts.deterministic = True
+  return ds.with_options(opts)
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The global shuffled order of an epoch: a permutation ``[M]`` derived from (seed, epoch)."""
+  return np.random.default_rng([seed, epoch, 0]).permutation(num_examples)
+
+
+def create_train_dataset(data: SplitData, *, root: str, batch_size: int, image_size: int = 256,
+                         crop_size: int = 224, seed: int = 0, epoch: int = 0, process_index: int = 0,
+                         process_count: int = 1, color_jitter: bool = True, start_step: int = 0) -> tf.data.Dataset:
+  """One training epoch of this process's batches {"image", "label", "relation"}, augmented officially.
+
+  Shapes: image float32 ``[B, crop, crop, 3]`` (NHWC, ImageNet-normalised), label float32 ``[B, N]``,
+  relation int32 ``[B, N*N]``. Global batch g of the epoch is ``epoch_order(...)[g*B*P:(g+1)*B*P]``;
+  process p takes its p-th slice of B. The remainder is dropped; every process yields
+  num_train_steps_per_epoch batches, less ``start_step`` skipped ones (a mid-epoch resume that
+  decodes nothing it skips and gives the same later batches).
+  """
+  tf = _tf()
+  _check_shard(batch_size, process_index, process_count)
+  if crop_size > image_size:
+    raise ValueError(f"crop_size {crop_size} must be <= image_size {image_size}")
+  m = data.num_examples
+  gb = batch_size * process_count
+  steps = num_train_steps_per_epoch(m, gb)
+  if steps == 0:
+    raise ValueError(f"{m} training examples are fewer than one global batch of {gb} "
+                     f"({batch_size} per process x {process_count} processes)")
+  order = epoch_order(m, seed, epoch)
+  rng = np.random.default_rng([seed, epoch, 1])
+  crop_flip = rng.random((m, 3)).astype(np.float32)  # crop y, crop x, flip
+  slots = _jitter_slots(rng.uniform(0.6, 1.4, (m, 3)), rng.integers(0, 6, m))  # [M, 3, 3]
+  if not 0 <= start_step <= steps:
+    raise ValueError(f"start_step must be in [0, {steps}], got {start_step}")
+  pos = np.arange(steps * gb).reshape(steps, process_count, batch_size)[start_step:, process_index].reshape(-1)
+  idx = order[pos]
+  ds = tf.data.Dataset.from_tensor_slices({
+      "path": _full_paths(root, data, idx).astype(str),
+      "label": data.labels[idx].astype(np.float32),
+      "relation": data.relations[idx].astype(np.int32),
+      "aug": crop_flip[pos],
+      "jitter": slots[pos],
+  })
+
+  def load(ex):
+    img = _decode_resize(ex["path"], image_size)
+    a = ex["aug"]
+    shape = tf.shape(img)
+    oy = tf.minimum(tf.cast(a[0] * tf.cast(shape[0] - crop_size + 1, tf.float32), tf.int32), shape[0] - crop_size)
+    ox = tf.minimum(tf.cast(a[1] * tf.cast(shape[1] - crop_size + 1, tf.float32), tf.int32), shape[1] - crop_size)
+    img = img[oy:oy + crop_size, ox:ox + crop_size]
+    img = tf.cond(a[2] < 0.5, lambda: img[:, ::-1], lambda: img)
+    img = img / 255.0
+    if color_jitter:
+      img = _color_jitter(img, ex["jitter"])
+    img = tf.ensure_shape(_normalise(img), [crop_size, crop_size, 3])
+    return {"image": img, "label": ex["label"], "relation": ex["relation"]}
+
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return _options(ds)
+
+
+def create_eval_dataset(data: SplitData, *, root: str, batch_size: int, image_size: int = 256, crop_size: int = 224,
+                        process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """Fixed-order eval batches {"image", "label", "relation", "mask" [B] f32, "index" [B] i32}.
+
+  The data are padded to a whole number of global batches; padding rows repeat image 0 with
+  mask 0 and index -1, so each real image appears exactly once over all processes.
+  """
+  tf = _tf()
+  _check_shard(batch_size, process_index, process_count)
+  if crop_size > image_size:
+    raise ValueError(f"crop_size {crop_size} must be <= image_size {image_size}")
+  m = data.num_examples
+  gb = batch_size * process_count
+  steps = num_eval_steps(m, gb)
+  pos = np.arange(steps * gb).reshape(steps, process_count, batch_size)[:, process_index].reshape(-1)
+  real = pos < m
+  idx = np.where(real, pos, 0)
+  ds = tf.data.Dataset.from_tensor_slices({
+      "path": _full_paths(root, data, idx).astype(str),
+      "label": data.labels[idx].astype(np.float32),
+      "relation": data.relations[idx].astype(np.int32),
+      "mask": real.astype(np.float32),
+      "index": np.where(real, pos, -1).astype(np.int32),
+  })
+
+  def load(ex):
+    img = _decode_resize(ex.pop("path"), image_size)
+    shape = tf.shape(img)
+    # As torchvision CenterCrop: int(round((h - crop) / 2.0)), half to even.
+    oy = tf.cast(tf.round(tf.cast(shape[0] - crop_size, tf.float32) / 2.0), tf.int32)
+    ox = tf.cast(tf.round(tf.cast(shape[1] - crop_size, tf.float32) / 2.0), tf.int32)
+    img = img[oy:oy + crop_size, ox:ox + crop_size] / 255.0
+    ex["image"] = tf.ensure_shape(_normalise(img), [crop_size, crop_size, 3])
+    return ex
+
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return _options(ds)
