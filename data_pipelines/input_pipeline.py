@@ -2,7 +2,8 @@
 
 Layout read (as the official code): ``ROOT/img/<relative path>`` and ``ROOT/list/`` with
 ``NAME_{train,test}_img_path_foldK.txt`` (one relative path per line), ``NAME_{train,test}_label_foldK.txt``
-(N space-separated 0/1 per line), optional ``NAME_train_AU_relation_foldK.txt`` (N*N values per line,
+(N space-separated 0/1 per line; BP4D's 9 = "not coded" is kept, as the official tool keeps it, and left
+out of the losses and metrics), optional ``NAME_train_AU_relation_foldK.txt`` (N*N values per line,
 2*y_j + y_k at column j*N + k) and ``NAME_weight_foldK.txt`` (N tab-separated class weights).
 
 Augmentation follows the official transforms: resize the shorter side to ``image_size`` (bilinear,
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from absl import logging
 
 if TYPE_CHECKING:
   import tensorflow as tf
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NUM_AUS: dict[str, int] = {"BP4D": 12, "DISFA": 8}
+UNLABELLED = 9  # BP4D AU occurrence value of frames not coded for that AU (megraph_jax.losses.UNLABELLED)
 SPLITS = ("train", "test")
 _MAX_LISTED = 5  # Missing images named in an error message.
 
@@ -84,10 +87,15 @@ class SplitData:
 
 
 def relation_labels(labels: np.ndarray) -> np.ndarray:
-  """``[M, N]`` 0/1 labels -> ``[M, N*N]`` int32 with 2*label[j] + label[k] at column j*N + k."""
+  """``[M, N]`` labels -> ``[M, N*N]`` int32 with 2*label[j] + label[k] at column j*N + k.
+
+  -1 where label[j] or label[k] is UNLABELLED (the edge loss ignores those pairs).
+  """
   y = np.asarray(labels).astype(np.int32)
   m, n = y.shape
-  return (2 * y[:, :, None] + y[:, None, :]).reshape(m, n * n)
+  known = (y == 0) | (y == 1)
+  rel = np.where(known[:, :, None] & known[:, None, :], 2 * y[:, :, None] + y[:, None, :], -1)
+  return rel.reshape(m, n * n).astype(np.int32)
 
 
 def class_weights(labels: np.ndarray, au_names: Sequence[str] | None = None) -> np.ndarray:
@@ -188,7 +196,7 @@ def read_split(root: str, name: str, fold: int, split: str, *, num_aus: int | No
   _require_file(img_file, root, name)
   _require_file(label_file, root, name)
   paths = _read_paths(img_file)
-  labels = _read_table(label_file, n, (0, 1), "AU label")
+  labels = _read_table(label_file, n, (0, 1, UNLABELLED), "AU label")
   if len(paths) != labels.shape[0]:
     raise DatasetError(f"{os.path.basename(img_file)} lists {len(paths)} images but {os.path.basename(label_file)} "
                        f"has {labels.shape[0]} label rows; the two files must have one line per image "
@@ -196,7 +204,11 @@ def read_split(root: str, name: str, fold: int, split: str, *, num_aus: int | No
   n = labels.shape[1]
   relations = relation_labels(labels)
   rel_file = list_path(root, name, fold, "AU_relation", split)
-  if split == "train" and os.path.isfile(rel_file):
+  unlabelled = int(np.sum(labels == UNLABELLED))
+  if unlabelled:
+    logging.info("%s: %d AU entries are %d (not coded); they are left out of the losses and metrics", label_file,
+                 unlabelled, UNLABELLED)
+  if split == "train" and os.path.isfile(rel_file) and not unlabelled:  # (else the official file holds 2*9+y)
     rel = _read_table(rel_file, n * n, (0, 1, 2, 3), "AU relation")
     if rel.shape[0] != labels.shape[0]:
       raise DatasetError(f"{os.path.basename(rel_file)} has {rel.shape[0]} rows but {os.path.basename(label_file)} "

@@ -11,11 +11,14 @@ import numpy as np
 
 def confusion_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
                      threshold: float = 0.5) -> jax.Array:
-  """Per-AU [TP, FP, TN, FN] counts ``[N, 4]`` (int32) of ``probs >= threshold``; jittable."""
+  """Per-AU [TP, FP, TN, FN] counts ``[N, 4]`` (int32) of ``probs >= threshold``; jittable.
+
+  Entries whose label is not 0/1 (BP4D's 9, "not coded") are not counted, nor examples with mask 0.
+  """
   pred = (probs >= threshold)
-  y = labels > 0.5
+  y = labels == 1
   m = jnp.ones(probs.shape[:1], bool) if mask is None else mask > 0.5
-  m = m[:, None]
+  m = m[:, None] & ((labels == 0) | (labels == 1))  # [B, N]
   tp = jnp.sum(pred & y & m, axis=0)
   fp = jnp.sum(pred & ~y & m, axis=0)
   tn = jnp.sum(~pred & ~y & m, axis=0)

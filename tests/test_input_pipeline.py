@@ -217,9 +217,22 @@ def test_bad_label_values_name_file_and_line(small):
   _rewrite(path, ["0 1 0", "1 x 1", "0 1 0", "1 0 1", "0 1 0"])
   with pytest.raises(ip.DatasetError, match=r"X_train_label_fold1\.txt line 2, column 2: non-numeric value 'x'"):
     ip.read_split(root, "X", 1, "train")
-  _rewrite(path, ["0 1 0", "1 0 1", "0 1 0", "1 0 9", "0 1 0"])
-  with pytest.raises(ip.DatasetError, match=r"line 4, column 3: unknown AU label value '9'"):
+  _rewrite(path, ["0 1 0", "1 0 1", "0 1 0", "1 0 2", "0 1 0"])
+  with pytest.raises(ip.DatasetError, match=r"line 4, column 3: unknown AU label value '2'"):
     ip.read_split(root, "X", 1, "train")
+
+
+def test_unlabelled_value_9_is_kept_and_its_pairs_marked(small):
+  """BP4D's 9 (not coded) reads as 9; its relation pairs are -1, the other pairs 2*y_j + y_k."""
+  root, lst = small
+  _rewrite(os.path.join(lst, "X_train_label_fold1.txt"), ["0 1 0", "1 0 1", "0 9 0", "1 0 1", "0 1 0"])
+  d = ip.read_split(root, "X", 1, "train")
+  assert d.labels[2].tolist() == [0, 9, 0]
+  rel = d.relations[2].reshape(3, 3)
+  assert rel[1].tolist() == [-1, -1, -1] and rel[:, 1].tolist() == [-1, -1, -1]
+  assert rel[0, 2] == 0 and rel[2, 0] == 0
+  np.testing.assert_array_equal(d.relations[[0, 1, 3, 4]].reshape(4, 3, 3),
+                                2 * d.labels[[0, 1, 3, 4], :, None] + d.labels[[0, 1, 3, 4], None, :])
 
 
 def test_length_mismatch_names_both_files(small):

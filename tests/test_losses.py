@@ -93,6 +93,34 @@ def test_edge_loss_matches_pytorch_cross_entropy():
   np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
+def test_unlabelled_entries_are_left_out_of_both_losses():
+  """An entry labelled 9 adds nothing to L_WA; pairs with it add nothing to L_E (reference: drop them by hand)."""
+  rng = np.random.default_rng(5)
+  p = rng.uniform(0.05, 0.95, (4, 3)).astype("f4")
+  y = (rng.random((4, 3)) > 0.5).astype("f4")
+  w = np.array([0.5, 1.0, 1.5], "f4")
+  y9 = y.copy()
+  y9[1, 2] = y9[3, 0] = 9
+  known = y9 != 9
+  ref = 0.0
+  for i in range(4):
+    for j in range(3):
+      if known[i, j]:
+        ref += w[j] * (y[i, j] * np.log(p[i, j]) + (1 - y[i, j]) * p[i, j] * np.log(1 - p[i, j])) / 3
+  got = float(losses.weighted_asymmetric_loss(jnp.asarray(p), jnp.asarray(y9), jnp.asarray(w)))
+  np.testing.assert_allclose(got, -ref / 4, rtol=1e-5)
+  rel = np.asarray(losses.relation_labels(jnp.asarray(y9))).reshape(4, 3, 3)
+  assert rel[1, 2].tolist() == [-1, -1, -1] and rel[1, :, 2].tolist() == [-1, -1, -1] and rel[1, 0, 1] >= 0
+  logits = rng.normal(size=(4, 9, 4)).astype("f4")
+  flat = rel.reshape(4, 9)
+  logz = np.log(np.exp(logits.astype("f8")).sum(-1))
+  ces = [logz[b, k] - logits[b, k, flat[b, k]] for b in range(4) for k in range(9) if flat[b, k] >= 0]
+  np.testing.assert_allclose(float(losses.edge_loss(jnp.asarray(logits), jnp.asarray(flat))), np.mean(ces), rtol=1e-5)
+  cw = losses.class_weights(np.array([[1, 0], [0, 9], [1, 1], [9, 0]]))
+  rate = np.array([2 / 3, 1 / 3])  # label 1 among the labelled rows only
+  np.testing.assert_allclose(cw, (1 / rate) / (1 / rate).sum() * 2, rtol=1e-6)
+
+
 def test_total_loss():
   assert float(losses.total_loss(jnp.float32(1.5), jnp.float32(2.0), 0.05)) == pytest.approx(1.6)
   assert float(losses.total_loss(jnp.float32(1.5), None, 0.05)) == pytest.approx(1.5)

@@ -26,6 +26,19 @@ def test_matches_sklearn_over_batches():
   assert got["num_examples"] == 203
 
 
+def test_unlabelled_entries_are_not_counted():
+  """Label 9 (BP4D "not coded") entries are left out: F1/accuracy equal sklearn on the labelled entries."""
+  rng = np.random.default_rng(1)
+  probs = rng.random((60, 3)).astype("f4")
+  labels = (rng.random((60, 3)) < 0.4).astype("f4")
+  labels[rng.random((60, 3)) < 0.2] = 9
+  got = AUMetrics(("a", "b", "c")).update_from_predictions(probs, labels).compute()
+  for j, name in enumerate("abc"):
+    keep = labels[:, j] != 9
+    assert got["f1"][name] == pytest.approx(f1_score(labels[keep, j], probs[keep, j] >= 0.5), abs=1e-12)
+    assert got["accuracy"][name] == pytest.approx(accuracy_score(labels[keep, j], probs[keep, j] >= 0.5), abs=1e-12)
+
+
 def test_mask_excludes_padding_and_threshold_is_inclusive():
   probs = np.array([[0.5, 0.2], [0.9, 0.9], [0.1, 0.7]], "f4")
   labels = np.array([[1, 0], [0, 1], [1, 1]], "f4")

@@ -8,13 +8,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from megraph_jax.models.precision import acc_dtype
+
+
 
 class BatchNorm(nnx.Module):
   """Batch normalisation over every axis but ``axis``, as ``torch.nn.BatchNorm{1,2}d``.
 
   Differences from ``nnx.BatchNorm`` that matter for parity with the official model:
   the running variance is updated with the *unbiased* batch variance, ``momentum`` is
-  PyTorch's (weight of the new batch, 0.1), and statistics are always float32.
+  PyTorch's (weight of the new batch, 0.1), and statistics are float32 (float64 when the parameters are float64).
   The official model normalises over unusual axes (nodes of ``[B, N, C]``, pairs of
   ``[B, N*N, D, C]``), hence the explicit ``axis``; a tuple of axes keeps one statistic per
   feature *cell* (the batched AFG keeps one per AU and channel, ``axis=(1, 3)``).
@@ -45,8 +48,9 @@ class BatchNorm(nnx.Module):
     self.use_running_average = use_running_average
     self.scale = nnx.Param(jnp.ones(shape, param_dtype))
     self.bias = nnx.Param(jnp.zeros(shape, param_dtype))
-    self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
-    self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
+    self.stat_dtype = acc_dtype(param_dtype)
+    self.mean = nnx.BatchStat(jnp.zeros(shape, self.stat_dtype))
+    self.var = nnx.BatchStat(jnp.ones(shape, self.stat_dtype))
 
   def _bshape(self, ndim: int) -> tuple[tuple[int, ...], list[int]]:
     axes = tuple(a % ndim for a in self.axis)
@@ -65,9 +69,10 @@ class BatchNorm(nnx.Module):
   def normalize(self, x: jax.Array, mean: jax.Array, var: jax.Array) -> jax.Array:
     """(x - mean) / sqrt(var + eps) * scale + bias with per-feature moments of shape ``num_features``."""
     _, bshape = self._bshape(x.ndim)
-    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(jnp.float32)
-    y = (x.astype(jnp.float32) - mean.reshape(bshape)) * inv.reshape(bshape)
-    return (y + self.bias[...].astype(jnp.float32).reshape(bshape)).astype(self.dtype or x.dtype)
+    f = self.stat_dtype
+    inv = jax.lax.rsqrt(var + self.epsilon) * self.scale[...].astype(f)
+    y = (x.astype(f) - mean.reshape(bshape)) * inv.reshape(bshape)
+    return (y + self.bias[...].astype(f).reshape(bshape)).astype(self.dtype or x.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     axes, _ = self._bshape(x.ndim)
@@ -78,7 +83,7 @@ class BatchNorm(nnx.Module):
       return self.normalize(x, self.mean[...], self.var[...])
     reduce_axes = tuple(a for a in range(x.ndim) if a not in axes)
     _, bshape = self._bshape(x.ndim)
-    xf = x.astype(jnp.float32)
+    xf = x.astype(self.stat_dtype)
     mean = jnp.mean(xf, axis=reduce_axes)
     var = jnp.mean(jnp.square(xf - mean.reshape(bshape)), axis=reduce_axes)
     count = 1

@@ -11,6 +11,7 @@ from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
 from megraph_jax.models.layers import torch_linear
+from megraph_jax.models.precision import acc_dtype
 from megraph_jax.models.sc_head import l2_normalize
 
 METRICS = ("dots", "cosine", "l1")
@@ -18,7 +19,7 @@ METRICS = ("dots", "cosine", "l1")
 
 def knn_adjacency(v: jax.Array, k: int, metric: str = "dots") -> jax.Array:
   """0/1 adjacency ``[B, N, N]``: a_ij = 1 if j is among the K most similar nodes to i (ties kept)."""
-  v = jax.lax.stop_gradient(v.astype(jnp.float32))  # similarity carries no gradient
+  v = jax.lax.stop_gradient(v.astype(acc_dtype(v.dtype)))  # similarity carries no gradient
   if metric == "dots":
     si = jnp.einsum("bic,bjc->bij", v, v)
   elif metric == "cosine":

@@ -11,6 +11,7 @@ from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
 from megraph_jax.models.layers import torch_linear
+from megraph_jax.models.precision import acc_dtype
 
 
 class GatedGCNLayer(nnx.Module):
@@ -41,7 +42,7 @@ class GatedGCNLayer(nnx.Module):
     ax, bx = self.A(x), self.B(x)
     msg = (ax[:, :, None, :] + bx[:, None, :, :]).reshape(b, n * n, c)  # A v_i + B v_j at p = i*N + j
     edge = edge + jax.nn.relu(self.bne(msg + self.E(edge)))  # [B, N*N, C]
-    gate = jax.nn.sigmoid(edge.astype(jnp.float32)).reshape(b, n, n, c)
+    gate = jax.nn.sigmoid(edge.astype(acc_dtype(edge.dtype))).reshape(b, n, n, c)
     gate = jax.nn.softmax(gate, axis=2).astype(x.dtype)  # normalised over neighbours j
     agg = jnp.einsum("bijc,bjc->bic", gate, self.V(x)) / n  # [B, N, C]
     x = jax.nn.relu(x + self.bnv(self.U(x) + agg))

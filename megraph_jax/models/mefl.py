@@ -11,6 +11,7 @@ from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
 from megraph_jax.models.layers import torch_linear
+from megraph_jax.models.precision import acc_dtype
 
 
 class CrossAttention(nnx.Module):
@@ -27,7 +28,7 @@ class CrossAttention(nnx.Module):
 
   def attend(self, q: jax.Array, k: jax.Array, spec: str) -> jax.Array:
     """Scaled dot-product attention weights in float32; ``spec`` is the einsum of q and k."""
-    logits = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32) * self.scale
+    logits = jnp.einsum(spec, q, k, preferred_element_type=acc_dtype(q.dtype, k.dtype)) * self.scale
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -94,7 +95,7 @@ class MEFL(nnx.Module):
       V'_i V'_i^T = A_i (Y Y^T) A_i^T + rank-one terms, after shifting V'_i by its mean.
     """
     b, n, d, c = u.shape
-    f32 = jnp.float32
+    f32 = acc_dtype(x.dtype, u.dtype, self.FAM.linear_q.kernel.dtype)  # float32 unless the model is float64
     fam, arm = self.FAM, self.ARM
     p32 = lambda v: v[...].astype(f32)
     xf = x.astype(f32)

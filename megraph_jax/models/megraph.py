@@ -14,6 +14,7 @@ from megraph_jax.models.fgg import FGG
 from megraph_jax.models.gated_gcn import GatedGCN
 from megraph_jax.models.layers import LinearBlock, torch_linear, xavier_uniform_init
 from megraph_jax.models.mefl import MEFL
+from megraph_jax.models.precision import acc_dtype
 from megraph_jax.models.sc_head import SCHead
 
 NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label = 2*y_i + y_j
@@ -99,7 +100,7 @@ class Stage2Model(_MEGraphBase):
     v = jnp.mean(u, axis=2)  # [B, N, C]
     e = self.mefl(u, x)  # [B, N*N, C]
     v, e = self.gnn(v, e)
-    return {"au_probs": self.sc(v), "edge_logits": self.edge_fc(e).astype(jnp.float32),
+    return {"au_probs": self.sc(v), "edge_logits": self.edge_fc(e).astype(acc_dtype(e.dtype)),
             "node_features": v, "edge_features": e}
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
@@ -128,7 +129,7 @@ class BaselineModel(nnx.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
     x = self.global_linear(self.backbone(images.astype(self.dtype)))  # [B, D, C]
-    logits = self.fc(jnp.mean(x, axis=1)).astype(jnp.float32)  # [B, N]
+    logits = self.fc(jnp.mean(x, axis=1)).astype(acc_dtype(x.dtype))  # [B, N]
     return {"au_probs": jax.nn.sigmoid(logits), "au_logits": logits}
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from megraph_jax.models.layers import xavier_uniform_init
+from megraph_jax.models.precision import acc_dtype
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -25,6 +26,7 @@ class SCHead(nnx.Module):
 
   def __call__(self, v: jax.Array) -> jax.Array:
     # v: [B, N, C] (already non-negative: both graph stages end with a ReLU) -> [B, N]
-    s = l2_normalize(jax.nn.relu(self.sc[...].astype(jnp.float32)))
-    v = l2_normalize(v.astype(jnp.float32))
+    f = acc_dtype(v.dtype, self.sc.dtype)
+    s = l2_normalize(jax.nn.relu(self.sc[...].astype(f)))
+    v = l2_normalize(v.astype(f))
     return jnp.sum(v * s[None], axis=-1)

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from megraph_jax.models.layers import apply_block
+from megraph_jax.models.precision import acc_dtype
 
 _LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 _ZEROS = nnx.initializers.zeros_init()
@@ -161,9 +162,9 @@ class WindowAttention(nnx.Module):
     qkv = self.qkv(x).reshape(b, nw, n, 3, h, c // h)  # [B, nW, N, 3, h, d]
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # [B, nW, N, h, d]
     q = q * jnp.asarray(self.scale, q.dtype)
-    logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k, preferred_element_type=jnp.float32)  # [B, nW, h, N, N]
+    logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k, preferred_element_type=acc_dtype(q.dtype, k.dtype))  # [B, nW, h, N, N]
     index = relative_position_index(self.window).reshape(-1)
-    bias = self.relative_position_bias_table[...][index].astype(jnp.float32)  # [N*N, h]
+    bias = self.relative_position_bias_table[...][index].astype(logits.dtype)  # [N*N, h]
     logits = logits + bias.reshape(n, n, h).transpose(2, 0, 1)  # + [h, N, N]
     if mask is not None:
       logits = logits + jnp.asarray(mask)[None, :, None]  # + [1, nW, 1, N, N]
