@@ -1,0 +1,1 @@
+"""Experiment configs: each file's get_config() is one experiment (see default.py for every knob)."""

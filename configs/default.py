@@ -1,0 +1,95 @@
+"""Every knob of megraph-jax with the official ME-GraphAU value it mirrors (BP4D, ResNet-50, fold 1).
+
+The other configs start from this one and override a few fields. Any field can be overridden on the
+command line: ``python main.py --config=configs/default.py --config.stage2.lam=0.01``.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+BP4D_AUS = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24")
+DISFA_AUS = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Default config: official settings for ResNet-50 on BP4D fold 1."""
+  config = ml_collections.ConfigDict()
+
+  # What to run: 'train' (stage 1, then stage 2 from stage 1's best checkpoint), 'stage1', 'stage2',
+  # 'eval' (evaluate `checkpoint` on `dataset.fold`'s test split), 'folds' (train on every fold of
+  # `dataset.folds`, then a summary averaged over folds, as the paper's 3-fold protocol).
+  config.mode = "train"
+  config.seed = 0  # PRNG seed of initialisation, data order, augmentation and DropPath (official --seed 0)
+
+  # ---------------------------------------------------------------- data
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "BP4D"  # official --dataset: BP4D or DISFA (names the list files)
+  config.dataset.root = "data/BP4D"  # official config/BP4D_config.yaml dataset_path; holds img/ and list/
+  config.dataset.fold = 1  # official --fold, 1..3 (subject-independent 3-fold cross-validation)
+  config.dataset.folds = (1, 2, 3)  # folds run by mode 'folds' (paper: average over 3 folds)
+  config.dataset.num_aus = 12  # official num_classes: 12 for BP4D, 8 for DISFA
+  config.dataset.au_names = BP4D_AUS  # column names of the label files, for tables and logs
+  config.dataset.image_size = 256  # px; official image_train/image_test resize to 256 before the crop
+  config.dataset.crop_size = 224  # px; official --crop-size 224 (random crop in training, centre crop in test)
+  config.dataset.color_jitter = True  # official image_train: ColorJitter(brightness 0.4, contrast 0.4, saturation 0.4); flips always
+  # Synthetic AU faces (data_pipelines/synthetic.py), generated on first use; when enabled, `root` is
+  # ignored and the set is written to `cache_dir` ('' = <workdir>/data).
+  config.dataset.synthetic = ml_collections.ConfigDict()
+  config.dataset.synthetic.enabled = False
+  config.dataset.synthetic.cache_dir = ""  # where the synthetic set is written ('' = <workdir>/data)
+  config.dataset.synthetic.num_subjects = 9  # subjects, split 3 folds by subject as BP4D
+  config.dataset.synthetic.frames_per_subject = 40  # images per subject
+  config.dataset.synthetic.image_size = 128  # px of the stored images
+  config.dataset.synthetic.seed = 0  # generator seed (independent of `seed`)
+
+  # ---------------------------------------------------------------- model
+  config.model = ml_collections.ConfigDict()
+  config.model.head = "megraph"  # 'megraph' (ME-GraphAU) or 'baseline' (backbone + linear classifier: the
+  #   "backbone only" row of the paper's Table 3; mode 'stage1' only)
+  config.model.backbone = "resnet50"  # official --arc: resnet18/34/50/101, swin_transformer_tiny/small/base
+  config.model.neighbor_num = 4  # K of the stage-1 FGG; official yaml: BP4D 4, DISFA 3 (the paper's text says the reverse)
+  config.model.metric = "dots"  # official --metric: dots, cosine or l1 (similarity for the K nearest neighbours)
+  config.model.use_fgg = True  # False = "backbone + AFG" ablation row of the paper's Table 3 (stage 1 only)
+  config.model.gnn_layers = 2  # GatedGCN layers of stage 2 (official 2)
+  # Swin stochastic depth; None = the official preset: 0.2 Swin-T, 0.3 Swin-S, 0.5 Swin-B (ResNets: unused)
+  config.model.drop_path_rate = config_dict.placeholder(float)
+  config.model.dtype = "float32"  # compute dtype: float32 (official) or bfloat16 (params stay float32);
+  #   float64 (params too; needs JAX_ENABLE_X64=1) for numerical checks
+  config.model.remat = False  # rematerialise backbone blocks in the backward pass (less memory, more compute)
+  config.model.imagenet_weights = ""  # path of a torchvision ResNet / official Swin ImageNet .pth ('' = random init; nothing downloads)
+
+  # ---------------------------------------------------------------- optimisation
+  config.batch_size = 64  # global training batch (all devices); official -b 64
+  config.eval_batch_size = 64  # global eval batch; the last batch is padded and masked
+  config.optim = ml_collections.ConfigDict()
+  config.optim.weight_decay = 5e-4  # AdamW decoupled decay, multiplied by the lr as torch; official --weight-decay 5e-4
+  config.optim.b1 = 0.9  # AdamW beta1 (official 0.9)
+  config.optim.b2 = 0.999  # AdamW beta2 (official 0.999)
+  config.optim.eps = 1e-8  # AdamW epsilon (official --optimizer-eps 1e-8)
+  config.optim.clip_norm = 0.0  # global-norm gradient clipping; 0 = off (official: none)
+  config.optim.class_weights = "labels"  # 'labels': 1/positive rate from the training labels, normalised to sum N
+  #   (what the official tool writes to NAME_weight_fold{k}.txt); 'file': read that file
+
+  # Per stage. lr schedule: lr = learning_rate * (1 + cos(pi * t / T)) / 2, t the global iteration,
+  # T = epochs * steps_per_epoch, no warmup (official utils.adjust_learning_rate).
+  config.stage1 = ml_collections.ConfigDict()
+  config.stage1.epochs = 20  # official -e 20
+  config.stage1.learning_rate = 1e-4  # official README stage-1 command: -lr 0.0001
+  config.stage1.trainable_params = ".*"  # regex (full match) over '/'-joined param paths; others frozen. Official: all
+  config.stage1.decay_params = ".*"  # regex of trained params that get weight decay. Official: all (torch AdamW over net.parameters())
+  config.stage2 = ml_collections.ConfigDict()
+  config.stage2.epochs = 20  # official -e 20
+  config.stage2.learning_rate = 1e-5  # official README BP4D ResNet-50 stage-2 command gives no -lr: conf.py default 1e-5
+  config.stage2.lam = 0.05  # lambda of Eq. 8; official README BP4D ResNet-50 stage 2: --lam 0.05
+  config.stage2.trainable_params = ".*"
+  config.stage2.decay_params = ".*"
+
+  # ---------------------------------------------------------------- checkpoints, init, logging
+  config.checkpoint = ""  # mode 'eval': our stage dir / best dir / model dir (model.json), or an official .pth
+  config.init_from = ""  # initialise the trained stage from this (our checkpoint dir or official .pth); stage 2
+  #   in mode 'train' starts from stage 1's best checkpoint in the same workdir when this is ''
+  config.keep_checkpoints = 2  # most recent checkpoints kept per stage (the best one is kept separately)
+  config.eval_every_epochs = 1  # evaluate on the test split (and maybe save the best) every n epochs (official 1)
+  config.log_every_steps = 50  # train-loss / lr / img/s scalars every n steps
+  config.stop_after_steps = 0  # testing: act as if preempted after this many optimizer steps of this process (0 = off)
+  return config

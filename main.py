@@ -1,0 +1,44 @@
+"""Trains / evaluates ME-GraphAU; everything is chosen by the config (``config.mode``), nothing by editing code.
+
+  python main.py --config=configs/synthetic.py --workdir=/tmp/synthetic
+  python main.py --config=configs/bp4d_resnet50.py --workdir=runs/bp4d_r50 --config.mode=folds
+  python main.py --config=configs/bp4d_resnet50.py --workdir=runs/eval --config.mode=eval \
+      --config.checkpoint=runs/bp4d_r50/fold1/stage2
+
+Rerunning the same command resumes from the latest checkpoint in ``--workdir``.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# tf.data runs on the CPU only: keep TensorFlow off any accelerator JAX uses.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs, results.json and results.md.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value for overrides")
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], "GPU")
+
+  from megraph_jax import distributed, train  # pylint: disable=import-outside-toplevel
+  distributed.initialize()
+  import jax  # pylint: disable=import-outside-toplevel
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), jax.default_backend())
+  results = train.run(FLAGS.config, FLAGS.workdir)
+  if results.get("preempted"):
+    logging.warning("stopped before the end; rerun the same command to resume")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+  app.run(main)

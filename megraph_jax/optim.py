@@ -1,0 +1,92 @@
+"""AdamW with PyTorch semantics, the official per-step cosine schedule, and per-parameter masks from regexes."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TRAIN, FROZEN = "train", "frozen"
+
+
+def cosine_lr(init_lr: float, total_steps: int) -> Callable[[jax.Array], jax.Array]:
+  """Official ``adjust_learning_rate``: ``init * (1 + cos(pi * t / T)) / 2`` at global iteration t (no warmup)."""
+  if total_steps <= 0:
+    raise ValueError(f"cosine_lr: total_steps must be positive, got {total_steps}")
+
+  def schedule(step):
+    t = jnp.minimum(jnp.asarray(step, jnp.float32), float(total_steps))
+    return init_lr * jnp.cos(0.5 * math.pi * t / total_steps) ** 2  # == (1 + cos(pi t / T)) / 2, no cancellation
+
+  return schedule
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+  """'/'-joined parameter path of a pytree key path (``backbone/layer1/0/conv1/kernel``)."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      if k.name != "value":  # the leaf inside an nnx.Variable
+        parts.append(k.name)
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def _compile(regex: str, key: str) -> re.Pattern:
+  try:
+    return re.compile(regex)
+  except re.error as e:
+    raise ValueError(f"config key '{key}': {regex!r} is not a valid regular expression ({e})") from e
+
+
+def path_mask(params: Any, regex: str, *, key: str = "regex") -> Any:
+  """Pytree of bools like ``params``: True where the '/'-joined path fully matches ``regex``."""
+  pattern = _compile(regex, key)
+  return jax.tree_util.tree_map_with_path(lambda p, _: pattern.fullmatch(path_str(p)) is not None, params)
+
+
+def param_labels(params: Any, trainable_regex: str, *, key: str = "trainable_params") -> Any:
+  """'train' / 'frozen' per parameter leaf; raises if the regex selects nothing."""
+  mask = path_mask(params, trainable_regex, key=key)
+  if not any(jax.tree.leaves(mask)):
+    raise ValueError(f"config key '{key}': {trainable_regex!r} matches no parameter; paths look like "
+                     f"{path_str(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r}")
+  return jax.tree.map(lambda m: TRAIN if m else FROZEN, mask)
+
+
+def adamw(learning_rate: Callable | float, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 5e-4, decay_mask: Any = None, clip_norm: float = 0.0
+          ) -> optax.GradientTransformation:
+  """``torch.optim.AdamW``: p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p); optional global-norm clipping."""
+  parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm and clip_norm > 0 else []
+  parts += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+            optax.add_decayed_weights(weight_decay, mask=decay_mask),
+            optax.scale_by_learning_rate(learning_rate)]
+  return optax.chain(*parts)
+
+
+def create_optimizer(params: Any, *, learning_rate: float, total_steps: int, weight_decay: float, b1: float,
+                     b2: float, eps: float, clip_norm: float = 0.0, trainable_params: str = ".*",
+                     decay_params: str = ".*", stage_key: str = "stage1"
+                     ) -> tuple[optax.GradientTransformation, Callable]:
+  """AdamW + cosine schedule on the parameters matching ``trainable_params``; the others get zero updates.
+
+  ``decay_params`` selects the trained parameters that get weight decay. Defaults are official: all
+  parameters train and all are decayed. Returns the transformation and the schedule.
+  """
+  schedule = cosine_lr(learning_rate, total_steps)
+  labels = param_labels(params, trainable_params, key=f"{stage_key}.trainable_params")
+  decay_mask = path_mask(params, decay_params, key=f"{stage_key}.decay_params")
+  inner = adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_mask=decay_mask,
+                clip_norm=clip_norm)
+  tx = optax.multi_transform({TRAIN: inner, FROZEN: optax.set_to_zero()}, labels)
+  return tx, schedule

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny synthetic AU set (generated once per session) and a tiny training config."""
+
+import os
+import sys
+
+import ml_collections
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+TINY_AUS = ("AU1", "AU2", "AU6", "AU12")
+TINY_SYNTHETIC = dict(num_subjects=3, frames_per_subject=16, image_size=40, seed=0)  # fold 1: 32 train, 16 test
+
+
+def tiny_config(cache_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """configs/synthetic.py shrunk to ResNet-18 at 32 px, 4 AUs, batch 8 (4 steps per epoch), 2 + 1 epochs."""
+  from configs import synthetic  # pylint: disable=import-outside-toplevel
+  config = synthetic.get_config()
+  config.dataset.au_names = TINY_AUS
+  config.dataset.num_aus = len(TINY_AUS)
+  config.dataset.synthetic.cache_dir = cache_dir
+  for k, v in TINY_SYNTHETIC.items():
+    setattr(config.dataset.synthetic, k, v)
+  config.dataset.image_size = 36
+  config.dataset.crop_size = 32
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.stage1.epochs = 2
+  config.stage2.epochs = 1
+  config.log_every_steps = 2
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = getattr(node, p)
+    setattr(node, leaf, value)
+  return config
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> str:
+  """Cache dir holding the tiny synthetic set (``tiny_config`` finds it there instead of regenerating)."""
+  from data_pipelines import synthetic  # pylint: disable=import-outside-toplevel
+  cache = str(tmp_path_factory.mktemp("synthetic_cache"))
+  synthetic.ensure_generated(cache, name="BP4D", aus=[int(a[2:]) for a in TINY_AUS], **TINY_SYNTHETIC)
+  return cache

@@ -1,0 +1,259 @@
+"""Training end to end (main's run() on a tiny synthetic set), optimizer masks and schedule, configs, errors."""
+
+import importlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import REPO, TINY_AUS, TINY_SYNTHETIC, tiny_config
+from megraph_jax import initialization, optim, sharding
+from megraph_jax.models.megraph import Stage1Model, Stage2Model
+from megraph_jax.train import jit_train_step, results_table, run
+
+IMG = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_cache):
+  """Mode 'train' (stage 1: 2 epochs, stage 2 from its best: 1 epoch) in a fresh workdir."""
+  workdir = str(tmp_path_factory.mktemp("train"))
+  config = tiny_config(synthetic_cache, mode="train")
+  return workdir, config, run(config, workdir)
+
+
+def test_train_mode_end_to_end(trained):
+  workdir, _, results = trained
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  fold = saved["folds"]["1"]
+  for stage in ("stage1", "stage2"):
+    r = fold[stage]
+    assert set(r["last"]["f1"]) == set(TINY_AUS)
+    assert r["steps"] == r["epochs"] * 4  # 32 training images, batch 8
+    assert all(math.isfinite(h["loss"]) for h in r["history"])
+    assert 0.0 <= r["best"]["mean_f1"] <= 1.0 and r["best"]["mean_f1"] >= r["last"]["mean_f1"]
+    d = os.path.join(workdir, "fold1", stage)
+    assert os.listdir(os.path.join(d, "best")) and os.listdir(os.path.join(d, "checkpoints"))
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(d))  # TensorBoard
+  assert len(fold["stage1"]["history"]) == 2 and len(fold["stage2"]["history"]) == 1
+  assert set(fold["all_positive_f1"]) == set(TINY_AUS)
+  with open(os.path.join(workdir, "results.md")) as f:
+    md = f.read()
+  header = next(line for line in md.splitlines() if line.startswith("| Method"))
+  assert header == "| Method | " + " | ".join(TINY_AUS) + " | Avg. |"
+  assert "stage 2, fold 1, last epoch (1)" in md and "all-positive baseline, fold 1" in md
+  assert results["folds"]["1"]["stage2"]["last"]["mean_f1"] == fold["stage2"]["last"]["mean_f1"]
+
+
+def test_stage2_started_from_stage1_best(trained, synthetic_cache):
+  workdir, config, _ = trained
+  stage1 = initialization.load_pretrained(os.path.join(workdir, "fold1", "stage1"), config)
+  assert isinstance(stage1, Stage1Model)
+  stage2 = initialization.build_model(config, 2)
+  before = np.asarray(stage2.global_linear.fc.kernel[...])
+  initialization.copy_weights(stage2, stage1)
+  np.testing.assert_array_equal(stage2.global_linear.fc.kernel[...], stage1.global_linear.fc.kernel[...])
+  assert not np.array_equal(before, stage2.global_linear.fc.kernel[...])
+
+
+def test_main_eval_mode_cli(trained, synthetic_cache, tmp_path):
+  """main.py with --config.key=value overrides: mode 'eval' on the trained stage-2 directory."""
+  workdir, _, results = trained
+  s = TINY_SYNTHETIC
+  cmd = [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "synthetic.py"),
+         f"--workdir={tmp_path}", "--config.mode=eval",
+         f"--config.checkpoint={os.path.join(workdir, 'fold1', 'stage2')}",
+         f"--config.dataset.au_names=({','.join(repr(a) for a in TINY_AUS)})", f"--config.dataset.num_aus={len(TINY_AUS)}",
+         f"--config.dataset.synthetic.cache_dir={synthetic_cache}",
+         f"--config.dataset.synthetic.num_subjects={s['num_subjects']}",
+         f"--config.dataset.synthetic.frames_per_subject={s['frames_per_subject']}",
+         f"--config.dataset.synthetic.image_size={s['image_size']}", "--config.dataset.image_size=36",
+         "--config.dataset.crop_size=32", "--config.eval_batch_size=8"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "results.json") as f:
+    evaluated = json.load(f)["folds"]["1"]["stage2"]["last"]
+  best = results["folds"]["1"]["stage2"]["best"]  # the stage dir's best checkpoint is what eval loads
+  assert evaluated["f1"] == pytest.approx(best["f1"], abs=1e-6)
+  assert "| Method | AU1 | AU2 | AU6 | AU12 | Avg. |" in proc.stdout
+
+
+def _tiny_model(cls, n=4):
+  model = cls("resnet18", n, rngs=nnx.Rngs(0), **({"neighbor_num": 2} if cls is Stage1Model else {}))
+  model.train()
+  return model
+
+
+def _batch(b=8, n=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(b, IMG, IMG, 3)).astype(np.float32),
+          "label": (rng.random((b, n)) < 0.4).astype(np.float32)}
+
+
+def _steps(model, tx, batch, num_steps, lam=0.05):
+  graphdef, state = nnx.split(model)
+  opt_state = tx.init(nnx.state(model, nnx.Param))
+  step = jit_train_step(graphdef, tx, jnp.ones(batch["label"].shape[1]), lam, sharding.make_mesh())
+  losses = []
+  for _ in range(num_steps):
+    state, opt_state, metrics = step(state, opt_state, batch)
+    losses.append(float(metrics["total"]))
+  return state, losses
+
+
+def test_loss_decreases_on_a_fixed_batch():
+  model = _tiny_model(Stage2Model)
+  tx, _ = optim.create_optimizer(nnx.state(model, nnx.Param), learning_rate=1e-3, total_steps=100,
+                                 weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8)
+  _, losses = _steps(model, tx, _batch(), 6)
+  assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+
+
+def test_frozen_parameters_stay_unchanged():
+  model = _tiny_model(Stage1Model)
+  before = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  tx, _ = optim.create_optimizer(nnx.state(model, nnx.Param), learning_rate=1e-2, total_steps=10,
+                                 weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8, trainable_params="(?!backbone/).*")
+  state, _ = _steps(model, tx, _batch(), 2, lam=0.0)
+  after = dict(nnx.to_flat_state(nnx.filter_state(state, nnx.Param)))
+  changed = {"/".join(map(str, p)): not np.array_equal(v[...], after[p][...]) for p, v in before}
+  frozen = [k for k in changed if k.startswith("backbone/")]
+  assert frozen and not any(changed[k] for k in frozen)
+  assert all(changed[k] for k in changed if k.startswith(("afg/", "global_linear/fc/", "fgg/U")))
+
+
+TORCH_ADAMW = """
+import math, sys, numpy as np, torch
+d = dict(np.load(sys.argv[1]))
+lr, wd, total = 1e-2, 0.5, 5
+tw, tb = torch.tensor(d["w"], requires_grad=True), torch.tensor(d["b"], requires_grad=True)
+opt = torch.optim.AdamW([{"params": [tw], "weight_decay": wd}, {"params": [tb], "weight_decay": 0.0}],
+                        lr=lr, betas=(0.9, 0.999), eps=1e-8)
+for t in range(total):
+  for group in opt.param_groups:  # official utils.adjust_learning_rate
+    group["lr"] = lr * (1 + math.cos(math.pi * t / total)) / 2
+  tw.grad, tb.grad = torch.tensor(d[f"gw{t}"]), torch.tensor(d[f"gb{t}"])
+  opt.step()
+np.savez(sys.argv[2], w=tw.detach().numpy(), b=tb.detach().numpy())
+"""
+
+
+def test_adamw_matches_torch_with_cosine_lr_and_decay_mask(tmp_path):
+  """Our optimizer == torch.optim.AdamW with the official per-step lr and param groups (decayed or not).
+
+  PyTorch runs in a subprocess: its optimizer segfaults in a process that has imported TensorFlow.
+  """
+  pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32),
+            "frozen": rng.normal(size=(2,)).astype(np.float32)}
+  grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(5)]
+  np.savez(tmp_path / "in.npz", w=params["w"], b=params["b"], **{f"g{k}{t}": g[k] for t, g in enumerate(grads)
+                                                                 for k in ("w", "b")})
+  (tmp_path / "ref.py").write_text(TORCH_ADAMW)
+  proc = subprocess.run([sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  ref = np.load(tmp_path / "out.npz")
+  tx, _ = optim.create_optimizer(params, learning_rate=1e-2, total_steps=5, weight_decay=0.5, b1=0.9, b2=0.999,
+                                 eps=1e-8, trainable_params="w|b", decay_params="w")
+  p = jax.tree.map(jnp.asarray, params)
+  s = tx.init(p)
+  for g in grads:
+    updates, s = tx.update(jax.tree.map(jnp.asarray, g), s, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  np.testing.assert_allclose(p["w"], ref["w"], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(p["b"], ref["b"], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(p["frozen"], params["frozen"])
+
+
+def test_weight_decay_mask_with_zero_gradients():
+  params = {"layer": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}}
+  tx, _ = optim.create_optimizer(params, learning_rate=0.1, total_steps=10, weight_decay=0.5, b1=0.9, b2=0.999,
+                                 eps=1e-8, decay_params=".*kernel")
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["layer"]["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)  # -lr * wd * p
+  np.testing.assert_array_equal(updates["layer"]["bias"], 0.0)
+
+
+@pytest.mark.parametrize("total", [7, 100])
+def test_cosine_schedule_is_the_official_formula(total):
+  schedule = optim.cosine_lr(1e-4, total)
+  for t in (0, 1, total // 3, total // 2, total - 1, total):
+    assert float(schedule(t)) == pytest.approx(1e-4 * (1 + math.cos(math.pi * t / total)) / 2, rel=1e-5, abs=1e-12)
+
+
+def test_bad_regex_names_the_config_key():
+  with pytest.raises(ValueError, match="stage2.trainable_params"):
+    optim.create_optimizer({"a": jnp.ones(2)}, learning_rate=1.0, total_steps=1, weight_decay=0.0, b1=0.9,
+                           b2=0.999, eps=1e-8, trainable_params="nothing", stage_key="stage2")
+
+
+def test_missing_dataset_names_the_folder(tmp_path):
+  config = importlib.import_module("configs.bp4d_resnet50").get_config()
+  config.dataset.root = str(tmp_path / "no_such_BP4D")
+  config.mode = "stage1"
+  with pytest.raises(FileNotFoundError) as e:
+    run(config, str(tmp_path / "work"))
+  msg = str(e.value)
+  assert str(tmp_path / "no_such_BP4D") in msg and "BP4D_train_img_path_fold1.txt" in msg
+  assert "dataset.root" in msg and "configs/synthetic.py" in msg
+  assert "python -m data_pipelines.build bp4d --manual_dir=" in msg
+
+
+OFFICIAL = {  # config: (backbone, N, K, stage-1 lr, stage-2 lr, lambda)
+    "bp4d_resnet50": ("resnet50", 12, 4, 1e-4, 1e-5, 0.05),
+    "bp4d_swin": ("swin_transformer_base", 12, 4, 1e-4, 1e-6, 0.01),
+    "disfa_resnet50": ("resnet50", 8, 3, 1e-4, 1e-5, 0.05),
+    "disfa_swin": ("swin_transformer_base", 8, 3, 1e-4, 1e-6, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_dataset_configs_build_their_models(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  backbone, n, k, lr1, lr2, lam = OFFICIAL[name]
+  assert (config.model.backbone, config.dataset.num_aus, config.model.neighbor_num) == (backbone, n, k)
+  assert (config.stage1.learning_rate, config.stage2.learning_rate, config.stage2.lam) == (lr1, lr2, lam)
+  assert (config.batch_size, config.stage1.epochs, config.stage2.epochs, config.optim.weight_decay) == (64, 20, 20, 5e-4)
+  assert len(config.dataset.au_names) == n and config.dataset.crop_size == 224
+  for stage, cls in ((1, Stage1Model), (2, Stage2Model)):
+    model = nnx.eval_shape(lambda s=stage: initialization.build_model(config, s))
+    assert isinstance(model, cls) and model.backbone_name == backbone and model.num_aus == n
+    if stage == 1:
+      assert model.fgg.neighbor_num == k
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert params > 2e7  # ResNet-50 ~24M incl. head, Swin-B ~88M
+
+
+def test_results_table_averages_folds():
+  config = tiny_config("", mode="folds")
+  f1 = lambda v: {a: v for a in TINY_AUS}  # noqa: E731
+  fold = lambda v: {"stage1": {"last": {"f1": f1(v), "epoch": 2}, "best": {"f1": f1(v), "epoch": 1}},  # noqa: E731
+                    "all_positive_f1": f1(0.5)}
+  table = results_table(config, {"1": fold(0.6), "2": fold(0.8)})
+  assert "| stage 1, last epoch, avg. over 2 folds | 70.0 | 70.0 | 70.0 | 70.0 | 70.0 |" in table
+
+
+def test_baseline_head_trains_one_stage_and_refuses_stage2(tmp_path, synthetic_cache):
+  """model.head='baseline' (Table 3's "backbone only" row): mode 'train' runs its single stage."""
+  config = tiny_config(synthetic_cache, mode="train", **{"model.head": "baseline", "stage1.epochs": 1})
+  results = run(config, str(tmp_path / "work"))
+  fold = results["folds"]["1"]
+  assert "stage2" not in fold and set(fold["stage1"]["last"]["f1"]) == set(TINY_AUS)
+  model = initialization.load_pretrained(str(tmp_path / "work" / "fold1" / "stage1"), config)
+  assert type(model).__name__ == "BaselineModel" and model.fc.kernel.shape[-1] == len(TINY_AUS)
+  config.mode = "stage2"
+  with pytest.raises(ValueError, match="only one stage"):
+    run(config, str(tmp_path / "work2"))
+  config.model.head = "nope"
+  with pytest.raises(ValueError, match="model.head"):
+    initialization.build_model(config, 1)
