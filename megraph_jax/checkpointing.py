@@ -9,11 +9,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from megraph_jax import sharding
+
 MODEL_JSON = "model.json"  # constructor arguments of the model (as megraph_jax.convert.model_config)
 
 
 def _abstract(tree: Any) -> Any:
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  """Restore targets replicated over the devices of *this* run, whatever topology wrote the checkpoint."""
+  repl = sharding.replicated(sharding.make_mesh())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), tree)
 
 
 class StageCheckpoints:

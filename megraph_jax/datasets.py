@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -32,9 +34,16 @@ def dataset_root(config: ml_collections.ConfigDict, workdir: str) -> str:
     from data_pipelines import synthetic  # pylint: disable=import-outside-toplevel
     s = d.synthetic
     cache = os.path.expanduser(s.cache_dir) if s.cache_dir else os.path.join(workdir, "data")
-    return synthetic.ensure_generated(cache, name=d.name, num_subjects=s.num_subjects,
-                                      frames_per_subject=s.frames_per_subject, image_size=s.image_size,
-                                      seed=s.seed, aus=au_numbers(d.au_names))
+    generate = functools.partial(synthetic.ensure_generated, cache, name=d.name, num_subjects=s.num_subjects,
+                                 frames_per_subject=s.frames_per_subject, image_size=s.image_size, seed=s.seed,
+                                 aus=au_numbers(d.au_names))
+    if jax.process_count() == 1:
+      return generate()
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    if jax.process_index() == 0:  # one writer; the others wait, then find it in the cache
+      generate()
+    multihost_utils.sync_global_devices("synthetic dataset generated")
+    return generate()
   return os.path.abspath(os.path.expanduser(d.root))
 
 

@@ -47,6 +47,9 @@ def initialize(local_device_ids: list[int] | None = None) -> None:
   if jax.distributed.is_initialized():
     return
   if setting == "explicit":
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+      # CPU devices of different processes talk through gloo (TCP); the default has no cross-process collectives.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=os.environ["MEGRAPH_COORDINATOR_ADDRESS"],
         num_processes=_env_int("MEGRAPH_NUM_PROCESSES"),

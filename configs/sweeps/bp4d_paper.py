@@ -1,0 +1,15 @@
+"""The paper's BP4D protocol: {ResNet-50, Swin-B} x 3 folds, official settings (6 runs of both stages).
+
+  python -m megraph_jax.sweep launch configs/sweeps/bp4d_paper.py --root=runs/bp4d --tpu=NAME --zone=ZONE
+  python -m megraph_jax.sweep gather configs/sweeps/bp4d_paper.py --root=runs/bp4d
+
+Set ImageNet weights with --set model.imagenet_weights=PATH (one backbone per launch, or edit here).
+"""
+
+def get_sweep() -> dict:
+  sweep = {}
+  sweep["name"] = "bp4d_paper"
+  sweep["config"] = "configs/bp4d_resnet50.py"
+  sweep["overrides"] = {}
+  sweep["grid"] = {"config": ["configs/bp4d_resnet50.py", "configs/bp4d_swin.py"], "dataset.fold": [1, 2, 3]}
+  return sweep

@@ -1,0 +1,131 @@
+"""Two processes x two CPU devices (gloo over loopback) train like one process with four devices.
+
+Both runs train stage 2 of the tiny synthetic config for one epoch (4 steps) through ``train.run``:
+each process reads its own half of every global batch, orbax writes the checkpoints collectively,
+only process 0 writes logs and results. A third, single-device process then restores both runs'
+checkpoints (a different device count) and the test compares losses, F1 and every parameter in
+float64 (see test_sharding.py for why float32 Adam cannot be compared at 1e-5 after several steps).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+TRAIN = textwrap.dedent("""
+    import json, os, sys
+    sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
+    from megraph_jax import distributed
+    distributed.initialize()
+    import jax
+    from conftest import tiny_config
+    from megraph_jax.train import run
+    config = tiny_config({cache!r}, mode="stage2", log_every_steps=1, **{{"model.dtype": "float64"}})
+    config.stage2.epochs = 1
+    results = run(config, sys.argv[1])
+    print(json.dumps({{"process": jax.process_index(), "processes": jax.process_count(),
+                      "devices": jax.device_count(), "local_devices": jax.local_device_count(),
+                      "f1": results["folds"]["1"]["stage2"]["last"]["f1"]}}))
+""")
+
+READ = textwrap.dedent("""
+    import json, os, sys
+    sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
+    import numpy as np
+    import tensorflow as tf
+    from flax import nnx
+    from conftest import tiny_config
+    from megraph_jax import checkpointing, initialization
+    config = tiny_config({cache!r}, mode="stage2", **{{"model.dtype": "float64"}})
+    stage_dir, out = sys.argv[1], sys.argv[2]
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: initialization.build_model(config, 2)))
+    step, state = checkpointing.restore_model_state(stage_dir, state, which="latest")
+    np.savez(out, **{{"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
+                     if isinstance(v, (nnx.Param, nnx.BatchStat))}})
+    losses = {{}}
+    for name in os.listdir(stage_dir):
+      if name.startswith("events.out.tfevents"):
+        for e in tf.compat.v1.train.summary_iterator(os.path.join(stage_dir, name)):
+          for v in e.summary.value:
+            if v.tag == "train/total":
+              losses[e.step] = float(tf.make_ndarray(v.tensor))
+    print(json.dumps({{"step": int(step), "losses": [losses[k] for k in sorted(losses)],
+                      "event_files": sum(n.startswith("events.out") for n in os.listdir(stage_dir))}}))
+""")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MEGRAPH_")}
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+             JAX_ENABLE_X64="1", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+  return env
+
+
+def _last_json(text: str) -> dict:
+  return json.loads([line for line in text.strip().splitlines() if line.startswith("{")][-1])
+
+
+def _read(tmp_path, cache: str, workdir):
+  script = tmp_path / "read.py"
+  script.write_text(READ.format(repo=REPO, cache=cache))
+  out = tmp_path / f"{workdir.name}.npz"
+  proc = subprocess.run([sys.executable, str(script), str(workdir / "fold1" / "stage2"), str(out)],
+                        env=_env(1), capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _last_json(proc.stdout), dict(np.load(out))
+
+
+def test_two_processes_match_one_process_with_four_devices(tmp_path, synthetic_cache):
+  script = tmp_path / "train.py"
+  script.write_text(TRAIN.format(repo=REPO, cache=synthetic_cache))
+
+  single = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=_env(4), capture_output=True,
+                          text=True, timeout=400, check=False)
+  assert single.returncode == 0, single.stderr[-3000:]
+  one = _last_json(single.stdout)
+  assert (one["processes"], one["devices"]) == (1, 4)
+
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "two")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=_env(2, MEGRAPH_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                     MEGRAPH_NUM_PROCESSES="2", MEGRAPH_PROCESS_ID=str(i)))
+           for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=500)
+      assert p.returncode == 0, stderr[-3000:]
+      outs.append(_last_json(stdout))
+  finally:
+    for p in procs:  # never leave a process waiting for its peer
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  assert sorted(o["process"] for o in outs) == [0, 1]
+  assert all((o["processes"], o["devices"], o["local_devices"]) == (2, 4, 2) for o in outs)
+  assert outs[0]["f1"] == outs[1]["f1"]  # every process computes the same global metrics
+  with open(tmp_path / "two" / "results.json") as f:  # written once, by process 0
+    assert json.load(f)["folds"]["1"]["stage2"]["last"]["f1"] == pytest.approx(one["f1"], abs=1e-6)
+
+  info1, p1 = _read(tmp_path, synthetic_cache, tmp_path / "one")
+  info2, p2 = _read(tmp_path, synthetic_cache, tmp_path / "two")
+  assert info1["step"] == info2["step"] == 4 and info2["event_files"] == 1  # process 0's TensorBoard file only
+  assert len(info1["losses"]) == 4
+  np.testing.assert_allclose(info2["losses"], info1["losses"], rtol=1e-5)
+  assert p1.keys() == p2.keys() and len(p1) > 50
+  for k in p1:
+    np.testing.assert_allclose(p2[k], p1[k], rtol=1e-5, atol=1e-7, err_msg=k)

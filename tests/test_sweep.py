@@ -1,0 +1,70 @@
+"""Sweeps: grid expansion, launch commands, a 2 folds x 2 lambda sweep run in-process and its gathered table."""
+
+import json
+import os
+
+import pytest
+
+from conftest import TINY_AUS, TINY_SYNTHETIC
+from megraph_jax import sweep
+
+
+def _tiny_sweep(cache: str) -> dict:
+  return {
+      "name": "t", "config": "configs/synthetic.py",
+      "overrides": {"mode": "stage2", "dataset.au_names": TINY_AUS, "dataset.num_aus": len(TINY_AUS),
+                    "dataset.synthetic.cache_dir": cache, "dataset.image_size": 36, "dataset.crop_size": 32,
+                    "batch_size": 8, "eval_batch_size": 8, "stage2.epochs": 1, "log_every_steps": 4,
+                    **{f"dataset.synthetic.{k}": v for k, v in TINY_SYNTHETIC.items()}},
+      "grid": {"dataset.fold": [1, 2], "stage2.lam": [0.01, 0.05]},
+  }
+
+
+def test_expand_names_overrides_and_errors():
+  runs = sweep.expand(_tiny_sweep("/c"), {"seed": 3})
+  assert [r["name"] for r in runs] == ["fold1_lam0.01", "fold1_lam0.05", "fold2_lam0.01", "fold2_lam0.05"]
+  assert runs[3]["overrides"]["stage2.lam"] == 0.05 and runs[3]["overrides"]["dataset.fold"] == 2
+  assert all(r["overrides"]["seed"] == 3 for r in runs)
+  config = sweep.build_config(runs[2])
+  assert (config.dataset.fold, config.stage2.lam, config.seed, config.dataset.au_names) == (2, 0.01, 3, TINY_AUS)
+  with pytest.raises(KeyError, match="stage2.lamda"):
+    sweep.build_config({**runs[0], "overrides": {"stage2.lamda": 1.0}})
+  with pytest.raises(ValueError, match="non-empty list"):
+    sweep.expand({"name": "x", "config": "configs/synthetic.py", "grid": {"seed": 1}})
+  assert sweep.parse_sets(["stage2.lam=0.1", "model.backbone=resnet50"]) == {"stage2.lam": 0.1,
+                                                                             "model.backbone": "resnet50"}
+
+
+def test_launch_prints_one_command_per_run_for_every_host(capsys):
+  assert sweep.main(["launch", "configs/sweeps/bp4d_paper.py", "--root=runs/bp4d", "--tpu=my-v4", "--zone=z"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 6 and all("--worker=all" in line and "main.py" in line for line in lines)
+  assert "--config=configs/bp4d_swin.py" in lines[-1] and "--config.dataset.fold=3" in lines[-1]
+  assert "--workdir=runs/bp4d/configbp4d_swin_fold3" in lines[-1]
+
+
+def test_sweep_runs_and_gathers_all_four(tmp_path, synthetic_cache, monkeypatch):
+  spec = _tiny_sweep(synthetic_cache)
+  monkeypatch.setattr(sweep, "load_module", lambda path: type("M", (), {"get_sweep": staticmethod(lambda: spec),
+                                                                          "get_config": staticmethod(_synthetic_config)})())
+  root = str(tmp_path / "sweep")
+  assert sweep.main(["run", "any.py", f"--root={root}"]) == 0
+  for name in ("fold1_lam0.01", "fold1_lam0.05", "fold2_lam0.01", "fold2_lam0.05"):
+    with open(os.path.join(root, name, "results.json")) as f:
+      res = json.load(f)
+    fold = name[4]
+    assert res["config"]["stage2"]["lam"] == float(name.split("lam")[1])
+    assert list(res["folds"]) == [fold] and "stage2" in res["folds"][fold]
+  with open(os.path.join(root, "sweep.md")) as f:
+    table = f.read()
+  for name in ("fold1_lam0.01", "fold1_lam0.05", "fold2_lam0.01", "fold2_lam0.05"):
+    assert f"| {name} (fold {name[4]}, stage2) |" in table
+  assert "| lam=0.01 [stage2], avg. over 2 folds |" in table and "| lam=0.05 [stage2], avg. over 2 folds |" in table
+  with open(os.path.join(root, "sweep.json")) as f:
+    assert len(json.load(f)["runs"]) == 4
+  assert sweep.run_all(sweep.expand(spec), root) == []  # finished runs are skipped
+
+
+def _synthetic_config():
+  from configs import synthetic  # pylint: disable=import-outside-toplevel
+  return synthetic.get_config()
