@@ -1,4 +1,10 @@
-"""Device mesh and shardings: the batch is split over a 'data' axis, everything else is replicated."""
+"""Device mesh and shardings: the batch is split over a 'data' axis; parameters replicated, or FSDP-sharded.
+
+FSDP ('fully sharded data parallel'): every large parameter and optimizer moment is split over the
+same 'data' axis along its largest dimension that the device count divides; XLA (GSPMD) gathers a
+parameter where it is used and reduce-scatters its gradient. Same arithmetic as replicated parameters
+(tests/test_sharding.py), 1/n of their memory per device.
+"""
 
 from __future__ import annotations
 
@@ -45,3 +51,26 @@ def put_batch(batch: dict[str, Any], sharding: NamedSharding) -> dict[str, jax.A
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree (state, optimizer state) on every device."""
   return jax.device_put(tree, replicated(mesh))
+
+
+PARAM_MODES = ("replicated", "fsdp")
+
+
+def leaf_sharding(shape: tuple[int, ...], mesh: Mesh, mode: str, min_size: int) -> NamedSharding:
+  """Replicated, or (fsdp, size >= min_size) split on the largest axis divisible by the 'data' axis size."""
+  n = mesh.shape[DATA_AXIS]
+  if mode == "replicated" or n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return replicated(mesh)
+  axes = sorted((a for a in range(len(shape)) if shape[a] % n == 0), key=lambda a: (-shape[a], a))
+  if not axes:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[axes[0]] = DATA_AXIS
+  return NamedSharding(mesh, P(*spec))
+
+
+def state_shardings(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2 ** 14) -> Any:
+  """Per-leaf shardings of a model / optimizer state pytree (config keys sharding.params, .fsdp_min_size)."""
+  if mode not in PARAM_MODES:
+    raise ValueError(f"config key 'sharding.params' = {mode!r}; choose one of {PARAM_MODES}")
+  return jax.tree.map(lambda x: leaf_sharding(tuple(np.shape(x)), mesh, mode, min_size), tree)

@@ -66,19 +66,23 @@ def eval_step(graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Arr
   return {"counts": confusion_counts(out["au_probs"], batch["label"], mask), "wa_sum": wa * n, "n": n}
 
 
-def jit_train_step(graphdef, tx, class_weights, lam, mesh):
-  """``train_step`` jitted once: state/opt state replicated, batch split on 'data'."""
+def jit_train_step(graphdef, tx, class_weights, lam, mesh, state_sharding=None, opt_sharding=None):
+  """``train_step`` jitted once: state/opt state as given (default replicated), batch split on 'data'."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  state_sharding = repl if state_sharding is None else state_sharding
+  opt_sharding = repl if opt_sharding is None else opt_sharding
   fn = functools.partial(train_step, graphdef, tx=tx, class_weights=class_weights, lam=lam)
   donate = (0, 1) if jax.default_backend() != "cpu" else ()
-  return jax.jit(fn, in_shardings=(repl, repl, data), out_shardings=(repl, repl, repl), donate_argnums=donate)
+  return jax.jit(fn, in_shardings=(state_sharding, opt_sharding, data),
+                 out_shardings=(state_sharding, opt_sharding, repl), donate_argnums=donate)
 
 
-def jit_eval_step(graphdef, class_weights, mesh):
+def jit_eval_step(graphdef, class_weights, mesh, state_sharding=None):
   """``eval_step`` jitted once with explicit shardings."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  state_sharding = repl if state_sharding is None else state_sharding
   fn = functools.partial(eval_step, graphdef, class_weights=class_weights)
-  return jax.jit(fn, in_shardings=(repl, data), out_shardings=repl)
+  return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=repl)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -181,13 +185,15 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
     step, state, opt_state = restored
     logging.info("stage %d: resuming from step %d (epoch %d, batch %d) in %s", stage, step,
                  step // steps_per_epoch, step % steps_per_epoch, ckpt.latest.directory)
-  state, opt_state = sharding.put_replicated((state, opt_state), mesh)
+  state_sharding = sharding.state_shardings(state, mesh, config.sharding.params, config.sharding.fsdp_min_size)
+  opt_sharding = sharding.state_shardings(opt_state, mesh, config.sharding.params, config.sharding.fsdp_min_size)
+  state, opt_state = jax.device_put((state, opt_state), (state_sharding, opt_sharding))
   del model
 
   class_weights = jnp.asarray(_class_weights(config, root, fold, train_data))
   lam = float(settings.lam) if stage == 2 else 0.0
-  p_train_step = jit_train_step(graphdef, tx, class_weights, lam, mesh)
-  p_eval_step = jit_eval_step(eval_graphdef, class_weights, mesh)
+  p_train_step = jit_train_step(graphdef, tx, class_weights, lam, mesh, state_sharding, opt_sharding)
+  p_eval_step = jit_eval_step(eval_graphdef, class_weights, mesh, state_sharding)
   data_sharding = sharding.data_sharded(mesh)
 
   writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)

@@ -28,8 +28,13 @@ WORKER = textwrap.dedent("""
     from conftest import tiny_config
     from megraph_jax import checkpointing, initialization
     from megraph_jax.train import run
-    workdir, out = sys.argv[1], sys.argv[2]
-    config = tiny_config({cache!r}, mode="stage2", log_every_steps=1, **{{"model.dtype": "float64"}})
+    workdir, out, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    config = tiny_config({cache!r}, mode="stage2", log_every_steps=1, **{{"model.dtype": "float64"}}, **extra)
+    if config.sharding.params == "fsdp":  # check that the state really is split over the devices
+      from megraph_jax import sharding
+      specs = jax.tree.leaves(sharding.state_shardings(nnx.state(initialization.build_model(config, 2)),
+                              sharding.make_mesh(), "fsdp", config.sharding.fsdp_min_size))
+      print("sharded leaves:", sum(s.spec != () and any(a is not None for a in s.spec) for s in specs), file=sys.stderr)
     config.stage2.epochs = 1
     results = run(config, workdir)
     stage_dir = os.path.join(workdir, "fold1", "stage2")
@@ -51,26 +56,33 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _run(devices: int, tmp_path, cache: str):
+def _run(devices: int, tmp_path, cache: str, **extra):
   script = tmp_path / "worker.py"
   script.write_text(WORKER.format(repo=REPO, cache=cache))
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
              JAX_ENABLE_X64="1")
-  out = tmp_path / f"params_{devices}.npz"
-  proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"work_{devices}"), str(out)], env=env,
-                        capture_output=True, text=True, timeout=400)
+  tag = f"{devices}_{len(extra)}"
+  out = tmp_path / f"params_{tag}.npz"
+  proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"work_{tag}"), str(out), json.dumps(extra)],
+                        env=env, capture_output=True, text=True, timeout=400)
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.loads(proc.stdout.strip().splitlines()[-1])
   assert info["devices"] == devices
+  if extra.get("sharding.params") == "fsdp":
+    info["sharded_leaves"] = int(proc.stderr.split("sharded leaves:")[1].split()[0])
   return info, dict(np.load(out))
 
 
 def test_one_vs_eight_devices_same_training(tmp_path, synthetic_cache):
+  """1 device, 8 devices with replicated parameters, 8 devices with FSDP-sharded parameters: same run."""
   one, p1 = _run(1, tmp_path, synthetic_cache)
-  eight, p8 = _run(8, tmp_path, synthetic_cache)
   assert len(one["losses"]) == 4 and np.all(np.isfinite(one["losses"]))
-  np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
-  assert eight["f1"] == pytest.approx(one["f1"], abs=1e-6)
-  assert p1.keys() == p8.keys() and len(p1) > 50
-  for k in p1:
-    np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  for extra in ({}, {"sharding.params": "fsdp", "sharding.fsdp_min_size": 64}):
+    eight, p8 = _run(8, tmp_path, synthetic_cache, **extra)
+    if extra:
+      assert eight["sharded_leaves"] > 30  # the big kernels and their AdamW moments are split 8 ways
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    assert eight["f1"] == pytest.approx(one["f1"], abs=1e-6)
+    assert p1.keys() == p8.keys() and len(p1) > 50
+    for k in p1:
+      np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-7, err_msg=f"{extra} {k}")
