@@ -1,7 +1,7 @@
 """Train-step and eval throughput (img/s) and step memory, ours vs the official PyTorch model.
 
 Usage: python benchmarks/throughput.py [--backbones resnet50,swin_transformer_base] [--stage 2]
-         [--batch 8] [--steps 3] [--official PATH_TO_ME-GraphAU] [--memory-batch 64]
+         [--batch 8] [--steps 3] [--official PATH_TO_ME-GraphAU] [--memory-batch 64] [--compare-layouts]
 
 Both models run on this machine in the same process, fp32, 224 px, the same batch size; a train
 step is forward + backward + AdamW update (ours: one jitted function over nnx.split state; the
@@ -12,6 +12,7 @@ step at --memory-batch (temporaries + arguments), streaming MEFL vs the direct f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from flax import nnx
 
 from megraph_jax import losses
 from megraph_jax.convert import build_model
+from megraph_jax.models import layers
 
 
 def _train_step_fn(graphdef, tx, lam: float):
@@ -117,6 +119,17 @@ def memory_head(backbone, batch, streaming):
   return m.temp_size_in_bytes + m.argument_size_in_bytes
 
 
+@contextlib.contextmanager
+def plain_layouts():
+  """Runs PointwiseConv / FlatLinear as plain nnx.Conv / nnx.Linear (the layouts before them)."""
+  saved = layers.PointwiseConv.__call__, layers.FlatLinear.__call__
+  layers.PointwiseConv.__call__, layers.FlatLinear.__call__ = nnx.Conv.__call__, nnx.Linear.__call__
+  try:
+    yield
+  finally:
+    layers.PointwiseConv.__call__, layers.FlatLinear.__call__ = saved
+
+
 def bench_official(path, backbone, stage, batch, steps):
   import torch  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
@@ -156,6 +169,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--official", default=None)
   p.add_argument("--memory-batch", type=int, default=64)
+  p.add_argument("--compare-layouts", action="store_true",
+                 help="also time ours with plain nnx.Conv/nnx.Linear layouts (before/after PointwiseConv, FlatLinear)")
   args = p.parse_args(argv)
   print(f"devices: {jax.devices()}  batch {args.batch}, 224 px, fp32, stage {args.stage}")
   for backbone in args.backbones.split(","):
@@ -165,6 +180,11 @@ def main(argv=None):
       otr, oev = bench_official(args.official, backbone, args.stage, args.batch, args.steps)
       row += f" | official: train {otr:6.2f}, eval {oev:6.2f} | ratio train {tr / otr:.2f}x, eval {ev / oev:.2f}x"
     print(row, flush=True)
+    if args.compare_layouts:
+      with plain_layouts():
+        ptr, pev = bench_ours(backbone, args.stage, args.batch, args.steps)
+      print(f"{'':22s} plain nnx.Conv/Linear layouts: train {ptr:6.2f} img/s, eval {pev:6.2f} img/s | "
+            f"layouts speed-up train {tr / ptr:.2f}x, eval {ev / pev:.2f}x", flush=True)
     if args.stage == 2 and args.memory_batch:
       hs, hd = memory_head(backbone, args.memory_batch, True), memory_head(backbone, args.memory_batch, False)
       print(f"{'':22s} head-only (global_linear..edge FC) fwd+bwd memory at batch {args.memory_batch}: streaming "

@@ -55,7 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_path_rate = config_dict.placeholder(float)
   config.model.dtype = "float32"  # compute dtype: float32 (official) or bfloat16 (params stay float32);
   #   float64 (params too; needs JAX_ENABLE_X64=1) for numerical checks
-  config.model.remat = False  # rematerialise backbone blocks in the backward pass (less memory, more compute)
+  config.model.remat = False  # rematerialise backbone blocks in the backward pass: ResNet-50 stage-2 step at batch 64
+  #   9.3 -> 3.9 GiB compiled memory on XLA:CPU, for one more backbone forward per step
   config.model.imagenet_weights = ""  # path of a torchvision ResNet / official Swin ImageNet .pth ('' = random init; nothing downloads)
 
   # ---------------------------------------------------------------- optimisation

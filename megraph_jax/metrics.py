@@ -32,17 +32,21 @@ class AUMetrics:
 
   au_names: tuple[str, ...]
   counts: np.ndarray | None = None  # [N, 4] int64: TP, FP, TN, FN
+  examples: int = 0  # examples seen (real, mask 1), whatever their labels
 
-  def update(self, counts) -> "AUMetrics":
+  def update(self, counts, num_examples: int | None = None) -> "AUMetrics":
+    """Adds confusion counts ``[N, 4]`` of ``num_examples`` examples (default: AU 0's labelled entries)."""
     counts = np.asarray(counts, np.int64)
     if counts.shape != (len(self.au_names), 4):
       raise ValueError(f"counts must be [{len(self.au_names)}, 4], got {counts.shape}")
     self.counts = counts if self.counts is None else self.counts + counts
+    self.examples += int(counts[0].sum()) if num_examples is None else int(num_examples)
     return self
 
   def update_from_predictions(self, probs, labels, mask=None, threshold: float = 0.5) -> "AUMetrics":
+    n = np.shape(probs)[0] if mask is None else int(np.sum(np.asarray(mask) > 0.5))
     return self.update(confusion_counts(jnp.asarray(probs), jnp.asarray(labels),
-                                        None if mask is None else jnp.asarray(mask), threshold))
+                                        None if mask is None else jnp.asarray(mask), threshold), n)
 
   def compute(self) -> dict:
     if self.counts is None:
@@ -56,5 +60,6 @@ class AUMetrics:
         "accuracy": dict(zip(self.au_names, acc.tolist())),
         "mean_f1": float(np.mean(f1)),
         "mean_accuracy": float(np.mean(acc)),
-        "num_examples": int(self.counts[0].sum()),
+        "num_examples": self.examples,
+        "num_labelled": dict(zip(self.au_names, self.counts.sum(axis=1).tolist())),  # label 0/1, per AU
     }

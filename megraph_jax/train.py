@@ -101,7 +101,7 @@ def evaluate(p_eval_step, state, data, *, root: str, config: ml_collections.Conf
     out = p_eval_step(state, sharding.put_batch(_model_inputs(b), data_sharding))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
-  result = AUMetrics(tuple(config.dataset.au_names)).update(totals["counts"]).compute()
+  result = AUMetrics(tuple(config.dataset.au_names)).update(totals["counts"], int(round(float(totals["n"])))).compute()
   result["loss"] = float(totals["wa_sum"] / max(totals["n"], 1.0))
   return result
 

@@ -37,6 +37,8 @@ def test_unlabelled_entries_are_not_counted():
     keep = labels[:, j] != 9
     assert got["f1"][name] == pytest.approx(f1_score(labels[keep, j], probs[keep, j] >= 0.5), abs=1e-12)
     assert got["accuracy"][name] == pytest.approx(accuracy_score(labels[keep, j], probs[keep, j] >= 0.5), abs=1e-12)
+    assert got["num_labelled"][name] == keep.sum()
+  assert got["num_examples"] == 60  # every example, not only those with AU "a" coded
 
 
 def test_mask_excludes_padding_and_threshold_is_inclusive():

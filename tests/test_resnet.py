@@ -169,3 +169,17 @@ def test_train_mode_batch_stats():
       n += 1
   assert n == 20
   assert stat_diff <= _TOL, f"running stats max abs diff {stat_diff:.3g}"
+
+
+def test_loads_into_an_abstract_model(tv18):
+  """Weights load into an ``nnx.eval_shape`` model (no random init) and give torchvision's outputs."""
+  model = nnx.eval_shape(lambda: resnet("resnet18", rngs=nnx.Rngs(0)))
+  sd = StateDict(_state_dict(tv18), source="test")
+  load_resnet(sd, "", model)
+  abstract = [p for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v[...], jax.ShapeDtypeStruct)]
+  assert not abstract, abstract
+  model.eval()
+  x_t, x_j = _inputs(1)
+  with torch.no_grad():
+    ref = _torch_tokens(tv18, x_t)
+  assert float(np.abs(np.asarray(model(x_j)) - ref).max()) <= _TOL

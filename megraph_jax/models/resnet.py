@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
-from megraph_jax.models.layers import apply_block
+from megraph_jax.models.layers import PointwiseConv, apply_block
 
 # depth -> (block kind, blocks per stage), as torchvision's resnet{18,34,50,101}.
 _CONFIGS = {
@@ -23,11 +23,11 @@ _NAMES = {f"resnet{d}": d for d in _CONFIGS}
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, param_dtype: Any,
-          rngs: nnx.Rngs) -> nnx.Conv:
+          rngs: nnx.Rngs) -> PointwiseConv:
   """Bias-free k x k conv with torch's symmetric padding k // 2 and the official He-normal init."""
   p = k // 2
   std = math.sqrt(2.0 / (k * k * cout))  # Official ResNet init: normal(0, sqrt(2 / (k*k*out))).
-  return nnx.Conv(
+  return PointwiseConv(
       cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=((p, p), (p, p)),
       use_bias=False, dtype=dtype, param_dtype=param_dtype,
       kernel_init=nnx.initializers.normal(stddev=std), rngs=rngs)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from megraph_jax.models.layers import apply_block
+from megraph_jax.models.layers import FlatLinear, apply_block
 from megraph_jax.models.precision import acc_dtype
 
 _LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
@@ -82,7 +82,7 @@ def _layer_norm(dim: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.L
 def _linear(din: int, dout: int, use_bias: bool, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
             ) -> nnx.Linear:
   """Linear with the Swin initialisation (trunc-normal std .02, zero bias)."""
-  return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=_LINEAR_INIT, bias_init=_ZEROS, dtype=dtype,
+  return FlatLinear(din, dout, use_bias=use_bias, kernel_init=_LINEAR_INIT, bias_init=_ZEROS, dtype=dtype,
                     param_dtype=param_dtype, rngs=rngs)
 
 

@@ -42,10 +42,11 @@ class StateDict:
 
 def assign(var: nnx.Variable, value: np.ndarray, key: str, source: str = "") -> None:
   """Writes ``value`` into ``var`` after checking the shape; the error names the key."""
-  want = tuple(var[...].shape)
+  current = var.get_value()  # an array, or a ShapeDtypeStruct in an abstract (nnx.eval_shape) model
+  want = tuple(current.shape)
   if tuple(value.shape) != want:
     raise ValueError(f"{source}: key '{key}' has shape {tuple(value.shape)}, the model expects {want}")
-  var[...] = jnp.asarray(value, dtype=var[...].dtype)
+  var.set_value(jnp.asarray(value, dtype=current.dtype))
 
 
 def load_linear(sd: StateDict, prefix: str, linear: nnx.Linear) -> None:
