@@ -148,8 +148,8 @@ def test_bf16_compute_close_to_fp32(timm224, ours224):
 def test_incompatible_sizes_raise():
   with pytest.raises(ValueError, match="not divisible by the window"):
     _ours(192, 7)  # 48 px map is neither a multiple of 7 nor at most 7.
-  with pytest.raises(ValueError, match="even feature map"):
-    _ours(112, 7)  # 28, 14, 7 -> merging a 7x7 map.
+  with pytest.raises(ValueError, match=r"not a multiple of 32.*e\.g\. 128 works"):
+    _ours(112, 7)  # 28, 14, 7 -> merging a 7x7 map: refused when built, naming a size that works.
 
 
 def test_missing_and_misshaped_keys_are_named(timm224):

@@ -284,6 +284,10 @@ class SwinTransformer(nnx.Module):
     self.img_size = _pair(img_size)
     if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
       raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {patch_size}")
+    merge = patch_size * 2 ** (len(depths) - 1)  # each of the len(depths) - 1 patch mergings halves the grid
+    if self.img_size[0] % merge or self.img_size[1] % merge:
+      raise ValueError(f"img_size {self.img_size} is not a multiple of {merge} (patch_size {patch_size} x 2 per patch "
+                       f"merging over {len(depths)} stages); e.g. {merge * max(1, round(self.img_size[0] / merge))} works")
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.depths = tuple(depths)
