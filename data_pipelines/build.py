@@ -2,8 +2,8 @@
 
 ``python -m data_pipelines.build bp4d --manual_dir=DIR [--data_dir=...] [--config=...]`` takes the flags
 of ``tfds build`` and runs the same code; it exists because the ``tfds`` command of
-tensorflow-datasets 4.9.x imports apache-beam at start-up. With apache-beam installed,
-``tfds build data_pipelines/bp4d.py --manual_dir=DIR`` is equivalent.
+tensorflow-datasets 4.9.x imports apache-beam and mlcroissant at start-up. With those installed
+(``requirements-tfds-cli.txt``), ``tfds build data_pipelines/bp4d.py --manual_dir=DIR`` is equivalent.
 """
 
 from __future__ import annotations

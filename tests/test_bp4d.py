@@ -15,6 +15,7 @@ from data_pipelines import bp4d
 from data_pipelines import build as common
 from data_pipelines import export
 from data_pipelines import input_pipeline
+from tfds_cli import build_command  # tests/tfds_cli.py
 
 HEADER = list(range(28))  # Column '0' holds the frame number; the others are AU numbers.
 FRAMES = (10, 11, 12)
@@ -101,9 +102,10 @@ def test_official_subject_sets():
   common.check_parts(bp4d.PARTS, "official")
 
 
-@pytest.fixture(scope="module")
-def cli_build(tmp_path_factory):
-  """`tfds build`-equivalent CLI on a tree with every skippable bad input."""
+@pytest.fixture(scope="module", params=["module", "tfds"])
+def cli_build(request, tmp_path_factory):
+  """`python -m data_pipelines.build` and, where installed, `tfds build` itself on a tree with every skippable bad input."""
+  cmd = build_command(request.param, "bp4d")  # skips the tfds variant where it is not installed
   root = tmp_path_factory.mktemp("bp4d_raw")
   make_tree(root)
   make_tree(root, subjects=("F099",), tasks=("T1",))  # In no official fold.
@@ -122,11 +124,11 @@ def cli_build(tmp_path_factory):
   config = json.dumps({"name": "mini", "aligner": "none", "image_size": 64})
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-m", "data_pipelines.build", "bp4d", f"--manual_dir={root}",
+  proc = subprocess.run([*cmd, f"--manual_dir={root}",
                          f"--data_dir={data_dir}", f"--config={config}"], capture_output=True, text=True, env=env,
                         cwd=repo, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return tfds.builder_from_directory(str(data_dir / "bp4d" / "mini" / "1.0.0")), proc.stderr
+  return tfds.builder_from_directory(str(data_dir / "bp4d" / "mini" / "1.0.0")), proc.stdout + proc.stderr  # the build log (tfds build logs to stdout)
 
 
 def test_cli_build_examples_and_folds(cli_build):

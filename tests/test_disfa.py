@@ -15,6 +15,7 @@ from data_pipelines import build as common
 from data_pipelines import disfa
 from data_pipelines import export
 from data_pipelines import input_pipeline
+from tfds_cli import build_command  # tests/tfds_cli.py
 
 cv2 = pytest.importorskip("cv2")
 
@@ -104,9 +105,10 @@ def test_official_subject_sets():
   common.check_parts(disfa.PARTS, "official")
 
 
-@pytest.fixture(scope="module")
-def cli_build(tmp_path_factory):
-  """`tfds build`-equivalent CLI on a video tree with the skippable bad input of DISFA."""
+@pytest.fixture(scope="module", params=["module", "tfds"])
+def cli_build(request, tmp_path_factory):
+  """`python -m data_pipelines.build` and, where installed, `tfds build` itself on a video tree with the skippable bad input of DISFA."""
+  cmd = build_command(request.param, "disfa")  # skips the tfds variant where it is not installed
   root = tmp_path_factory.mktemp("disfa_raw")
   for s in MINI:
     write_labels(root, s, aus=[a for a in disfa.AUS if not (s == "SN013" and a == 9)])  # SN013 lacks AU9.
@@ -122,11 +124,11 @@ def cli_build(tmp_path_factory):
   config = json.dumps({"name": "mini", "aligner": "none", "image_size": 64, "image_format": "png"})
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([sys.executable, "-m", "data_pipelines.build", "disfa", f"--manual_dir={root}",
+  proc = subprocess.run([*cmd, f"--manual_dir={root}",
                          f"--data_dir={data_dir}", f"--config={config}"], capture_output=True, text=True, env=env,
                         cwd=repo, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  return tfds.builder_from_directory(str(data_dir / "disfa" / "mini" / "1.0.0")), proc.stderr
+  return tfds.builder_from_directory(str(data_dir / "disfa" / "mini" / "1.0.0")), proc.stdout + proc.stderr  # the build log (tfds build logs to stdout)
 
 
 def test_cli_build_examples_and_folds(cli_build):
