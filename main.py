@@ -29,12 +29,18 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
 
+  from data_pipelines.input_pipeline import DatasetError  # pylint: disable=import-outside-toplevel
   from megraph_jax import distributed, train  # pylint: disable=import-outside-toplevel
+  from megraph_jax.datasets import DatasetNotFoundError  # pylint: disable=import-outside-toplevel
   distributed.initialize()
   import jax  # pylint: disable=import-outside-toplevel
   logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count(), jax.default_backend())
-  results = train.run(FLAGS.config, FLAGS.workdir)
+  try:
+    results = train.run(FLAGS.config, FLAGS.workdir)
+  except (DatasetNotFoundError, DatasetError) as e:  # the data, not the code: the message says what to do
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   if results.get("preempted"):
     logging.warning("stopped before the end; rerun the same command to resume")
     sys.exit(0)

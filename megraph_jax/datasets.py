@@ -47,14 +47,18 @@ def dataset_root(config: ml_collections.ConfigDict, workdir: str) -> str:
   return os.path.abspath(os.path.expanduser(d.root))
 
 
+class DatasetNotFoundError(FileNotFoundError):
+  """The configured dataset folder lacks the official list files; the message says how to prepare them."""
+
+
 def check_dataset(root: str, name: str, folds) -> None:
-  """Raises FileNotFoundError naming the expected folder and files, and how to prepare them."""
+  """Raises DatasetNotFoundError naming the expected folder and files, and how to prepare them."""
   missing = [list_file(root, name, k, split, what) for k in folds for split in ("train", "test")
              for what in ("img_path", "label") if not os.path.isfile(list_file(root, name, k, split, what))]
   if not missing:
     return
   where = f"the folder {root} does not exist" if not os.path.isdir(root) else f"{root} exists but is incomplete"
-  raise FileNotFoundError(
+  raise DatasetNotFoundError(
       f"dataset {name!r} not found (config key 'dataset.root'): {where}; missing {missing[0]}"
       f"{f' and {len(missing) - 1} more list file(s)' if len(missing) > 1 else ''}. Expected the official "
       f"layout: {root}/img/<subject>/... and {root}/list/{name}_{{train,test}}_{{img_path,label}}_fold<k>.txt, as "

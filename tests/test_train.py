@@ -257,3 +257,14 @@ def test_baseline_head_trains_one_stage_and_refuses_stage2(tmp_path, synthetic_c
   config.model.head = "nope"
   with pytest.raises(ValueError, match="model.head"):
     initialization.build_model(config, 1)
+
+
+def test_main_reports_a_missing_dataset_without_a_traceback(tmp_path):
+  """`python main.py --config=configs/disfa_swin.py` without the data: exit 2 and one clear message."""
+  proc = subprocess.run([sys.executable, "main.py", "--config=configs/disfa_swin.py", f"--workdir={tmp_path / 'w'}",
+                         f"--config.dataset.root={tmp_path / 'DISFA'}"], capture_output=True, text=True, cwd=REPO,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert f"error: dataset 'DISFA' not found (config key 'dataset.root'): the folder {tmp_path / 'DISFA'}" in proc.stderr
+  assert "python -m data_pipelines.build disfa --manual_dir=" in proc.stderr
