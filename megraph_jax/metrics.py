@@ -34,13 +34,13 @@ class AUMetrics:
   counts: np.ndarray | None = None  # [N, 4] int64: TP, FP, TN, FN
   examples: int = 0  # examples seen (real, mask 1), whatever their labels
 
-  def update(self, counts, num_examples: int | None = None) -> "AUMetrics":
-    """Adds confusion counts ``[N, 4]`` of ``num_examples`` examples (default: AU 0's labelled entries)."""
+  def update(self, counts, num_examples: int) -> "AUMetrics":
+    """Adds confusion counts ``[N, 4]`` of ``num_examples`` examples (real ones, whatever their labels)."""
     counts = np.asarray(counts, np.int64)
     if counts.shape != (len(self.au_names), 4):
       raise ValueError(f"counts must be [{len(self.au_names)}, 4], got {counts.shape}")
     self.counts = counts if self.counts is None else self.counts + counts
-    self.examples += int(counts[0].sum()) if num_examples is None else int(num_examples)
+    self.examples += int(num_examples)
     return self
 
   def update_from_predictions(self, probs, labels, mask=None, threshold: float = 0.5) -> "AUMetrics":
