@@ -29,14 +29,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value for overrides")
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   tf.config.set_visible_devices([], "GPU")
 
   from megraph_jax import distributed, errors, train  # pylint: disable=import-outside-toplevel
   from megraph_jax.preemption import EXIT_PREEMPTED  # pylint: disable=import-outside-toplevel
+
   distributed.initialize()
   import jax  # pylint: disable=import-outside-toplevel
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), jax.default_backend())
+
+  logging.info(
+    "JAX process %d/%d, %d local / %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.default_backend(),
+  )
   try:
     results = train.run(FLAGS.config, FLAGS.workdir)
   except errors.UserError as e:  # the input (config, data, files), not the code: the message says what to do

@@ -30,8 +30,16 @@ DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 def command(cell: str) -> list[str]:
   """The ``python -m megraph_jax.aot`` command of a cell."""
   model, dtype, topology, batch, *flags = cell.split(":")
-  args = ["python", "-m", "megraph_jax.aot", f"--config={CONFIGS[model]}", f"--topology={topology}", "--steps=train",
-          f"--config.model.dtype={DTYPES[dtype]}", f"--config.batch_size={int(batch)}"]
+  args = [
+    "python",
+    "-m",
+    "megraph_jax.aot",
+    f"--config={CONFIGS[model]}",
+    f"--topology={topology}",
+    "--steps=train",
+    f"--config.model.dtype={DTYPES[dtype]}",
+    f"--config.batch_size={int(batch)}",
+  ]
   for flag in flags:
     args.append({"fsdp": "--config.sharding.params=fsdp", "remat": "--config.model.remat=True"}[flag])
   return args + [f"--json={os.path.join('benchmarks', 'aot', cell.replace(':', '_') + '.json')}"]
@@ -45,8 +53,9 @@ def run(cells: list[str]) -> None:
       continue
     cmd = command(cell)
     print(" ".join(cmd), flush=True)
-    proc = subprocess.run(["nice", "-n", "5", sys.executable] + cmd[1:], cwd=REPO, capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+      ["nice", "-n", "5", sys.executable] + cmd[1:], cwd=REPO, capture_output=True, text=True, check=False
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("|")]
     print("\n".join(lines) or proc.stderr[-2000:], f"\nexit status {proc.returncode}", flush=True)
     if proc.returncode == 2:
@@ -55,14 +64,19 @@ def run(cells: list[str]) -> None:
 
 
 def _gib(b: float) -> str:
-  return f"{b / 2 ** 30:.1f}"
+  return f"{b / 2**30:.1f}"
 
 
 def _coll(t: dict) -> str:
-  short = {"all-reduce": "AR", "all-gather": "AG", "reduce-scatter": "RS", "collective-permute": "CP",
-           "all-to-all": "A2A"}
+  short = {
+    "all-reduce": "AR",
+    "all-gather": "AG",
+    "reduce-scatter": "RS",
+    "collective-permute": "CP",
+    "all-to-all": "A2A",
+  }
   c = t["collectives"]
-  mib = sum(v["bytes"] for v in c.values()) / 2 ** 20
+  mib = sum(v["bytes"] for v in c.values()) / 2**20
   return (" ".join(f"{short[k]}x{v['count']}" for k, v in sorted(c.items())) + f" ({mib:.0f} MiB)") if c else "none"
 
 
@@ -85,24 +99,34 @@ def table() -> str:
     layout = r["params_mode"] + (" + remat" if r["remat"] else "")
     if m is None:  # XLA:TPU refused: the temporaries alone exceed the usable HBM
       need = f"temps {_gib(t['required'])} > {_gib(t['available'])} usable" if "required" in t else t["oom"]
-      rows.append(((model, dtype, r["chip"], r["chips"], r["global_batch"], layout),
-                   f"| {model} | {dtype} | {r['pod_type']} ({r['chips']} chips, {r['hosts']} hosts) | "
-                   f"{r['global_batch']} / {r['per_chip_batch']} | {layout} | {need} (XLA refuses) | **no** | | | | "
-                   f"| {t['compile_s']:.0f} |"))
+      rows.append(
+        (
+          (model, dtype, r["chip"], r["chips"], r["global_batch"], layout),
+          f"| {model} | {dtype} | {r['pod_type']} ({r['chips']} chips, {r['hosts']} hosts) | "
+          f"{r['global_batch']} / {r['per_chip_batch']} | {layout} | {need} (XLA refuses) | **no** | | | | "
+          f"| {t['compile_s']:.0f} |",
+        )
+      )
       continue
-    rows.append(((model, dtype, r["chip"], r["chips"], r["global_batch"], layout),
-                 f"| {model} | {dtype} | {r['pod_type']} ({r['chips']} chips, {r['hosts']} hosts) | "
-                 f"{r['global_batch']} / {r['per_chip_batch']} | {layout} | "
-                 f"{_gib(m['arguments'])} + {_gib(m['temporaries'])} = **{_gib(m['total'])}** of "
-                 f"{r['hbm_capacity'] / 2 ** 30:.0f} | {'yes' if r['fits'] else '**no**'} | "
-                 f"{t['flops_per_chip'] / 1e12:.2f} | {_coll(t)} | "
-                 f"{1e3 * t['compute_s']:.1f} / {1e3 * t['collective_s']:.1f} | "
-                 f"{t['images_per_s']:,.0f} / {t['images_per_s_per_host']:,.0f} | {t['compile_s']:.0f} |"))
+    rows.append(
+      (
+        (model, dtype, r["chip"], r["chips"], r["global_batch"], layout),
+        f"| {model} | {dtype} | {r['pod_type']} ({r['chips']} chips, {r['hosts']} hosts) | "
+        f"{r['global_batch']} / {r['per_chip_batch']} | {layout} | "
+        f"{_gib(m['arguments'])} + {_gib(m['temporaries'])} = **{_gib(m['total'])}** of "
+        f"{r['hbm_capacity'] / 2**30:.0f} | {'yes' if r['fits'] else '**no**'} | "
+        f"{t['flops_per_chip'] / 1e12:.2f} | {_coll(t)} | "
+        f"{1e3 * t['compute_s']:.1f} / {1e3 * t['collective_s']:.1f} | "
+        f"{t['images_per_s']:,.0f} / {t['images_per_s_per_host']:,.0f} | {t['compile_s']:.0f} |",
+      )
+    )
   rows.sort(key=lambda r: r[0] if isinstance(r[0], tuple) else ("~", "", 0, "", 0, r[0]))
-  head = ("| model | dtype | slice | batch global / per chip | parameters | train-step HBM per chip, GiB: args + temps "
-          "= total of capacity | fits | TFLOP per chip per step | collectives (result MiB) | "
-          "step ms: compute at 40% MFU / collectives over ICI | "
-          "img/s slice / per host | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+  head = (
+    "| model | dtype | slice | batch global / per chip | parameters | train-step HBM per chip, GiB: args + temps "
+    "= total of capacity | fits | TFLOP per chip per step | collectives (result MiB) | "
+    "step ms: compute at 40% MFU / collectives over ICI | "
+    "img/s slice / per host | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+  )
   return "\n".join([head] + [r[1] for r in rows])
 
 

@@ -42,8 +42,8 @@ def ours(backbone: str, num_aus: int, stage: int, img: int = 224, streaming: boo
   x = jax.ShapeDtypeStruct(feats.shape[:2] + (model.channels,), jnp.float32)
   u = jax.ShapeDtypeStruct((1, num_aus) + x.shape[1:], jnp.float32)
   parts = {
-      "backbone": _flops(lambda s, i: m(s).backbone(i), st, images),
-      "global_linear+AFG": _flops(lambda s, f: m(s).afg(m(s).global_linear(f)), st, feats),
+    "backbone": _flops(lambda s, i: m(s).backbone(i), st, images),
+    "global_linear+AFG": _flops(lambda s, f: m(s).afg(m(s).global_linear(f)), st, feats),
   }
   if stage == 1:
     v = jax.ShapeDtypeStruct((1, num_aus, model.channels), jnp.float32)
@@ -53,7 +53,8 @@ def ours(backbone: str, num_aus: int, stage: int, img: int = 224, streaming: boo
     v = jax.ShapeDtypeStruct((1, num_aus, model.channels), jnp.float32)
     e = jax.ShapeDtypeStruct((1, num_aus * num_aus, model.channels), jnp.float32)
     parts["GatedGCN+SC+edge_fc"] = _flops(
-        lambda s, v, e: (lambda o: (m(s).sc(o[0]), m(s).edge_fc(o[1])))(m(s).gnn(v, e)), st, v, e)
+      lambda s, v, e: (lambda o: (m(s).sc(o[0]), m(s).edge_fc(o[1])))(m(s).gnn(v, e)), st, v, e
+    )
   return {k: v / 1e9 for k, v in parts.items()}
 
 
@@ -61,9 +62,11 @@ def official(path: str, backbone: str, num_aus: int, stage: int, img: int = 224)
   """GFLOPs per image by part for the official model (torch FlopCounterMode)."""
   import torch  # pylint: disable=import-outside-toplevel
   from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=import-outside-toplevel
+
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
   from check_official_parity import _official_model  # pylint: disable=import-outside-toplevel
   from make_golden import _CpuAsDevice0  # pylint: disable=import-outside-toplevel
+
   net = _official_model(path, stage, backbone, num_aus, 4).eval()
 
   def count(fn, *args):
@@ -75,9 +78,11 @@ def official(path: str, backbone: str, num_aus: int, stage: int, img: int = 224)
   parts = {}
   parts["backbone"], feats = count(net.backbone, images)
   head = net.head
+
   def afg(f):
     x = net.global_linear(f)
     return x, torch.stack([linear(x) for linear in head.class_linears], 1)
+
   parts["global_linear+AFG"], (x, fu) = count(afg, feats)
   if stage == 1:
     parts["FGG+SC"], _ = count(lambda v: head.gnn(v), fu.mean(-2))

@@ -26,12 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megraph_jax import datasets, input_pipeline, synthetic  # pylint: disable=wrong-import-position
 
 
-def input_throughput(root: str, name: str, *, batch: int, batches: int, image_size: int, crop: int,
-                     color_jitter: bool = True) -> tuple[float, int]:
+def input_throughput(
+  root: str, name: str, *, batch: int, batches: int, image_size: int, crop: int, color_jitter: bool = True
+) -> tuple[float, int]:
   """(images per second, batches timed) of one training epoch's pipeline over ``root``."""
   data = datasets.read_split(root, name, 1, "train")
-  ds = input_pipeline.create_train_dataset(data, root=root, batch_size=batch, image_size=image_size,
-                                           crop_size=crop, seed=0, epoch=0, color_jitter=color_jitter)
+  ds = input_pipeline.create_train_dataset(
+    data, root=root, batch_size=batch, image_size=image_size, crop_size=crop, seed=0, epoch=0, color_jitter=color_jitter
+  )
   it = iter(ds.as_numpy_iterator())
   first = next(it)  # warm-up: graph tracing, thread pools, first files
   assert first["image"].shape == (batch, crop, crop, 3), first["image"].shape
@@ -70,16 +72,28 @@ def main(argv=None) -> None:
       root = os.path.join(tmp, "BP4D")
       per_subject = -(-(args.batch * (args.batches + 1) * 3) // (2 * 9))  # fold 1 trains on 6 of 9 subjects
       t0 = time.perf_counter()
-      synthetic.generate(root, name=args.name, num_subjects=9, frames_per_subject=per_subject,
-                         image_size=args.image_size)
+      synthetic.generate(
+        root, name=args.name, num_subjects=9, frames_per_subject=per_subject, image_size=args.image_size
+      )
       print(f"wrote {9 * per_subject} synthetic {args.image_size} px faces in {time.perf_counter() - t0:.0f} s")
-    rate, n = input_throughput(root, args.name, batch=args.batch, batches=args.batches,
-                               image_size=args.image_size, crop=args.crop, color_jitter=not args.no_jitter)
-  print(f"input pipeline: {rate:7.1f} img/s  ({n} batches of {args.batch}, {args.image_size} px -> {args.crop} "
-        f"px crops, colour jitter {'off' if args.no_jitter else 'on'}, {os.cpu_count()} CPU cores)", flush=True)
+    rate, n = input_throughput(
+      root,
+      args.name,
+      batch=args.batch,
+      batches=args.batches,
+      image_size=args.image_size,
+      crop=args.crop,
+      color_jitter=not args.no_jitter,
+    )
+  print(
+    f"input pipeline: {rate:7.1f} img/s  ({n} batches of {args.batch}, {args.image_size} px -> {args.crop} "
+    f"px crops, colour jitter {'off' if args.no_jitter else 'on'}, {os.cpu_count()} CPU cores)",
+    flush=True,
+  )
   if args.no_step:
     return
   import throughput  # pylint: disable=import-outside-toplevel  # benchmarks/throughput.py
+
   train, _ = throughput.bench_ours(args.backbone, 2, args.step_batch, args.steps)
   print(f"train step ({args.backbone}, stage 2, batch {args.step_batch}, fp32): {train:7.2f} img/s")
   print(f"input / train-step consumption: {rate / train:.1f}x")

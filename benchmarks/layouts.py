@@ -41,8 +41,7 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   b = args.batch
   print(f"devices: {jax.devices()}; gradients include their forward pass")
-  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   matmul = lambda x, w: (x.reshape(-1, x.shape[-1]) @ w[0, 0]).reshape(*x.shape[:-1], w.shape[-1])
   for h, c, d in ((56, 256, 64), (56, 64, 256), (14, 1024, 256), (7, 2048, 512)):
     print(f"1x1 conv [{b}, {h}, {h}, {c}] -> {d}")

@@ -39,6 +39,7 @@ def _train_step_fn(graphdef, tx, lam: float):
     params, rest = nnx.state(model, nnx.Param, ...)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), rest), opt_state, loss
+
   return step
 
 
@@ -111,6 +112,7 @@ def memory_head(backbone, batch, streaming):
     m = nnx.merge(graphdef, state)
     out = nnx.value_and_grad(lambda m: jnp.sum(m.head(m.global_linear(x))["edge_logits"]))(m)
     return out
+
   m = jax.jit(loss).lower(state, feats).compile().memory_analysis()
   return m.temp_size_in_bytes + m.argument_size_in_bytes
 
@@ -128,9 +130,11 @@ def plain_layouts():
 
 def bench_official(path, backbone, stage, batch, steps):
   import torch  # pylint: disable=import-outside-toplevel
+
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
   from check_official_parity import _official_model  # pylint: disable=import-outside-toplevel
   from make_golden import _CpuAsDevice0  # pylint: disable=import-outside-toplevel
+
   net = _official_model(path, stage, backbone, 12, 4)
   opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=5e-4)
   images = torch.randn(batch, 3, 224, 224)
@@ -165,8 +169,11 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--official", default=None)
   p.add_argument("--memory-batch", type=int, default=64)
-  p.add_argument("--compare-layouts", action="store_true",
-                 help="also time ours with plain nnx.Conv/nnx.Linear layouts (before/after PointwiseConv, FlatLinear)")
+  p.add_argument(
+    "--compare-layouts",
+    action="store_true",
+    help="also time ours with plain nnx.Conv/nnx.Linear layouts (before/after PointwiseConv, FlatLinear)",
+  )
   args = p.parse_args(argv)
   print(f"devices: {jax.devices()}  batch {args.batch}, 224 px, fp32, stage {args.stage}")
   for backbone in args.backbones.split(","):
@@ -179,17 +186,26 @@ def main(argv=None):
     if args.compare_layouts:
       with plain_layouts():
         ptr, pev = bench_ours(backbone, args.stage, args.batch, args.steps)
-      print(f"{'':22s} plain nnx.Conv/Linear layouts: train {ptr:6.2f} img/s, eval {pev:6.2f} img/s | "
-            f"layouts speed-up train {tr / ptr:.2f}x, eval {ev / pev:.2f}x", flush=True)
+      print(
+        f"{'':22s} plain nnx.Conv/Linear layouts: train {ptr:6.2f} img/s, eval {pev:6.2f} img/s | "
+        f"layouts speed-up train {tr / ptr:.2f}x, eval {ev / pev:.2f}x",
+        flush=True,
+      )
     if args.stage == 2 and args.memory_batch:
       hs, hd = memory_head(backbone, args.memory_batch, True), memory_head(backbone, args.memory_batch, False)
-      print(f"{'':22s} head-only (global_linear..edge FC) fwd+bwd memory at batch {args.memory_batch}: streaming "
-            f"{hs / 2**30:.2f} GiB, direct {hd / 2**30:.2f} GiB, ratio {hs / hd:.2f}", flush=True)
+      print(
+        f"{'':22s} head-only (global_linear..edge FC) fwd+bwd memory at batch {args.memory_batch}: streaming "
+        f"{hs / 2**30:.2f} GiB, direct {hd / 2**30:.2f} GiB, ratio {hs / hd:.2f}",
+        flush=True,
+      )
       for remat in (False, True):
         ms = memory_ours(backbone, 2, args.memory_batch, True, remat)
         md = memory_ours(backbone, 2, args.memory_batch, False, remat)
-        print(f"{'':22s} train-step memory at batch {args.memory_batch} (backbone remat {remat}): streaming "
-              f"{ms / 2**30:.2f} GiB, direct {md / 2**30:.2f} GiB, ratio {ms / md:.2f}", flush=True)
+        print(
+          f"{'':22s} train-step memory at batch {args.memory_batch} (backbone remat {remat}): streaming "
+          f"{ms / 2**30:.2f} GiB, direct {md / 2**30:.2f} GiB, ratio {ms / md:.2f}",
+          flush=True,
+        )
 
 
 if __name__ == "__main__":

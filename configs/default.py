@@ -98,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sharding = ml_collections.ConfigDict()
   config.sharding.params = "replicated"  # 'replicated' (data parallel) or 'fsdp' (params and AdamW moments split
   #   over the devices: 1/n of their memory per device, same results)
-  config.sharding.fsdp_min_size = 2 ** 14  # fsdp: arrays with fewer elements stay replicated
+  config.sharding.fsdp_min_size = 2**14  # fsdp: arrays with fewer elements stay replicated
 
   # ---------------------------------------------------------------- checkpoints, init, logging
   config.checkpoint = ""  # mode 'eval': our stage dir / best dir / model dir (model.json), or an official .pth

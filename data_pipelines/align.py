@@ -35,15 +35,14 @@ _MAX_PENDING_ARRAYS = 64  # Decoded frames held while waiting for a sequence's f
 
 # Issues that can befall a frame: kind -> what was done about it.
 ISSUES: dict[str, str] = {
-    "missing_frame": "skipped: the image file does not exist",
-    "corrupt_image": "skipped: the image could not be decoded (corrupt or truncated)",
-    "tiny_image": "skipped: the image is smaller than the minimum side",
-    "grayscale_image": "kept: converted to RGB",
-    "multiple_faces": "kept: aligned on the largest face",
-    "no_face_filled": "kept: aligned with the landmarks of the nearest earlier (or first later) frame of its sequence",
-    "no_face": "skipped: no face found in the frame and none to borrow in its sequence",
+  "missing_frame": "skipped: the image file does not exist",
+  "corrupt_image": "skipped: the image could not be decoded (corrupt or truncated)",
+  "tiny_image": "skipped: the image is smaller than the minimum side",
+  "grayscale_image": "kept: converted to RGB",
+  "multiple_faces": "kept: aligned on the largest face",
+  "no_face_filled": "kept: aligned with the landmarks of the nearest earlier (or first later) frame of its sequence",
+  "no_face": "skipped: no face found in the frame and none to borrow in its sequence",
 }
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,8 +164,10 @@ class IssueLog:
 
   def to_json(self, max_items: int | None = None) -> dict[str, Any]:
     """``{"counts": ..., "items": {kind: [[item, detail], ...]}}`` (at most max_items per kind)."""
-    return {"counts": self.counts(),
-            "items": {k: [list(t) for t in v[:max_items]] for k, v in sorted(self.items.items())}}
+    return {
+      "counts": self.counts(),
+      "items": {k: [list(t) for t in v[:max_items]] for k, v in sorted(self.items.items())},
+    }
 
 
 _WORKER: dict[str, Any] = {}
@@ -177,6 +178,7 @@ def _init_worker(cfg: AlignConfig, threads: int) -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if cfg.aligner == "mtcnn" and threads > 0:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
   _WORKER["cfg"] = cfg
@@ -200,8 +202,9 @@ def _work(path: str | None, array: np.ndarray | None) -> tuple[Any, ...]:
     return None, None, 0, issues, detail
   if len(faces) > 1:
     issues += ("multiple_faces",)
-    detail = (detail + "; " if detail else "") + f"{len(faces)} faces, scores " + ", ".join(
-        f"{f.score:.2f}" for f in faces)
+    detail = (
+      (detail + "; " if detail else "") + f"{len(faces)} faces, scores " + ", ".join(f"{f.score:.2f}" for f in faces)
+    )
   lm = faces[0].landmarks
   return align_face(img, lm, cfg.size), lm, len(faces), issues, detail
 
@@ -212,11 +215,16 @@ _POOL: dict[str, Any] = {}  # The worker pool, kept across calls with the same s
 def _pool(cfg: AlignConfig, n: int) -> Any:
   """A spawn-based process pool for ``cfg`` (reused: TensorFlow and MTCNN load once per worker)."""
   from concurrent.futures import ProcessPoolExecutor  # pylint: disable=g-import-not-at-top
+
   if _POOL.get("key") != (cfg, n):
     shutdown()
     threads = max(1, (os.cpu_count() or 1) // n)
-    _POOL["ex"] = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),  # TF does not survive fork.
-                                      initializer=_init_worker, initargs=(cfg, threads))
+    _POOL["ex"] = ProcessPoolExecutor(
+      n,
+      mp_context=multiprocessing.get_context("spawn"),  # TF does not survive fork.
+      initializer=_init_worker,
+      initargs=(cfg, threads),
+    )
     _POOL["key"] = (cfg, n)
     atexit.register(shutdown)  # Before interpreter teardown, which the pool's callbacks do not survive.
   return _POOL["ex"]
@@ -251,8 +259,13 @@ def _ordered_map(frames: Iterable[Frame], cfg: AlignConfig) -> Iterator[tuple[Fr
     yield f0, fut.result()
 
 
-def align_frames(frames: Iterable[Frame], cfg: AlignConfig = AlignConfig(), log: IssueLog | None = None,
-                 progress: bool | str = False, total: int | None = None) -> Iterator[Aligned]:
+def align_frames(
+  frames: Iterable[Frame],
+  cfg: AlignConfig = AlignConfig(),
+  log: IssueLog | None = None,
+  progress: bool | str = False,
+  total: int | None = None,
+) -> Iterator[Aligned]:
   """Aligns frames in order; frames of one sequence must be consecutive.
 
   A frame without a face borrows the landmarks of the previous frame with one in its sequence (or of
@@ -264,8 +277,15 @@ def align_frames(frames: Iterable[Frame], cfg: AlignConfig = AlignConfig(), log:
   stream = _ordered_map(frames, cfg)
   if progress:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    stream = tqdm(stream, total=total, desc=progress if isinstance(progress, str) else "align", unit="frame",
-                  file=sys.stderr, dynamic_ncols=True)
+
+    stream = tqdm(
+      stream,
+      total=total,
+      desc=progress if isinstance(progress, str) else "align",
+      unit="frame",
+      file=sys.stderr,
+      dynamic_ncols=True,
+    )
   seq, last_lm = None, None
   pending: list[tuple[Aligned, bool]] = []  # Held until the sequence's first face: (item, needs landmarks).
 
@@ -384,8 +404,14 @@ def _natural_key(name: str) -> tuple[Any, ...]:
   return (0, int(stem), ext) if stem.isdigit() else (1, stem, ext)
 
 
-def align_path(src: str, dst: str, cfg: AlignConfig = AlignConfig(), video_ext: str = ".png",
-               progress: bool = True, report: str | None = None) -> IssueLog:
+def align_path(
+  src: str,
+  dst: str,
+  cfg: AlignConfig = AlignConfig(),
+  video_ext: str = ".png",
+  progress: bool = True,
+  report: str | None = None,
+) -> IssueLog:
   """Aligns an image, a video or a folder of them into ``dst``; writes the report; returns the log.
 
   Images keep their relative path; a video ``V`` becomes ``dst/V/<i><video_ext>`` with ``i`` counted
@@ -418,8 +444,18 @@ def align_path(src: str, dst: str, cfg: AlignConfig = AlignConfig(), video_ext: 
   report = report or os.path.join(os.path.dirname(dst) if to_file else dst, "align_report.json")
   os.makedirs(os.path.dirname(report) or ".", exist_ok=True)
   with open(report, "w") as f:
-    json.dump({"input": src, "output": dst, "config": dataclasses.asdict(cfg), "written": written,
-               "issues_explained": ISSUES, **log.to_json()}, f, indent=1)
+    json.dump(
+      {
+        "input": src,
+        "output": dst,
+        "config": dataclasses.asdict(cfg),
+        "written": written,
+        "issues_explained": ISSUES,
+        **log.to_json(),
+      },
+      f,
+      indent=1,
+    )
   return log
 
 
@@ -430,8 +466,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("output", help="output folder (or an image file name when the input is one image)")
   p.add_argument("--size", type=int, default=256, help="crop side in px (default 256, as the official crops)")
   p.add_argument("--aligner", choices=ALIGNERS, default="mtcnn", help="'none': frames already aligned")
-  p.add_argument("--missing-face", choices=MISSING_FACE, default="previous",
-                 help="frames without a face: borrow the landmarks of the previous frame of the clip, or skip")
+  p.add_argument(
+    "--missing-face",
+    choices=MISSING_FACE,
+    default="previous",
+    help="frames without a face: borrow the landmarks of the previous frame of the clip, or skip",
+  )
   p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
   p.add_argument("--max-detect-side", type=int, default=640, help="detect on a copy downscaled to this side")
   p.add_argument("--min-face-size", type=int, default=20)
@@ -440,8 +480,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--no-progress", action="store_true")
   a = p.parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  cfg = AlignConfig(size=a.size, aligner=a.aligner, missing_face=a.missing_face, workers=a.workers,
-                    max_detect_side=a.max_detect_side, min_face_size=a.min_face_size)
+  cfg = AlignConfig(
+    size=a.size,
+    aligner=a.aligner,
+    missing_face=a.missing_face,
+    workers=a.workers,
+    max_detect_side=a.max_detect_side,
+    min_face_size=a.min_face_size,
+  )
   try:
     log = align_path(a.input, a.output, cfg, video_ext=a.video_ext, progress=not a.no_progress, report=a.report)
   except (AlignError, FileNotFoundError, ImportError) as e:

@@ -29,18 +29,18 @@ LABEL_VALUES = (0, 1, UNLABELLED)  # 9: the frame was not coded for that AU.
 # Subject groups of the official 3-fold protocol (the first path component of the official
 # data/BP4D/list/BP4D_test_img_path_fold{3,2,1}.txt, in list order).
 PARTS = (
-    ("F001", "M007", "F018", "F008", "F002", "M004", "F010", "F009", "M012", "M001", "F016", "M014", "F023", "M008"),
-    ("M011", "F003", "M010", "M002", "F005", "F022", "M018", "M017", "F013", "M016", "F020", "F011", "M013", "M005"),
-    ("F007", "F015", "F006", "F019", "M006", "M009", "F012", "M003", "F004", "F021", "F017", "M015", "F014"),
+  ("F001", "M007", "F018", "F008", "F002", "M004", "F010", "F009", "M012", "M001", "F016", "M014", "F023", "M008"),
+  ("M011", "F003", "M010", "M002", "F005", "F022", "M018", "M017", "F013", "M016", "F020", "F011", "M013", "M005"),
+  ("F007", "F015", "F006", "F019", "M006", "M009", "F012", "M003", "F004", "F021", "F017", "M015", "F014"),
 )
 SUBJECT_RE = re.compile(r"[FM]\d{3}")
 CSV_RE = re.compile(r"([FM]\d{3})_(T\d+)\.csv")
 ISSUES = {
-    "unlabelled_kept": "kept with label 9 for the uncoded AUs, as the official tool does (config unlabelled='keep')",
-    "unlabelled_dropped": "skipped: some AU is 9 (not coded) and the config has unlabelled='drop'",
-    "missing_label_file": "skipped: no AU occurrence CSV for this subject and task",
-    "missing_subject": "skipped: an official subject with neither frames nor labels in the release",
-    "unknown_subject": "skipped: a subject in no subject group of the folds",
+  "unlabelled_kept": "kept with label 9 for the uncoded AUs, as the official tool does (config unlabelled='keep')",
+  "unlabelled_dropped": "skipped: some AU is 9 (not coded) and the config has unlabelled='drop'",
+  "missing_label_file": "skipped: no AU occurrence CSV for this subject and task",
+  "missing_subject": "skipped: an official subject with neither frames nor labels in the release",
+  "unknown_subject": "skipped: a subject in no subject group of the folds",
 }
 
 CITATION = """@article{zhang2014bp4d,
@@ -74,9 +74,11 @@ def read_au_csv(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   header = [c.strip() for c in rows[0]]
   missing = [str(a) for a in ("0",) + AUS if str(a) not in header]
   if missing:
-    raise RawDataError(f"{base} line 1: header lacks column(s) {', '.join(missing)} (frame column '0' and AUs "
-                       f"{', '.join(map(str, AUS))}); found {','.join(header[:30])} in {path}. Use the CSVs of "
-                       "AUCoding/AU_OCC as distributed")
+    raise RawDataError(
+      f"{base} line 1: header lacks column(s) {', '.join(missing)} (frame column '0' and AUs "
+      f"{', '.join(map(str, AUS))}); found {','.join(header[:30])} in {path}. Use the CSVs of "
+      "AUCoding/AU_OCC as distributed"
+    )
   idx = [header.index(str(a)) for a in AUS]
   fcol = header.index("0")
   frames, labels, lines = [], [], []
@@ -85,8 +87,9 @@ def read_au_csv(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not any(c.strip() for c in row):
       raise RawDataError(f"{base} line {lineno}: empty row inside the table in {path}")
     if len(row) != len(header):
-      raise RawDataError(f"{base} line {lineno}: expected {len(header)} columns as in the header, found "
-                         f"{len(row)} in {path}")
+      raise RawDataError(
+        f"{base} line {lineno}: expected {len(header)} columns as in the header, found {len(row)} in {path}"
+      )
     try:
       fr = int(float(row[fcol]))
     except ValueError:
@@ -102,8 +105,10 @@ def read_au_csv(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
       except ValueError:
         v = None
       if v is None or v not in LABEL_VALUES:
-        raise RawDataError(f"{base} line {lineno}, column {j + 1} (AU{au}): unknown value {tok!r} in {path}; "
-                           f"expected one of {LABEL_VALUES} (9 = not coded)")
+        raise RawDataError(
+          f"{base} line {lineno}, column {j + 1} (AU{au}): unknown value {tok!r} in {path}; "
+          f"expected one of {LABEL_VALUES} (9 = not coded)"
+        )
       vals.append(int(v))
     frames.append(fr)
     labels.append(vals)
@@ -134,16 +139,24 @@ def _is_frames_root(d: str) -> bool:
 def locate(manual_dir: str, cfg: RawConfig) -> tuple[str, str]:
   """(frames root, label folder) inside the manual folder."""
   hint = "see the manual download instructions:\n" + MANUAL_DOWNLOAD_INSTRUCTIONS
-  labels = common.resolve_subdir(manual_dir, cfg.labels_subdir, "AU occurrence CSVs (F001_T1.csv ...)", _is_label_dir,
-                             ("AU_OCC",), hint)
+  labels = common.resolve_subdir(
+    manual_dir, cfg.labels_subdir, "AU occurrence CSVs (F001_T1.csv ...)", _is_label_dir, ("AU_OCC",), hint
+  )
   try:
-    frames = common.resolve_subdir(manual_dir, cfg.frames_subdir, "frame folders (F001/T1/<frame>.jpg ...)",
-                               _is_frames_root, ("2D+3D", "2DFeatures", "BP4D-training", "Sequences", "img"), hint)
+    frames = common.resolve_subdir(
+      manual_dir,
+      cfg.frames_subdir,
+      "frame folders (F001/T1/<frame>.jpg ...)",
+      _is_frames_root,
+      ("2D+3D", "2DFeatures", "BP4D-training", "Sequences", "img"),
+      hint,
+    )
   except common.ManualDirError as e:
     zips = [os.path.join(d, n) for d, _, fs in os.walk(manual_dir) for n in fs if n.lower().endswith(".zip")]
     if zips:
-      raise common.ManualDirError(f"{e}\nFound archives such as {zips[0]}: extract them so that "
-                              "<folder>/F001/T1/<frame>.jpg exist") from None
+      raise common.ManualDirError(
+        f"{e}\nFound archives such as {zips[0]}: extract them so that <folder>/F001/T1/<frame>.jpg exist"
+      ) from None
     raise
   return frames, labels
 
@@ -195,14 +208,26 @@ def plan(manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[lis
             log.add("missing_frame", rel, f"frame {fr} of {os.path.basename(csv_path)} line {ln} not in {where}")
             continue
           info = common.FrameInfo(path=rel, subject=subj, task=task, frame=fr, label=y)
-          planned[pi].append(align.Frame(key=rel, sequence=f"{subj}/{task}", path=os.path.join(task_dir, name),
-                                         meta=info))
+          planned[pi].append(
+            align.Frame(key=rel, sequence=f"{subj}/{task}", path=os.path.join(task_dir, name), meta=info)
+          )
   common.require_frames("BP4D", planned, parts, manual_dir, log)
-  meta = {"aus": list(AUS), "parts": [list(p) for p in parts], "frames_root": frames_root, "label_dir": label_dir,
-          "unlabelled_policy": cfg.unlabelled, **stats,
-          "splits": {common.part_split_name(i): {"subjects": sorted({f.meta.subject for f in planned[i]}),
-                                             "planned_frames": len(planned[i])} for i in range(3)},
-          "folds": {str(k): {s: tfds_split(k, s) for s in common.SPLITS} for k in (1, 2, 3)}}
+  meta = {
+    "aus": list(AUS),
+    "parts": [list(p) for p in parts],
+    "frames_root": frames_root,
+    "label_dir": label_dir,
+    "unlabelled_policy": cfg.unlabelled,
+    **stats,
+    "splits": {
+      common.part_split_name(i): {
+        "subjects": sorted({f.meta.subject for f in planned[i]}),
+        "planned_frames": len(planned[i]),
+      }
+      for i in range(3)
+    },
+    "folds": {str(k): {s: tfds_split(k, s) for s in common.SPLITS} for k in (1, 2, 3)},
+  }
   return planned, meta
 
 
@@ -213,9 +238,9 @@ class Bp4d(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Raw release -> MTCNN-aligned faces, official folds."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
-      RawConfig(name="default", description="Every CSV frame (label 9 kept, as the official lists), 256 px JPEG."),
-      RawConfig(name="drop_unlabelled", unlabelled="drop", description="Frames with any AU = 9 dropped."),
-      RawConfig(name="prealigned", aligner="none", description="Frames already aligned: centre crop + resize."),
+    RawConfig(name="default", description="Every CSV frame (label 9 kept, as the official lists), 256 px JPEG."),
+    RawConfig(name="drop_unlabelled", unlabelled="drop", description="Frames with any AU = 9 dropped."),
+    RawConfig(name="prealigned", aligner="none", description="Frames already aligned: centre crop + resize."),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
@@ -223,13 +248,13 @@ class Bp4d(tfds.core.GeneratorBasedBuilder):
     """Features, keys and metadata."""
     cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=common.features(len(AUS), cfg.image_size, cfg.image_format),
-        description=__doc__.split("\n\n")[0],
-        citation=CITATION,
-        supervised_keys=("image", "label"),
-        homepage="http://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
-        disable_shuffling=True,  # Keep the official list order.
-        metadata=tfds.core.MetadataDict(),
+      features=common.features(len(AUS), cfg.image_size, cfg.image_format),
+      description=__doc__.split("\n\n")[0],
+      citation=CITATION,
+      supervised_keys=("image", "label"),
+      homepage="http://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
+      disable_shuffling=True,  # Keep the official list order.
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:

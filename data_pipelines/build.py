@@ -59,8 +59,9 @@ class RawConfig(tfds.core.BuilderConfig):
 
   def align_config(self) -> align.AlignConfig:
     """The alignment settings of this config."""
-    return align.AlignConfig(size=self.image_size, aligner=self.aligner, missing_face=self.missing_face,
-                             workers=self.workers)
+    return align.AlignConfig(
+      size=self.image_size, aligner=self.aligner, missing_face=self.missing_face, workers=self.workers
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,8 +105,10 @@ def check_parts(parts: Sequence[Sequence[str]], where: str) -> tuple[tuple[str, 
     for s in group:
       if s in seen:
         where_else = "twice in group" if seen[s] == i else f"in groups {seen[s] + 1} and"
-        raise RawDataError(f"{where}: subject {s} is {where_else} {i + 1}; the folds must be subject-independent "
-                           "(each subject in exactly one group)")
+        raise RawDataError(
+          f"{where}: subject {s} is {where_else} {i + 1}; the folds must be subject-independent "
+          "(each subject in exactly one group)"
+        )
       seen[s] = i
   return tuple(tuple(g) for g in parts)
 
@@ -138,8 +141,9 @@ def find_dirs(root: str, accept: Callable[[str], bool], max_depth: int = 4) -> l
   return out
 
 
-def resolve_subdir(manual_dir: str, subdir: str, what: str, accept: Callable[[str], bool],
-                   prefer: Sequence[str], hint: str) -> str:
+def resolve_subdir(
+  manual_dir: str, subdir: str, what: str, accept: Callable[[str], bool], prefer: Sequence[str], hint: str
+) -> str:
   """The folder holding ``what``: ``manual_dir/subdir`` if given, else the best match of a search."""
   if subdir:
     path = os.path.join(manual_dir, subdir)
@@ -189,20 +193,25 @@ class FrameInfo:
 
 def features(num_aus: int, image_size: int, image_format: str) -> tfds.features.FeaturesDict:
   """The example features of both builders."""
-  return tfds.features.FeaturesDict({
-      "image": tfds.features.Image(shape=(image_size, image_size, 3), encoding_format=image_format,
-                                   doc="aligned face, RGB"),
-      "label": tfds.features.Tensor(shape=(num_aus,), dtype=np.int32,
-                                    doc="AU occurrence per AU (1 present, 0 absent; BP4D 9 = not coded)"),
+  return tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Image(
+        shape=(image_size, image_size, 3), encoding_format=image_format, doc="aligned face, RGB"
+      ),
+      "label": tfds.features.Tensor(
+        shape=(num_aus,), dtype=np.int32, doc="AU occurrence per AU (1 present, 0 absent; BP4D 9 = not coded)"
+      ),
       "subject": tfds.features.Text(doc="subject ID, e.g. F001 or SN001"),
       "task": tfds.features.Text(doc="BP4D task (T1..T8) or DISFA video"),
       "frame": tfds.features.Scalar(dtype=np.int32, doc="frame number (BP4D: label CSV; DISFA: 0-based index)"),
       "path": tfds.features.Text(doc="relative image path in the official list files"),
-  })
+    }
+  )
 
 
-def examples(frames: Iterable[align.Frame], cfg: RawConfig, log: align.IssueLog, desc: str,
-             total: int | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def examples(
+  frames: Iterable[align.Frame], cfg: RawConfig, log: align.IssueLog, desc: str, total: int | None
+) -> Iterator[tuple[str, dict[str, Any]]]:
   """Aligns frames (meta = FrameInfo) and yields TFDS (key, example) pairs; skipped frames go to ``log``.
 
   Raises RawDataError when every frame was skipped (an empty split).
@@ -213,21 +222,32 @@ def examples(frames: Iterable[align.Frame], cfg: RawConfig, log: align.IssueLog,
       continue
     info: FrameInfo = res.frame.meta
     n += 1
-    yield info.path, {"image": res.image, "label": info.label.astype(np.int32), "subject": info.subject,
-                      "task": info.task, "frame": int(info.frame), "path": info.path}
+    yield (
+      info.path,
+      {
+        "image": res.image,
+        "label": info.label.astype(np.int32),
+        "subject": info.subject,
+        "task": info.task,
+        "frame": int(info.frame),
+        "path": info.path,
+      },
+    )
   if n == 0:
     raise RawDataError(f"{desc}: every frame was skipped, the split would be empty. Bad input:\n{log.summary()}")
 
 
-def require_frames(name: str, planned: Sequence[Sequence[Any]], parts: Sequence[Sequence[str]], manual_dir: str,
-                   log: align.IssueLog) -> None:
+def require_frames(
+  name: str, planned: Sequence[Sequence[Any]], parts: Sequence[Sequence[str]], manual_dir: str, log: align.IssueLog
+) -> None:
   """Raises RawDataError when a subject group has no labelled frame (its fold cannot be formed)."""
   for i, frames in enumerate(planned):
     if not frames:
       raise RawDataError(
-          f"{name}: no labelled frames for subject group {i + 1} ({part_split_name(i)}: {', '.join(parts[i])}) "
-          f"under {manual_dir}; every fold needs test subjects. Bad input so far:\n{log.summary()}\n"
-          "Add these subjects' frames and label files, or pass a config with `parts` naming the subjects you have.")
+        f"{name}: no labelled frames for subject group {i + 1} ({part_split_name(i)}: {', '.join(parts[i])}) "
+        f"under {manual_dir}; every fold needs test subjects. Bad input so far:\n{log.summary()}\n"
+        "Add these subjects' frames and label files, or pass a config with `parts` naming the subjects you have."
+      )
 
 
 def metadata_update(meta: dict[str, Any], log: align.IssueLog, extra: dict[str, Any]) -> None:
@@ -256,11 +276,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   from absl import app  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.scripts.cli import build as tfds_build  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.scripts.cli import cli_utils  # pylint: disable=g-import-not-at-top
+
   argv = list(sys.argv if argv is None else argv)
   here = os.path.dirname(os.path.abspath(__file__))
   if len(argv) < 2 or argv[1] not in BUILDERS:
-    print(f"usage: python -m data_pipelines.build {{{','.join(BUILDERS)}}} --manual_dir=DIR [tfds build flags]\n\n"
-          + MANUAL_HELP, file=sys.stderr)
+    print(
+      f"usage: python -m data_pipelines.build {{{','.join(BUILDERS)}}} --manual_dir=DIR [tfds build flags]\n\n"
+      + MANUAL_HELP,
+      file=sys.stderr,
+    )
     sys.exit(2)
   argv = [argv[0], os.path.join(here, BUILDERS[argv[1]]), *argv[2:]]
   parse = cli_utils.make_flags_parser(tfds_build.Args, description="Build BP4D or DISFA from its raw release.")

@@ -29,19 +29,19 @@ INTENSITIES = (0, 1, 2, 3, 4, 5)
 # Subject groups of the official 3-fold protocol (the first path component of the official
 # data/DISFA/list/DISFA_test_img_path_fold{3,2,1}.txt, in list order).
 PARTS = (
-    ("SN002", "SN010", "SN001", "SN026", "SN027", "SN032", "SN030", "SN009", "SN016"),
-    ("SN013", "SN018", "SN011", "SN028", "SN012", "SN006", "SN031", "SN021", "SN024"),
-    ("SN003", "SN029", "SN023", "SN025", "SN008", "SN005", "SN007", "SN017", "SN004"),
+  ("SN002", "SN010", "SN001", "SN026", "SN027", "SN032", "SN030", "SN009", "SN016"),
+  ("SN013", "SN018", "SN011", "SN028", "SN012", "SN006", "SN031", "SN021", "SN024"),
+  ("SN003", "SN029", "SN023", "SN025", "SN008", "SN005", "SN007", "SN017", "SN004"),
 )
 SUBJECT_RE = re.compile(r"SN\d{3}")
 VIDEO_RE = re.compile(r"LeftVideo(SN\d{3}).*", re.IGNORECASE)
 ISSUES = {
-    "missing_au_file": "kept: the AU's column is 0 for this subject, as the official tool does",
-    "missing_subject": "skipped: an official subject with no label folder in the release",
-    "unknown_subject": "skipped: a subject in no subject group of the folds",
-    "missing_video": "skipped: no left-camera video or frame folder for a labelled subject",
-    "extra_video_frames": "ignored: the video has frames beyond the last label line",
-    "label_frame_number": "kept: the frame number in the file differs from the line position (the line is used)",
+  "missing_au_file": "kept: the AU's column is 0 for this subject, as the official tool does",
+  "missing_subject": "skipped: an official subject with no label folder in the release",
+  "unknown_subject": "skipped: a subject in no subject group of the folds",
+  "missing_video": "skipped: no left-camera video or frame folder for a labelled subject",
+  "extra_video_frames": "ignored: the video has frames beyond the last label line",
+  "label_frame_number": "kept: the frame number in the file differs from the line position (the line is used)",
 }
 
 CITATION = """@article{mavadati2013disfa,
@@ -76,8 +76,10 @@ def read_au_file(path: str) -> tuple[np.ndarray, list[tuple[int, int]]]:
   for lineno, text in enumerate(lines, 1):
     parts = text.split(",")
     if len(parts) != 2:
-      raise RawDataError(f"{base} line {lineno}: expected 2 comma-separated columns 'frame,intensity', found "
-                         f"{len(parts)} ({text[:60]!r}) in {path}")
+      raise RawDataError(
+        f"{base} line {lineno}: expected 2 comma-separated columns 'frame,intensity', found "
+        f"{len(parts)} ({text[:60]!r}) in {path}"
+      )
     try:
       fr, val = int(parts[0]), int(parts[1])
     except ValueError:
@@ -95,8 +97,10 @@ def read_subject_labels(label_dir: str, subj: str, log: align.IssueLog) -> np.nd
   folder = os.path.join(label_dir, subj)
   au1 = os.path.join(folder, f"{subj}_au1.txt")
   if not os.path.isfile(au1):
-    raise RawDataError(f"{au1} does not exist but {folder} does; the official protocol takes the frame count "
-                       "from the AU1 file. Restore it from the release")
+    raise RawDataError(
+      f"{au1} does not exist but {folder} does; the official protocol takes the frame count "
+      "from the AU1 file. Restore it from the release"
+    )
   n = read_au_file(au1)[0].shape[0]
   y = np.zeros((n, len(AUS)), np.int32)
   for j, au in enumerate(AUS):
@@ -106,12 +110,17 @@ def read_subject_labels(label_dir: str, subj: str, log: align.IssueLog) -> np.nd
       continue
     vals, off = read_au_file(path)
     if vals.shape[0] != n:
-      raise RawDataError(f"{path} has {vals.shape[0]} frames but {os.path.basename(au1)} has {n}; the AU files of "
-                         "a subject must have one line per frame each")
+      raise RawDataError(
+        f"{path} has {vals.shape[0]} frames but {os.path.basename(au1)} has {n}; the AU files of "
+        "a subject must have one line per frame each"
+      )
     if off:
       ln, fr = off[0]
-      log.add("label_frame_number", f"{subj}/AU{au}",
-              f"{len(off)} line(s), first {os.path.basename(path)} line {ln} says frame {fr}")
+      log.add(
+        "label_frame_number",
+        f"{subj}/AU{au}",
+        f"{len(off)} line(s), first {os.path.basename(path)} line {ln} says frame {fr}",
+      )
     y[:, j] = (vals >= THRESHOLD).astype(np.int32)
   return y
 
@@ -127,8 +136,10 @@ def _is_label_dir(d: str) -> bool:
 def _is_video_dir(d: str) -> bool:
   """Holds LeftVideoSNxxx*.avi-style files."""
   try:
-    return any(VIDEO_RE.fullmatch(os.path.splitext(n)[0]) and os.path.splitext(n)[1].lower() in align.VIDEO_EXTS
-               for n in os.listdir(d))
+    return any(
+      VIDEO_RE.fullmatch(os.path.splitext(n)[0]) and os.path.splitext(n)[1].lower() in align.VIDEO_EXTS
+      for n in os.listdir(d)
+    )
   except OSError:
     return False
 
@@ -145,16 +156,27 @@ def _is_frames_root(d: str) -> bool:
 def locate(manual_dir: str, cfg: RawConfig) -> tuple[str, str, str]:
   """(label folder, frame source kind 'video' or 'frames', its folder) inside the manual folder."""
   hint = "see the manual download instructions:\n" + MANUAL_DOWNLOAD_INSTRUCTIONS
-  labels = common.resolve_subdir(manual_dir, cfg.labels_subdir, "AU label folders (SN001/SN001_au1.txt ...)",
-                             _is_label_dir, ("ActionUnit_Labels",), hint)
+  labels = common.resolve_subdir(
+    manual_dir,
+    cfg.labels_subdir,
+    "AU label folders (SN001/SN001_au1.txt ...)",
+    _is_label_dir,
+    ("ActionUnit_Labels",),
+    hint,
+  )
   kinds = ("video", "frames") if cfg.source == "auto" else (cfg.source,)
   errors = []
   for kind in kinds:
     accept = _is_video_dir if kind == "video" else _is_frames_root
     what = "left-camera videos (LeftVideoSN001_comp.avi ...)" if kind == "video" else "frame folders (SN001/0.png ...)"
     try:
-      return labels, kind, common.resolve_subdir(manual_dir, cfg.frames_subdir, what, accept,
-                                             ("Videos_LeftCamera", "img", "frames"), hint)
+      return (
+        labels,
+        kind,
+        common.resolve_subdir(
+          manual_dir, cfg.frames_subdir, what, accept, ("Videos_LeftCamera", "img", "frames"), hint
+        ),
+      )
     except common.ManualDirError as e:
       errors.append(str(e))
   raise common.ManualDirError(errors[-1] if len(errors) == 1 else f"{errors[0]}\nNor: {errors[1]}")
@@ -170,8 +192,9 @@ def _video_path(video_dir: str, subj: str) -> str | None:
   return None
 
 
-def _subject_frames(kind: str, source_dir: str, subj: str, labels: np.ndarray, log: align.IssueLog,
-                    stats: dict[str, Any]) -> tuple[Iterator[align.Frame], int] | None:
+def _subject_frames(
+  kind: str, source_dir: str, subj: str, labels: np.ndarray, log: align.IssueLog, stats: dict[str, Any]
+) -> tuple[Iterator[align.Frame], int] | None:
   """Frames of one subject (lazily decoded for videos) and their planned count; None when absent."""
   n = labels.shape[0]
 
@@ -194,6 +217,7 @@ def _subject_frames(kind: str, source_dir: str, subj: str, labels: np.ndarray, l
         yield align.Frame(key=f"{subj}/{i}.png", sequence=subj, array=arr, meta=info(i, task))
       for j in range(i + 1, n):
         log.add("missing_frame", f"{subj}/{j}.png", f"{video} ends after {i + 1} frames; labels have {n}")
+
     return gen(), n
   folder = os.path.join(source_dir, subj)
   files = common.numbered_files(folder)
@@ -210,8 +234,9 @@ def _subject_frames(kind: str, source_dir: str, subj: str, labels: np.ndarray, l
     if name is None:
       log.add("missing_frame", f"{subj}/{i}.png", f"frame {i + base} not in {folder}")
       continue
-    frames.append(align.Frame(key=f"{subj}/{i}.png", sequence=subj, path=os.path.join(folder, name),
-                              meta=info(i, subj)))
+    frames.append(
+      align.Frame(key=f"{subj}/{i}.png", sequence=subj, path=os.path.join(folder, name), meta=info(i, subj))
+    )
   stats["frames_without_label"] += len(set(files) - set(range(base, n + base)))
   return iter(frames), len(frames)
 
@@ -237,11 +262,23 @@ def plan(manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[lis
       if got is not None:
         planned[pi].append((subj, got[0], got[1]))
   common.require_frames("DISFA", [[c for _, _, c in p if c] for p in planned], parts, manual_dir, log)
-  meta = {"aus": list(AUS), "threshold": THRESHOLD, "parts": [list(p) for p in parts], "label_dir": label_dir,
-          "frame_source": kind, "frame_dir": source_dir, **stats,
-          "splits": {common.part_split_name(i): {"subjects": [s for s, _, _ in planned[i]],
-                                             "planned_frames": sum(c for _, _, c in planned[i])} for i in range(3)},
-          "folds": {str(k): {s: tfds_split(k, s) for s in common.SPLITS} for k in (1, 2, 3)}}
+  meta = {
+    "aus": list(AUS),
+    "threshold": THRESHOLD,
+    "parts": [list(p) for p in parts],
+    "label_dir": label_dir,
+    "frame_source": kind,
+    "frame_dir": source_dir,
+    **stats,
+    "splits": {
+      common.part_split_name(i): {
+        "subjects": [s for s, _, _ in planned[i]],
+        "planned_frames": sum(c for _, _, c in planned[i]),
+      }
+      for i in range(3)
+    },
+    "folds": {str(k): {s: tfds_split(k, s) for s in common.SPLITS} for k in (1, 2, 3)},
+  }
   return planned, meta
 
 
@@ -252,10 +289,14 @@ class Disfa(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Raw release -> MTCNN-aligned faces, official folds."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
-      RawConfig(name="default", image_format="png", description="Left camera, 256 px PNG (as the official crops)."),
-      RawConfig(name="jpeg", image_format="jpeg", description="Left camera, 256 px JPEG (about 8x smaller)."),
-      RawConfig(name="prealigned", aligner="none", image_format="png",
-                description="Frames already aligned (e.g. the official crops): centre crop + resize."),
+    RawConfig(name="default", image_format="png", description="Left camera, 256 px PNG (as the official crops)."),
+    RawConfig(name="jpeg", image_format="jpeg", description="Left camera, 256 px JPEG (about 8x smaller)."),
+    RawConfig(
+      name="prealigned",
+      aligner="none",
+      image_format="png",
+      description="Frames already aligned (e.g. the official crops): centre crop + resize.",
+    ),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
@@ -263,13 +304,13 @@ class Disfa(tfds.core.GeneratorBasedBuilder):
     """Features, keys and metadata."""
     cfg = self.builder_config
     return self.dataset_info_from_configs(
-        features=common.features(len(AUS), cfg.image_size, cfg.image_format),
-        description=__doc__.split("\n\n")[0],
-        citation=CITATION,
-        supervised_keys=("image", "label"),
-        homepage="http://mohammadmahoor.com/disfa/",
-        disable_shuffling=True,  # Keep the official list order.
-        metadata=tfds.core.MetadataDict(),
+      features=common.features(len(AUS), cfg.image_size, cfg.image_format),
+      description=__doc__.split("\n\n")[0],
+      citation=CITATION,
+      supervised_keys=("image", "label"),
+      homepage="http://mohammadmahoor.com/disfa/",
+      disable_shuffling=True,  # Keep the official list order.
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:

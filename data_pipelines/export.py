@@ -37,12 +37,14 @@ def _write_image(path: str, encoded: bytes, stored_format: str) -> None:
   import io  # pylint: disable=g-import-not-at-top
 
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   img = Image.open(io.BytesIO(encoded)).convert("RGB")
   img.save(path, **({"quality": 95} if want == "jpeg" else {}))
 
 
-def export_official(builder: tfds.core.DatasetBuilder, out_root: str, *, unlabelled_as: int | None = None,
-                    write_images: bool = True) -> dict[str, int]:
+def export_official(
+  builder: tfds.core.DatasetBuilder, out_root: str, *, unlabelled_as: int | None = None, write_images: bool = True
+) -> dict[str, int]:
   """Writes ``out_root/img/<path>`` and the 24 list files of the official layout; returns split sizes.
 
   Lists follow the official tools: test of fold k = one subject group, train = the other two in the
@@ -62,8 +64,9 @@ def export_official(builder: tfds.core.DatasetBuilder, out_root: str, *, unlabel
   paths: list[list[str]] = [[], [], []]
   labels: list[np.ndarray] = []
   for part in range(3):
-    ds = builder.as_dataset(split=common.part_split_name(part), shuffle_files=False,
-                            decoders={"image": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(
+      split=common.part_split_name(part), shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     ys = []
     for ex in tfds.as_numpy(ds):
       rel = ex["path"].decode()
@@ -105,9 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--config", default=None, help="builder config name (default: the builder's default)")
   p.add_argument("--data_dir", default=None, help="TFDS data dir it was built in (default: ~/tensorflow_datasets)")
   p.add_argument("--builder_dir", default=None, help="instead of --dataset/--config: the built version folder")
-  p.add_argument("--unlabelled-as", type=int, choices=(0, 1), default=None,
-                 help="write BP4D's 9 (not coded) as this value (default: keep 9 as the official lists; our training "
-                 "leaves it out of the losses, class weights and metrics)")
+  p.add_argument(
+    "--unlabelled-as",
+    type=int,
+    choices=(0, 1),
+    default=None,
+    help="write BP4D's 9 (not coded) as this value (default: keep 9 as the official lists; our training "
+    "leaves it out of the losses, class weights and metrics)",
+  )
   p.add_argument("--lists-only", action="store_true", help="write list/ only, no images")
   a = p.parse_args(argv)
   if (a.dataset is None) == (a.builder_dir is None):
@@ -115,15 +123,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if a.builder_dir:
       if not os.path.isfile(os.path.join(a.builder_dir, "dataset_info.json")):
-        raise FileNotFoundError(f"{a.builder_dir} holds no built dataset (no dataset_info.json); give the version "
-                                "folder, e.g. DATA_DIR/bp4d/default/1.0.0")
+        raise FileNotFoundError(
+          f"{a.builder_dir} holds no built dataset (no dataset_info.json); give the version "
+          "folder, e.g. DATA_DIR/bp4d/default/1.0.0"
+        )
       builder = tfds.builder_from_directory(a.builder_dir)
     else:
       importlib.import_module(f"data_pipelines.{a.dataset}")  # Registers the builder.
       builder = tfds.builder(a.dataset, config=a.config, data_dir=a.data_dir)
     if not builder.is_prepared():
-      raise FileNotFoundError(f"{builder.name} ({builder.builder_config.name}) is not built in {builder.data_dir}; "
-                              f"run `python -m data_pipelines.build {builder.name} --manual_dir=...` first")
+      raise FileNotFoundError(
+        f"{builder.name} ({builder.builder_config.name}) is not built in {builder.data_dir}; "
+        f"run `python -m data_pipelines.build {builder.name} --manual_dir=...` first"
+      )
     sizes = export_official(builder, a.out, unlabelled_as=a.unlabelled_as, write_images=not a.lists_only)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -26,8 +26,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   p.add_argument("--aus", default=None, help="comma-separated AU numbers (default: the dataset's AUs)")
   a = p.parse_args(argv)
   aus = [int(v) for v in a.aus.split(",")] if a.aus else None
-  root = generate(a.out, name=a.name, num_subjects=a.num_subjects, frames_per_subject=a.frames_per_subject,
-                  image_size=a.image_size, seed=a.seed, aus=aus)
+  root = generate(
+    a.out,
+    name=a.name,
+    num_subjects=a.num_subjects,
+    frames_per_subject=a.frames_per_subject,
+    image_size=a.image_size,
+    seed=a.seed,
+    aus=aus,
+  )
   print(f"wrote {a.num_subjects * a.frames_per_subject} images and 3 folds of lists to {root}", file=sys.stderr)
 
 

@@ -29,8 +29,23 @@ EXIT_CONFIG_ERROR = 2
 EXIT_DOES_NOT_FIT = 3
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
+}
 
 
 class ShapeError(ValueError):
@@ -40,8 +55,10 @@ class ShapeError(ValueError):
 def check_shapes(global_batch: int, chips: int, hosts: int, key: str = "batch_size") -> int:
   """Per-chip batch of ``global_batch`` on ``chips`` chips over ``hosts`` hosts; ShapeError if it cannot shard."""
   if global_batch < chips:
-    raise ShapeError(f"config key '{key}' = {global_batch} over {chips} chips gives a per-chip batch of 0; use a "
-                     f"global batch of at least {chips} (a multiple of {chips}) or a smaller slice / subslice")
+    raise ShapeError(
+      f"config key '{key}' = {global_batch} over {chips} chips gives a per-chip batch of 0; use a "
+      f"global batch of at least {chips} (a multiple of {chips}) or a smaller slice / subslice"
+    )
   if global_batch % chips:
     lo, hi = global_batch // chips * chips, -(-global_batch // chips) * chips
     raise ShapeError(f"config key '{key}' = {global_batch} does not divide over {chips} chips; use {lo} or {hi}")
@@ -82,14 +99,19 @@ def _memory(compiled) -> dict[str, int]:
   ma = compiled.memory_analysis()
   args, out, alias = ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.alias_size_in_bytes
   temp, code = ma.temp_size_in_bytes, ma.generated_code_size_in_bytes
-  return {"arguments": args, "outputs_not_aliased": out - alias, "temporaries": temp, "code": code,
-          "total": args + out - alias + temp + code}
+  return {
+    "arguments": args,
+    "outputs_not_aliased": out - alias,
+    "temporaries": temp,
+    "code": code,
+    "total": args + out - alias + temp + code,
+  }
 
 
 def _oom(message: str) -> dict[str, Any]:
   """XLA:TPU refuses to compile a step that cannot fit: keep its figures ('... temporaries (20.06G) exceeds
   available HBM (15.75G)')."""
-  sizes = [float(v) * 2 ** 30 for v in re.findall(r"\(([0-9.]+)G\)", message)]
+  sizes = [float(v) * 2**30 for v in re.findall(r"\(([0-9.]+)G\)", message)]
   line = next((ln for ln in message.splitlines() if "RESOURCE_EXHAUSTED" in ln), message.splitlines()[0])
   out: dict[str, Any] = {"oom": line.strip()[:500]}
   if len(sizes) >= 2:
@@ -121,9 +143,18 @@ def abstract_steps(config, mesh, stage: int):
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
   tx, _ = optim.create_optimizer(
-      params, learning_rate=settings.learning_rate, total_steps=1000, weight_decay=config.optim.weight_decay,
-      b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps, clip_norm=config.optim.clip_norm,
-      trainable_params=settings.trainable_params, decay_params=settings.decay_params, stage_key=f"stage{stage}")
+    params,
+    learning_rate=settings.learning_rate,
+    total_steps=1000,
+    weight_decay=config.optim.weight_decay,
+    b1=config.optim.b1,
+    b2=config.optim.b2,
+    eps=config.optim.eps,
+    clip_norm=config.optim.clip_norm,
+    trainable_params=settings.trainable_params,
+    decay_params=settings.decay_params,
+    stage_key=f"stage{stage}",
+  )
   opt_state = jax.eval_shape(tx.init, params)
 
   mode, min_size = config.sharding.params, config.sharding.fsdp_min_size
@@ -141,19 +172,27 @@ def abstract_steps(config, mesh, stage: int):
   lam = float(settings.lam) if stage == 2 else 0.0
 
   def batch(size: int, with_mask: bool) -> dict[str, Any]:
-    out = {"image": jax.ShapeDtypeStruct((size, crop, crop, 3), jnp.float32, sharding=data),  # [B, H, W, 3]
-           "label": jax.ShapeDtypeStruct((size, n), jnp.float32, sharding=data),  # [B, N]
-           "relation": jax.ShapeDtypeStruct((size, n * n), jnp.int32, sharding=data)}  # [B, N*N]
+    out = {
+      "image": jax.ShapeDtypeStruct((size, crop, crop, 3), jnp.float32, sharding=data),  # [B, H, W, 3]
+      "label": jax.ShapeDtypeStruct((size, n), jnp.float32, sharding=data),  # [B, N]
+      "relation": jax.ShapeDtypeStruct((size, n * n), jnp.int32, sharding=data),
+    }  # [B, N*N]
     if with_mask:
       out["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=data)  # [B]
     return out
 
   # As train.jit_train_step / jit_eval_step, with the donation a TPU run gets (state and opt state in place).
-  train_fn = jax.jit(functools.partial(train.train_step, graphdef, tx=tx, class_weights=class_weights, lam=lam),
-                     in_shardings=(state_sh, opt_sh, data), out_shardings=(state_sh, opt_sh, repl),
-                     donate_argnums=(0, 1))
-  eval_fn = jax.jit(functools.partial(train.eval_step, eval_graphdef, class_weights=class_weights),
-                    in_shardings=(state_sh, data), out_shardings=repl)
+  train_fn = jax.jit(
+    functools.partial(train.train_step, graphdef, tx=tx, class_weights=class_weights, lam=lam),
+    in_shardings=(state_sh, opt_sh, data),
+    out_shardings=(state_sh, opt_sh, repl),
+    donate_argnums=(0, 1),
+  )
+  eval_fn = jax.jit(
+    functools.partial(train.eval_step, eval_graphdef, class_weights=class_weights),
+    in_shardings=(state_sh, data),
+    out_shardings=repl,
+  )
   eval_batch = -(-config.eval_batch_size // mesh.devices.size) * mesh.devices.size
   train_args = (spec(state, state_sh), spec(opt_state, opt_sh), batch(config.batch_size, False))
   eval_args = (spec(state, state_sh), batch(eval_batch, True))
@@ -161,8 +200,15 @@ def abstract_steps(config, mesh, stage: int):
   return train_fn, eval_fn, train_args, eval_args, n_params
 
 
-def compile_report(config, topology: str, *, stage: int = 2, steps: tuple[str, ...] = ("train", "eval"),
-                   mfu: float = 0.4, num_slices: int = 1) -> dict[str, Any]:
+def compile_report(
+  config,
+  topology: str,
+  *,
+  stage: int = 2,
+  steps: tuple[str, ...] = ("train", "eval"),
+  mfu: float = 0.4,
+  num_slices: int = 1,
+) -> dict[str, Any]:
   """Compiles the steps of ``config`` for ``topology``; returns the figures the table prints."""
   from megraph_jax import sharding, tpu_topology  # pylint: disable=import-outside-toplevel
 
@@ -171,12 +217,23 @@ def compile_report(config, topology: str, *, stage: int = 2, steps: tuple[str, .
   mesh = sharding.make_mesh(list(tpu.devices))
   train_fn, eval_fn, train_args, eval_args, n_params = abstract_steps(config, mesh, stage)
   report: dict[str, Any] = {
-      "topology": tpu.name, "pod_type": tpu.pod_type, "chip": tpu.chip.version, "chips": tpu.chips, "hosts": tpu.hosts,
-      "backbone": config.model.backbone, "stage": stage,
-      "global_batch": config.batch_size, "per_chip_batch": per_chip, "params_mode": config.sharding.params,
-      "dtype": config.model.dtype, "remat": bool(config.model.remat), "parameters": n_params,
-      "hbm_capacity": int(tpu.chip.hbm_gib * tpu_topology.GIB), "mfu": mfu,
-      "peak_bf16_tflops": tpu.chip.peak_bf16_tflops}
+    "topology": tpu.name,
+    "pod_type": tpu.pod_type,
+    "chip": tpu.chip.version,
+    "chips": tpu.chips,
+    "hosts": tpu.hosts,
+    "backbone": config.model.backbone,
+    "stage": stage,
+    "global_batch": config.batch_size,
+    "per_chip_batch": per_chip,
+    "params_mode": config.sharding.params,
+    "dtype": config.model.dtype,
+    "remat": bool(config.model.remat),
+    "parameters": n_params,
+    "hbm_capacity": int(tpu.chip.hbm_gib * tpu_topology.GIB),
+    "mfu": mfu,
+    "peak_bf16_tflops": tpu.chip.peak_bf16_tflops,
+  }
   for name in steps:
     fn, args = (train_fn, train_args) if name == "train" else (eval_fn, eval_args)
     t0 = time.time()
@@ -190,14 +247,18 @@ def compile_report(config, topology: str, *, stage: int = 2, steps: tuple[str, .
       report[name] = {"lower_s": round(t1 - t0, 1), "compile_s": round(time.time() - t1, 1), **_oom(str(e))}
       continue
     t2 = time.time()
-    report[name] = {"lower_s": round(t1 - t0, 1), "compile_s": round(t2 - t1, 1), "memory": _memory(compiled),
-                    "flops_per_chip": _flops(compiled), "collectives": collectives(compiled.as_text())}
+    report[name] = {
+      "lower_s": round(t1 - t0, 1),
+      "compile_s": round(t2 - t1, 1),
+      "memory": _memory(compiled),
+      "flops_per_chip": _flops(compiled),
+      "collectives": collectives(compiled.as_text()),
+    }
     if name == "eval":
       report[name]["global_batch"] = args[1]["image"].shape[0]
   if "train" in report and "memory" in report["train"]:
     report["train"].update(step_time(report["train"], tpu.chip, tpu.chips, config.batch_size, tpu.hosts, mfu))
-  report["fits"] = all("memory" in report[s] and report[s]["memory"]["total"] <= report["hbm_capacity"]
-                      for s in steps)
+  report["fits"] = all("memory" in report[s] and report[s]["memory"]["total"] <= report["hbm_capacity"] for s in steps)
   return report
 
 
@@ -212,20 +273,27 @@ def step_time(train: dict[str, Any], chip, chips: int, global_batch: int, hosts:
   comm = 2 * (chips - 1) / chips * nbytes / (chip.ici_gbps * 1e9 / 8) if chips > 1 else 0.0
   step = max(compute, comm)
   rate = global_batch / step if step > 0 else float("inf")
-  return {"compute_s": compute, "collective_s": comm, "step_s": step, "images_per_s": rate,
-          "images_per_s_per_host": rate / hosts}
+  return {
+    "compute_s": compute,
+    "collective_s": comm,
+    "step_s": step,
+    "images_per_s": rate,
+    "images_per_s_per_host": rate / hosts,
+  }
 
 
 def _gib(b: float) -> str:
-  return f"{b / 2 ** 30:.2f} GiB"
+  return f"{b / 2**30:.2f} GiB"
 
 
 def format_report(r: dict[str, Any]) -> str:
   """The report as a two-column Markdown table."""
-  rows = [("slice", f"{r['topology']} ({r['pod_type']}): {r['chips']} chips, {r['hosts']} hosts"),
-          ("model", f"{r['backbone']}, stage {r['stage']}, {r['parameters'] / 1e6:.1f} M parameters"),
-          ("global batch / per chip", f"{r['global_batch']} / {r['per_chip_batch']}"),
-          ("parameters / dtype / remat", f"{r['params_mode']} / {r['dtype']} / {'on' if r['remat'] else 'off'}")]
+  rows = [
+    ("slice", f"{r['topology']} ({r['pod_type']}): {r['chips']} chips, {r['hosts']} hosts"),
+    ("model", f"{r['backbone']}, stage {r['stage']}, {r['parameters'] / 1e6:.1f} M parameters"),
+    ("global batch / per chip", f"{r['global_batch']} / {r['per_chip_batch']}"),
+    ("parameters / dtype / remat", f"{r['params_mode']} / {r['dtype']} / {'on' if r['remat'] else 'off'}"),
+  ]
   cap = r["hbm_capacity"]
   for step in ("train", "eval"):
     if step not in r:
@@ -236,21 +304,34 @@ def format_report(r: dict[str, Any]) -> str:
       rows.append((f"{step}: HBM per chip", f"does not fit ({need}XLA: {s['oom']})"))
       rows.append((f"{step}: compile time here", f"{s['compile_s']:.0f} s until XLA gave up"))
       continue
-    rows.append((f"{step}: HBM per chip", f"{_gib(m['total'])} of {_gib(cap)} ({100 * m['total'] / cap:.0f}%): "
-                                          f"arguments {_gib(m['arguments'])}, temporaries {_gib(m['temporaries'])}, "
-                                          f"outputs {_gib(m['outputs_not_aliased'])}, code {_gib(m['code'])}"))
+    rows.append(
+      (
+        f"{step}: HBM per chip",
+        f"{_gib(m['total'])} of {_gib(cap)} ({100 * m['total'] / cap:.0f}%): "
+        f"arguments {_gib(m['arguments'])}, temporaries {_gib(m['temporaries'])}, "
+        f"outputs {_gib(m['outputs_not_aliased'])}, code {_gib(m['code'])}",
+      )
+    )
     rows.append((f"{step}: FLOPs per chip per step", f"{s['flops_per_chip'] / 1e12:.3f} TFLOP"))
-    coll = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2 ** 20:.1f} MiB)" for k, v in sorted(s["collectives"].items()))
+    coll = ", ".join(f"{k} x{v['count']} ({v['bytes'] / 2**20:.1f} MiB)" for k, v in sorted(s["collectives"].items()))
     rows.append((f"{step}: collectives", coll or "none"))
     rows.append((f"{step}: compile time here", f"{s['compile_s']:.0f} s (+ {s['lower_s']:.0f} s lowering)"))
   if "step_s" in r.get("train", {}):
     t = r["train"]
-    step = (f"{1e3 * t['step_s']:.1f} ms = max(compute {1e3 * t['compute_s']:.1f} ms at {r['peak_bf16_tflops']:.0f} "
-            f"bf16 TFLOP/s peak, collectives {1e3 * t['collective_s']:.1f} ms as ring all-reduces over ICI)")
+    step = (
+      f"{1e3 * t['step_s']:.1f} ms = max(compute {1e3 * t['compute_s']:.1f} ms at {r['peak_bf16_tflops']:.0f} "
+      f"bf16 TFLOP/s peak, collectives {1e3 * t['collective_s']:.1f} ms as ring all-reduces over ICI)"
+    )
     rows.append((f"train step at {100 * r['mfu']:.0f}% MFU", step))
     rows.append(("images/s (slice) / per host to load", f"{t['images_per_s']:.0f} / {t['images_per_s_per_host']:.0f}"))
-  rows.append(("fits", "yes" if r["fits"] else "NO: exceeds HBM; try --config.model.remat=True, "
-                                               "--config.sharding.params=fsdp or a smaller batch"))
+  rows.append(
+    (
+      "fits",
+      "yes"
+      if r["fits"]
+      else "NO: exceeds HBM; try --config.model.remat=True, --config.sharding.params=fsdp or a smaller batch",
+    )
+  )
   width = max(len(k) for k, _ in rows)
   lines = [f"| {'quantity':<{width}} | value |", f"|{'-' * (width + 2)}|---|"]
   lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
@@ -259,14 +340,16 @@ def format_report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:  # pylint: disable=unused-argument
   from absl import flags  # pylint: disable=import-outside-toplevel
+
   flags_ = flags.FLAGS
   try:
     stage = flags_.stage
     steps = tuple(s for s in flags_.steps.split(",") if s)
     if not steps or set(steps) - {"train", "eval"}:
       raise ShapeError(f"--steps={flags_.steps!r}: use train, eval or train,eval")
-    report = compile_report(flags_.config, flags_.topology, stage=stage, steps=steps, mfu=flags_.mfu,
-                            num_slices=flags_.num_slices)
+    report = compile_report(
+      flags_.config, flags_.topology, stage=stage, steps=steps, mfu=flags_.mfu, num_slices=flags_.num_slices
+    )
   except (ShapeError, ValueError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
@@ -282,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=unused-argume
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=import-outside-toplevel
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
   flags.DEFINE_string("topology", None, "TPU slice: v5e:4x4, v4:2x2x2, v5p:2x2x1, v6e:2x4, or v4-8, v5e-64 ...")
   flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multislice).")
@@ -296,5 +380,6 @@ if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the TPU devices are compile-only
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from absl import app  # pylint: disable=ungrouped-imports
+
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -39,12 +39,21 @@ class StageCheckpoints:
   def __init__(self, stage_dir: str, *, keep: int = 2):
     self.stage_dir = os.path.abspath(stage_dir)
     self.latest = ocp.CheckpointManager(
-        os.path.join(self.stage_dir, "checkpoints"), item_names=("state", "opt_state"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True))
+      os.path.join(self.stage_dir, "checkpoints"),
+      item_names=("state", "opt_state"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
+    )
     self.best = ocp.CheckpointManager(
-        os.path.join(self.stage_dir, "best"), item_names=("state",),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["mean_f1"], best_mode="max",
-                                             keep_checkpoints_without_metrics=False, create=True))
+      os.path.join(self.stage_dir, "best"),
+      item_names=("state",),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda m: m["mean_f1"],
+        best_mode="max",
+        keep_checkpoints_without_metrics=False,
+        create=True,
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -56,8 +65,11 @@ class StageCheckpoints:
     """Saves the training state at ``step`` (asynchronously; ``wait()`` before exiting)."""
     if step in self.latest.all_steps():
       return
-    self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   opt_state=ocp.args.StandardSave(opt_state)), force=True)
+    self.latest.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), opt_state=ocp.args.StandardSave(opt_state)),
+      force=True,
+    )
 
   def restore(self, state: Any, opt_state: Any) -> tuple[int, Any, Any] | None:
     """(step, state, opt_state) of the newest readable checkpoint shaped like the arguments, or None.
@@ -69,13 +81,17 @@ class StageCheckpoints:
     failures = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state)),
-            opt_state=ocp.args.StandardRestore(_abstract(opt_state))))
+        out = self.latest.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state)), opt_state=ocp.args.StandardRestore(_abstract(opt_state))
+          ),
+        )
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-        logging.warning("checkpoint %s cannot be restored (%s); trying the previous one", self.checkpoint_dir(step),
-                        reason)
+        logging.warning(
+          "checkpoint %s cannot be restored (%s); trying the previous one", self.checkpoint_dir(step), reason
+        )
         failures.append((step, reason))
         continue
       if failures:
@@ -84,9 +100,10 @@ class StageCheckpoints:
     if failures:
       listing = "; ".join(f"step {s}: {r}" for s, r in failures)
       raise CheckpointError(
-          f"{os.path.join(self.stage_dir, 'checkpoints')}: no checkpoint can be restored ({listing}). If the "
-          "model or its config changed, use a new --workdir; if the files are damaged, delete the stage folder "
-          f"{self.stage_dir} to train it again.")
+        f"{os.path.join(self.stage_dir, 'checkpoints')}: no checkpoint can be restored ({listing}). If the "
+        "model or its config changed, use a new --workdir; if the files are damaged, delete the stage folder "
+        f"{self.stage_dir} to train it again."
+      )
     return None
 
   def _set_aside(self, steps: list[int], *, restored: int) -> None:
@@ -97,10 +114,12 @@ class StageCheckpoints:
       for step in steps:
         target = os.path.join(dest, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.move(self.checkpoint_dir(step), target)
-        logging.warning("skipped unreadable checkpoint of step %d (moved to %s); resuming from step %d", step,
-                        target, restored)
+        logging.warning(
+          "skipped unreadable checkpoint of step %d (moved to %s); resuming from step %d", step, target, restored
+        )
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       multihost_utils.sync_global_devices("unreadable checkpoints moved")
     self.latest.reload()
 
@@ -108,8 +127,11 @@ class StageCheckpoints:
     """Offers the model state at ``step`` with its validation metrics; kept if its mean F1 is the best."""
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                   metrics={k: float(v) for k, v in metrics.items()})
+    self.best.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+      metrics={k: float(v) for k, v in metrics.items()},
+    )
 
   def best_step(self) -> int | None:
     return self.best.best_step()
@@ -138,8 +160,7 @@ def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "be
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints; train that stage first or point to another directory")
   names = ("state",) if sub == "best" else ("state", "opt_state")
-  with ocp.CheckpointManager(directory, item_names=names,
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
+  with ocp.CheckpointManager(directory, item_names=names, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
     step = mgr.latest_step()  # the best manager keeps only the best one
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint saved yet")
@@ -191,12 +212,16 @@ def check_stage_config(stage_dir: str, config: dict[str, Any]) -> None:
   """Raises ConfigChangedError naming the keys in which ``config`` differs from the stage's stored config."""
   stored = read_stage_config(stage_dir).get("config")
   if stored is None:
-    logging.warning("%s has no %s (written by an older megraph-jax): resuming without checking the config", stage_dir,
-                    STAGE_CONFIG)
+    logging.warning(
+      "%s has no %s (written by an older megraph-jax): resuming without checking the config", stage_dir, STAGE_CONFIG
+    )
     return
   old, new = _flatten(stored), _flatten(json.loads(json.dumps(config)))  # tuples -> lists, as stored
-  changed = [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(set(old) | set(new))
-             if old.get(k, "<absent>") != new.get(k, "<absent>")]
+  changed = [
+    (k, old.get(k, "<absent>"), new.get(k, "<absent>"))
+    for k in sorted(set(old) | set(new))
+    if old.get(k, "<absent>") != new.get(k, "<absent>")
+  ]
   if changed:
     raise ConfigChangedError(stage_dir, changed)
 

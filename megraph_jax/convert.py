@@ -32,9 +32,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--au-names", default=None, help="comma-separated, e.g. AU1,AU2,... (stored in model.json)")
   args = parser.parse_args(argv)
   au_names = args.au_names.split(",") if args.au_names else None
-  official = {k: v for k, v in dict(backbone=args.backbone, num_aus=args.num_aus, stage=args.stage,
-                                    neighbor_num=args.neighbor_num, metric=args.metric, img_size=args.img_size,
-                                    au_names=au_names).items() if v is not None}
+  official = {
+    k: v
+    for k, v in dict(
+      backbone=args.backbone,
+      num_aus=args.num_aus,
+      stage=args.stage,
+      neighbor_num=args.neighbor_num,
+      metric=args.metric,
+      img_size=args.img_size,
+      au_names=au_names,
+    ).items()
+    if v is not None
+  }
   try:
     model, spec = loader.load(args.checkpoint, **(official if os.path.isfile(args.checkpoint) else {}))
     if au_names is not None:

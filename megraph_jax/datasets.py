@@ -30,8 +30,16 @@ from absl import logging
 from megraph_jax import synthetic, task
 from megraph_jax.errors import DatasetError, DatasetNotFoundError
 
-__all__ = ["Dataset", "DatasetError", "DatasetNotFoundError", "SplitData", "from_config", "list_file",
-           "load_class_weights", "read_split"]
+__all__ = [
+  "Dataset",
+  "DatasetError",
+  "DatasetNotFoundError",
+  "SplitData",
+  "from_config",
+  "list_file",
+  "load_class_weights",
+  "read_split",
+]
 
 SPLITS = ("train", "test")
 FOLDS = (1, 2, 3)
@@ -48,10 +56,12 @@ def list_file(root: str, name: str, fold: int, what: str, split: str = "train") 
 
 def _prepare_hint(root: str, name: str) -> str:
   """How to obtain a dataset in the expected layout."""
-  return (f"prepare it with the official tools (tool/{name}_image_label_process.py, "
-          f"tool/{name}_deal_AU_relation.py, tool/{name}_calculate_AU_class_weights.py of ME-GraphAU) so that "
-          f"{root} holds img/ and list/, or write a synthetic set there with "
-          f"`python -m data_pipelines.synthetic {root} --name {name}`")
+  return (
+    f"prepare it with the official tools (tool/{name}_image_label_process.py, "
+    f"tool/{name}_deal_AU_relation.py, tool/{name}_calculate_AU_class_weights.py of ME-GraphAU) so that "
+    f"{root} holds img/ and list/, or write a synthetic set there with "
+    f"`python -m data_pipelines.synthetic {root} --name {name}`"
+  )
 
 
 def _require_file(path: str, root: str, name: str) -> None:
@@ -102,8 +112,10 @@ def _text_lines(path: str) -> list[str]:
     start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
     lineno = raw.count(b"\n", 0, start) + 1
     col = start - (raw.rfind(b"\n", 0, start) + 1) + 1
-    raise DatasetError(f"{os.path.basename(path)} line {lineno}, byte {col}: not UTF-8 text (byte 0x{raw[start]:02x}) "
-                       f"in {path}; list files must be UTF-8 (re-save it as UTF-8)") from None
+    raise DatasetError(
+      f"{os.path.basename(path)} line {lineno}, byte {col}: not UTF-8 text (byte 0x{raw[start]:02x}) "
+      f"in {path}; list files must be UTF-8 (re-save it as UTF-8)"
+    ) from None
   return list(io.StringIO(text, newline=None))
 
 
@@ -130,8 +142,12 @@ def _read_table(path: str, num_cols: int | None, allowed: Sequence[int], what: s
       table = np.loadtxt(path, dtype=np.float64, ndmin=2)
   except ValueError:
     pass  # The slow path below names the offending line (UnicodeDecodeError included).
-  ok = (table is not None and table.shape[0] > 0 and (num_cols is None or table.shape[1] == num_cols)
-        and bool(np.all(np.isin(table, allowed))))
+  ok = (
+    table is not None
+    and table.shape[0] > 0
+    and (num_cols is None or table.shape[1] == num_cols)
+    and bool(np.all(np.isin(table, allowed)))
+  )
   if ok:
     return table.astype(np.int32)
   lines = _data_lines(path)
@@ -143,17 +159,22 @@ def _read_table(path: str, num_cols: int | None, allowed: Sequence[int], what: s
   for lineno, text in lines:
     toks = text.split()
     if len(toks) != want:
-      raise DatasetError(f"{base} line {lineno}: expected {want} {what} values, found {len(toks)} "
-                         f"({text[:80]!r}) in {path}")
+      raise DatasetError(
+        f"{base} line {lineno}: expected {want} {what} values, found {len(toks)} ({text[:80]!r}) in {path}"
+      )
     for col, tok in enumerate(toks, 1):
       try:
         v = float(tok)
       except ValueError:
-        raise DatasetError(f"{base} line {lineno}, column {col}: non-numeric value {tok!r} in {path}; "
-                           f"{what} values must be one of {sorted(allowed_set)}") from None
+        raise DatasetError(
+          f"{base} line {lineno}, column {col}: non-numeric value {tok!r} in {path}; "
+          f"{what} values must be one of {sorted(allowed_set)}"
+        ) from None
       if v not in allowed_set:
-        raise DatasetError(f"{base} line {lineno}, column {col}: unknown {what} value {tok!r} in {path}; "
-                           f"expected one of {sorted(allowed_set)}")
+        raise DatasetError(
+          f"{base} line {lineno}, column {col}: unknown {what} value {tok!r} in {path}; "
+          f"expected one of {sorted(allowed_set)}"
+        )
     rows.append([float(t) for t in toks])
   return np.array(rows, np.float64).astype(np.int32)  # Valid text np.loadtxt refused (e.g. a UTF-8 BOM).
 
@@ -171,8 +192,9 @@ def _read_paths(path: str) -> list[str]:
   return lines
 
 
-def read_split(root: str, name: str, fold: int, split: str, *, num_aus: int | None = None,
-               check_images: bool = True) -> SplitData:
+def read_split(
+  root: str, name: str, fold: int, split: str, *, num_aus: int | None = None, check_images: bool = True
+) -> SplitData:
   """Reads the image list, labels and relation labels of ``split`` (train/test) of fold 1..3.
 
   ``num_aus`` defaults to 12 for BP4D, 8 for DISFA, else the first label row's width. Relations come
@@ -192,38 +214,58 @@ def read_split(root: str, name: str, fold: int, split: str, *, num_aus: int | No
   paths = _read_paths(img_file)
   labels = _read_table(label_file, n, (0, 1, task.UNLABELLED), "AU label")
   if len(paths) != labels.shape[0]:
-    raise DatasetError(f"{os.path.basename(img_file)} lists {len(paths)} images but {os.path.basename(label_file)} "
-                       f"has {labels.shape[0]} label rows; the two files must have one line per image "
-                       f"({img_file}, {label_file})")
+    raise DatasetError(
+      f"{os.path.basename(img_file)} lists {len(paths)} images but {os.path.basename(label_file)} "
+      f"has {labels.shape[0]} label rows; the two files must have one line per image "
+      f"({img_file}, {label_file})"
+    )
   n = labels.shape[1]
   relations = task.relation_labels(labels)
   rel_file = list_file(root, name, fold, "AU_relation", split)
   unlabelled = int(np.sum(labels == task.UNLABELLED))
   if unlabelled:
-    logging.info("%s: %d AU entries are %d (not coded); they are left out of the losses and metrics", label_file,
-                 unlabelled, task.UNLABELLED)
+    logging.info(
+      "%s: %d AU entries are %d (not coded); they are left out of the losses and metrics",
+      label_file,
+      unlabelled,
+      task.UNLABELLED,
+    )
   if split == "train" and os.path.isfile(rel_file) and not unlabelled:  # (else the official file holds 2*9+y)
     rel = _read_table(rel_file, n * n, (0, 1, 2, 3), "AU relation")
     if rel.shape[0] != labels.shape[0]:
-      raise DatasetError(f"{os.path.basename(rel_file)} has {rel.shape[0]} rows but {os.path.basename(label_file)} "
-                         f"has {labels.shape[0]} ({rel_file})")
+      raise DatasetError(
+        f"{os.path.basename(rel_file)} has {rel.shape[0]} rows but {os.path.basename(label_file)} "
+        f"has {labels.shape[0]} ({rel_file})"
+      )
     bad = np.flatnonzero(np.any(rel != relations, axis=1))
     if bad.size:
       lineno = _data_lines(rel_file)[bad[0]][0]
-      raise DatasetError(f"{os.path.basename(rel_file)} line {lineno}: relation labels disagree with "
-                         f"{os.path.basename(label_file)} (expected 2*label[j] + label[k] at column j*N + k); "
-                         f"{bad.size} row(s) differ. Regenerate it from the labels ({rel_file})")
+      raise DatasetError(
+        f"{os.path.basename(rel_file)} line {lineno}: relation labels disagree with "
+        f"{os.path.basename(label_file)} (expected 2*label[j] + label[k] at column j*N + k); "
+        f"{bad.size} row(s) differ. Regenerate it from the labels ({rel_file})"
+      )
     relations = rel
   if check_images:
     img_dir = os.path.join(root, "img")
     missing = [(i + 1, p) for i, p in enumerate(paths) if not os.path.isfile(os.path.join(img_dir, p))]
     if missing:
       shown = ", ".join(f"{os.path.join(img_dir, p)} (line {ln})" for ln, p in missing[:_MAX_LISTED])
-      raise DatasetNotFoundError(f"{len(missing)} of {len(paths)} images listed in {img_file} are missing under "
-                               f"{img_dir}: {shown}{' ...' if len(missing) > _MAX_LISTED else ''}; "
-                               f"{_prepare_hint(root, name)}")
-  return SplitData(paths=tuple(paths), labels=labels, relations=relations.astype(np.int32), name=name,
-                   fold=fold, split=split, img_list=img_file, root=root)
+      raise DatasetNotFoundError(
+        f"{len(missing)} of {len(paths)} images listed in {img_file} are missing under "
+        f"{img_dir}: {shown}{' ...' if len(missing) > _MAX_LISTED else ''}; "
+        f"{_prepare_hint(root, name)}"
+      )
+  return SplitData(
+    paths=tuple(paths),
+    labels=labels,
+    relations=relations.astype(np.int32),
+    name=name,
+    fold=fold,
+    split=split,
+    img_list=img_file,
+    root=root,
+  )
 
 
 def load_class_weights(root: str, name: str, fold: int, num_aus: int | None = None) -> np.ndarray:
@@ -270,19 +312,25 @@ class Dataset:
   def check(self, folds: Iterable[int]) -> None:
     """Raises DatasetNotFoundError naming the expected folder and files of ``folds``, and how to prepare them."""
     root, name = self.root, self.name
-    missing = [p for k in folds for split in SPLITS for what in ("img_path", "label")
-               if not os.path.isfile(p := self.list_file(k, what, split))]
+    missing = [
+      p
+      for k in folds
+      for split in SPLITS
+      for what in ("img_path", "label")
+      if not os.path.isfile(p := self.list_file(k, what, split))
+    ]
     if not missing:
       return
     where = f"the folder {root} does not exist" if not os.path.isdir(root) else f"{root} exists but is incomplete"
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found (config key 'dataset.root'): {where}; missing {missing[0]}"
-        f"{f' and {len(missing) - 1} more list file(s)' if len(missing) > 1 else ''}. Expected the official "
-        f"layout: {root}/img/<subject>/... and {root}/list/{name}_{{train,test}}_{{img_path,label}}_fold<k>.txt, as "
-        "the official tool/ scripts write them (BP4D/DISFA need a licence from their authors). From the raw "
-        f"release: python -m data_pipelines.build {name.lower()} --manual_dir=RAW_{name}, then python -m "
-        f"data_pipelines.export {root} --dataset {name.lower()}. Point --config.dataset.root at the folder, or try "
-        "the pipeline on generated data: --config=configs/synthetic.py (or --config.dataset.synthetic.enabled=True).")
+      f"dataset {name!r} not found (config key 'dataset.root'): {where}; missing {missing[0]}"
+      f"{f' and {len(missing) - 1} more list file(s)' if len(missing) > 1 else ''}. Expected the official "
+      f"layout: {root}/img/<subject>/... and {root}/list/{name}_{{train,test}}_{{img_path,label}}_fold<k>.txt, as "
+      "the official tool/ scripts write them (BP4D/DISFA need a licence from their authors). From the raw "
+      f"release: python -m data_pipelines.build {name.lower()} --manual_dir=RAW_{name}, then python -m "
+      f"data_pipelines.export {root} --dataset {name.lower()}. Point --config.dataset.root at the folder, or try "
+      "the pipeline on generated data: --config=configs/synthetic.py (or --config.dataset.synthetic.enabled=True)."
+    )
 
   def split(self, fold: int, split: str, *, check_images: bool = True) -> SplitData:
     """``read_split`` of ``split`` (train/test) of ``fold``; a label row without N = len(au_names) values is a
@@ -308,11 +356,19 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
     return Dataset(os.path.abspath(os.path.expanduser(d.root)), d.name, names)
   s = d.synthetic
   cache = os.path.expanduser(s.cache_dir) if s.cache_dir else os.path.join(workdir, "data")
-  generate = functools.partial(synthetic.ensure_generated, cache, name=d.name, num_subjects=s.num_subjects,
-                               frames_per_subject=s.frames_per_subject, image_size=s.image_size, seed=s.seed,
-                               aus=[task.au_number(a) for a in names])
+  generate = functools.partial(
+    synthetic.ensure_generated,
+    cache,
+    name=d.name,
+    num_subjects=s.num_subjects,
+    frames_per_subject=s.frames_per_subject,
+    image_size=s.image_size,
+    seed=s.seed,
+    aus=[task.au_number(a) for a in names],
+  )
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
     if jax.process_index() == 0:  # one writer; the others wait, then find it in the cache
       generate()
     multihost_utils.sync_global_devices("synthetic dataset generated")

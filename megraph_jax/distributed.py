@@ -51,11 +51,18 @@ def initialize(local_device_ids: list[int] | None = None) -> None:
       # CPU devices of different processes talk through gloo (TCP); the default has no cross-process collectives.
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
-        coordinator_address=os.environ["MEGRAPH_COORDINATOR_ADDRESS"],
-        num_processes=_env_int("MEGRAPH_NUM_PROCESSES"),
-        process_id=_env_int("MEGRAPH_PROCESS_ID"),
-        local_device_ids=local_device_ids)
+      coordinator_address=os.environ["MEGRAPH_COORDINATOR_ADDRESS"],
+      num_processes=_env_int("MEGRAPH_NUM_PROCESSES"),
+      process_id=_env_int("MEGRAPH_PROCESS_ID"),
+      local_device_ids=local_device_ids,
+    )
   else:
     jax.distributed.initialize()
-  logging.info("jax.distributed initialised (%s): process %d of %d, %d local / %d global devices", setting,
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed initialised (%s): process %d of %d, %d local / %d global devices",
+    setting,
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

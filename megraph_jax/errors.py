@@ -41,9 +41,10 @@ class ConfigChangedError(UserError):
   def __init__(self, stage_dir: str, changed: Sequence[tuple[str, object, object]]):
     lines = "\n".join(f"  {key}: {old!r} (stored) -> {new!r} (now)" for key, old, new in changed)
     super().__init__(
-        f"{stage_dir} was trained with another config; resuming would mix two experiments. Changed keys:\n{lines}\n"
-        "Use a new --workdir for the new experiment, or rerun with the stored values (see "
-        f"{stage_dir}/config.json) to resume.")
+      f"{stage_dir} was trained with another config; resuming would mix two experiments. Changed keys:\n{lines}\n"
+      "Use a new --workdir for the new experiment, or rerun with the stored values (see "
+      f"{stage_dir}/config.json) to resume."
+    )
     self.changed = list(changed)
 
 
@@ -60,8 +61,9 @@ class WorkdirLockedError(UserError):
 
   def __init__(self, workdir: str, holder: str):
     super().__init__(
-        f"{workdir} is in use by another training ({holder}); two trainings in one workdir would overwrite each "
-        "other's checkpoints. Wait for it to end (or stop it), or use another --workdir.")
+      f"{workdir} is in use by another training ({holder}); two trainings in one workdir would overwrite each "
+      "other's checkpoints. Wait for it to end (or stop it), or use another --workdir."
+    )
 
 
 class ImageNetWeightsError(UserError):

@@ -49,7 +49,7 @@ def umeyama(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None)
   w = w / w.sum()
   mu_s, mu_d = w @ src, w @ dst
   s0, d0 = src - mu_s, dst - mu_d
-  var_s = w @ np.sum(s0 ** 2, axis=1)
+  var_s = w @ np.sum(s0**2, axis=1)
   if var_s <= 1e-12:
     raise AlignError("umeyama: the source points coincide; cannot fit a similarity")
   cov = (d0 * w[:, None]).T @ s0  # [2, 2]
@@ -87,8 +87,9 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     m = m.copy()
     m[:, :2] *= factor
   inv = _invert(m)
-  out = img.transform((size, size), Image.Transform.AFFINE, data=tuple(inv.reshape(-1)),
-                      resample=Image.Resampling.BICUBIC)
+  out = img.transform(
+    (size, size), Image.Transform.AFFINE, data=tuple(inv.reshape(-1)), resample=Image.Resampling.BICUBIC
+  )
   return np.asarray(out)
 
 
@@ -102,7 +103,7 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
   h, w = image.shape[:2]
   s = min(h, w)
   y, x = (h - s) // 2, (w - s) // 2
-  img = Image.fromarray(image[y:y + s, x:x + s])
+  img = Image.fromarray(image[y : y + s, x : x + s])
   if s != size:
     img = img.resize((size, size), Image.Resampling.BICUBIC)
   return np.asarray(img)
@@ -133,8 +134,10 @@ class Detector:
     try:
       from mtcnn import MTCNN  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise ImportError("face alignment needs the mtcnn package: pip install mtcnn (for crops that are already "
-                        "aligned: predict --no-align / Predictor(align=False), align --aligner none)") from e
+      raise ImportError(
+        "face alignment needs the mtcnn package: pip install mtcnn (for crops that are already "
+        "aligned: predict --no-align / Predictor(align=False), align --aligner none)"
+      ) from e
     self._mtcnn = MTCNN()
     self.min_face_size = min_face_size
     self.max_side = max_side
@@ -147,12 +150,17 @@ class Detector:
     if scale < 1.0:
       img = np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR))
       scale = img.shape[1] / w
-    out = self._mtcnn.detect_faces(img, output_type="numpy", box_format="xyxy",
-                                   min_face_size=max(12, int(self.min_face_size * scale)))
+    out = self._mtcnn.detect_faces(
+      img, output_type="numpy", box_format="xyxy", min_face_size=max(12, int(self.min_face_size * scale))
+    )
     out = np.asarray(out, np.float64).reshape(-1, 16)
     # Rows: [image, x0, y0, x1, y1, score, 5 landmark x, 5 landmark y] in index pixels of the copy.
-    faces = [Face(box=(r[1:5] + 0.5) / scale, score=float(r[5]),
-                  landmarks=(np.stack([r[6:11], r[11:16]], axis=1) + 0.5) / scale) for r in out]
+    faces = [
+      Face(
+        box=(r[1:5] + 0.5) / scale, score=float(r[5]), landmarks=(np.stack([r[6:11], r[11:16]], axis=1) + 0.5) / scale
+      )
+      for r in out
+    ]
     return sorted(faces, key=lambda f: -f.area)
 
 
@@ -169,14 +177,14 @@ def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int = 20) -> Aligner
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:  # MTCNN runs on TensorFlow: keep it off the GPU that JAX uses.
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
     tf.config.set_visible_devices([], "GPU")
   except (ImportError, RuntimeError, ValueError):
     pass
   detector = Detector(min_face_size=min_face_size)
 
   def detect_and_align(rgb: np.ndarray) -> list[AlignedFace]:
-    return [(align_face(rgb, f.landmarks, size), tuple(float(v) for v in f.box), float(f.score))
-            for f in detector(rgb)]
+    return [(align_face(rgb, f.landmarks, size), tuple(float(v) for v in f.box), float(f.score)) for f in detector(rgb)]
 
   return detect_and_align
 

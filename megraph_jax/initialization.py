@@ -37,9 +37,11 @@ def load_for_config(path: str, config: ml_collections.ConfigDict) -> Model:
 def copy_weights(target: Stage1Model | Stage2Model, source: Stage1Model | Stage2Model) -> None:
   """Same stage: every variable; stage 1 -> stage 2: ``init_stage2_from_stage1`` (the official resume)."""
   if (source.backbone_name, source.num_aus) != (target.backbone_name, target.num_aus):
-    raise CheckpointError(f"initial checkpoint is {source.backbone_name} with {source.num_aus} AUs; the config "
-                          f"trains {target.backbone_name} with {target.num_aus} (config keys model.backbone, "
-                          "dataset.au_names)")
+    raise CheckpointError(
+      f"initial checkpoint is {source.backbone_name} with {source.num_aus} AUs; the config "
+      f"trains {target.backbone_name} with {target.num_aus} (config keys model.backbone, "
+      "dataset.au_names)"
+    )
   if type(source) is type(target):
     nnx.update(target, nnx.state(source, nnx.Param, nnx.BatchStat))
   elif isinstance(source, Stage1Model) and isinstance(target, Stage2Model):
@@ -51,13 +53,13 @@ def copy_weights(target: Stage1Model | Stage2Model, source: Stage1Model | Stage2
 # The ImageNet files the official code loads from its checkpoints/ folder (model/resnet.py, model/swin_transformer.py),
 # then torchvision's current names of the same ResNet weights.
 IMAGENET_FILES = {
-    "resnet18": ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
-    "resnet34": ("resnet34-333f7ec4.pth", "resnet34-b627a593.pth"),
-    "resnet50": ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth"),
-    "resnet101": ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth"),
-    "swin_transformer_tiny": ("swin_tiny_patch4_window7_224.pth",),
-    "swin_transformer_small": ("swin_small_patch4_window7_224.pth",),
-    "swin_transformer_base": ("swin_base_patch4_window7_224.pth",),
+  "resnet18": ("resnet18-5c106cde.pth", "resnet18-f37072fd.pth"),
+  "resnet34": ("resnet34-333f7ec4.pth", "resnet34-b627a593.pth"),
+  "resnet50": ("resnet50-19c8e357.pth", "resnet50-0676ba61.pth"),
+  "resnet101": ("resnet101-5d3b4d8f.pth", "resnet101-63fe2227.pth"),
+  "swin_transformer_tiny": ("swin_tiny_patch4_window7_224.pth",),
+  "swin_transformer_small": ("swin_small_patch4_window7_224.pth",),
+  "swin_transformer_base": ("swin_base_patch4_window7_224.pth",),
 }
 INITS = ("imagenet", "random")
 
@@ -65,10 +67,12 @@ INITS = ("imagenet", "random")
 def imagenet_weights_file(path: str, backbone: str) -> str:
   """The ImageNet ``.pth`` for ``backbone``: ``path`` itself, or the official file name inside folder ``path``."""
   names = IMAGENET_FILES[backbone]
-  hint = (f"The official recipe starts {backbone} from ImageNet weights ({names[0]}, the file the official code "
-          f"reads from its checkpoints/ folder{'; torchvision names it ' + names[1] if len(names) > 1 else ''}). "
-          "Nothing is downloaded: put the file there, point --config.model.imagenet_weights at the file or at "
-          "the folder holding it, or train from a random initialisation on purpose with --config.model.init=random.")
+  hint = (
+    f"The official recipe starts {backbone} from ImageNet weights ({names[0]}, the file the official code "
+    f"reads from its checkpoints/ folder{'; torchvision names it ' + names[1] if len(names) > 1 else ''}). "
+    "Nothing is downloaded: put the file there, point --config.model.imagenet_weights at the file or at "
+    "the folder holding it, or train from a random initialisation on purpose with --config.model.init=random."
+  )
   if not path:
     raise ImageNetWeightsError(f"config key 'model.imagenet_weights' is empty. {hint}")
   path = os.path.abspath(os.path.expanduser(path))
@@ -76,15 +80,17 @@ def imagenet_weights_file(path: str, backbone: str) -> str:
     for name in names:
       if os.path.isfile(os.path.join(path, name)):
         return os.path.join(path, name)
-    raise ImageNetWeightsError(f"config key 'model.imagenet_weights' = {path!r}: the folder holds none of "
-                               f"{', '.join(names)}. {hint}")
+    raise ImageNetWeightsError(
+      f"config key 'model.imagenet_weights' = {path!r}: the folder holds none of {', '.join(names)}. {hint}"
+    )
   if not os.path.isfile(path):
     raise ImageNetWeightsError(f"config key 'model.imagenet_weights' = {path!r}: no such file or folder. {hint}")
   return path
 
 
-def init_stage_weights(model: Stage1Model | Stage2Model, config: ml_collections.ConfigDict,
-                       init_from: str | None) -> str:
+def init_stage_weights(
+  model: Stage1Model | Stage2Model, config: ml_collections.ConfigDict, init_from: str | None
+) -> str:
   """Initial weights of a fresh stage: ``init_from`` if given, else per ``model.init``; returns what was used."""
   if init_from:
     copy_weights(model, load_for_config(init_from, config))
@@ -103,6 +109,7 @@ def checkpoint_aus(path: str) -> tuple[int | None, list[str] | None]:
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(path):
     from megraph_jax.torch_io import load_pth  # pylint: disable=import-outside-toplevel
+
     return loader.official_info(load_pth(path))["num_aus"], None
   spec = loader.stored_spec(path)
   return (None, None) if spec is None else (spec.num_aus, None if spec.au_names is None else list(spec.au_names))

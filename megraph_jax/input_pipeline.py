@@ -50,6 +50,7 @@ def num_eval_steps(num_examples: int, global_batch: int) -> int:
 def _tf():
   """Imports TensorFlow for data loading only: it must not take GPU/TPU memory from JAX."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:
@@ -163,8 +164,10 @@ def _find_bad_image(data: SplitData, root: str, indices: np.ndarray, image_size:
   i, full, problem = bad[0]
   if data.img_list:
     base = os.path.basename(data.img_list)
-    where, fix = f"{base} line {i + 1}", (f" (listed in {data.img_list}); replace the image, or delete that line "
-                                          "there and in the label list")
+    where, fix = (
+      f"{base} line {i + 1}",
+      (f" (listed in {data.img_list}); replace the image, or delete that line there and in the label list"),
+    )
   else:
     where, fix = f"image list entry {i + 1}", ""
   more = f" ({len(bad) - 1} more bad image(s) in the same batch)" if len(bad) > 1 else ""
@@ -216,11 +219,13 @@ class CheckedDataset:
       k += 1
 
 
-def _checked(ds: tf.data.Dataset, data: SplitData, root: str, idx: np.ndarray, batch_size: int,
-             image_size: int) -> CheckedDataset:
+def _checked(
+  ds: tf.data.Dataset, data: SplitData, root: str, idx: np.ndarray, batch_size: int, image_size: int
+) -> CheckedDataset:
   """``ds`` (batches of ``batch_size`` of the examples ``idx``, in order) with errors that name the bad image."""
-  return CheckedDataset(ds, lambda k: _find_bad_image(data, root, idx[k * batch_size:(k + 1) * batch_size],
-                                                      image_size))
+  return CheckedDataset(
+    ds, lambda k: _find_bad_image(data, root, idx[k * batch_size : (k + 1) * batch_size], image_size)
+  )
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -236,8 +241,15 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 0]).permutation(num_examples)
 
 
-def _prepare(data: SplitData, root: str | None, batch_size: int, image_size: int, crop_size: int,
-             process_index: int, process_count: int) -> tuple[str, int, int]:
+def _prepare(
+  data: SplitData,
+  root: str | None,
+  batch_size: int,
+  image_size: int,
+  crop_size: int,
+  process_index: int,
+  process_count: int,
+) -> tuple[str, int, int]:
   """Checks a pipeline's arguments; (image root, number of examples, global batch)."""
   _check_shard(batch_size, process_index, process_count)
   if crop_size > image_size:
@@ -245,9 +257,20 @@ def _prepare(data: SplitData, root: str | None, batch_size: int, image_size: int
   return _root(data, root), data.num_examples, batch_size * process_count
 
 
-def create_train_dataset(data: SplitData, *, root: str | None = None, batch_size: int, image_size: int = 256,
-                         crop_size: int = 224, seed: int = 0, epoch: int = 0, process_index: int = 0,
-                         process_count: int = 1, color_jitter: bool = True, start_step: int = 0) -> CheckedDataset:
+def create_train_dataset(
+  data: SplitData,
+  *,
+  root: str | None = None,
+  batch_size: int,
+  image_size: int = 256,
+  crop_size: int = 224,
+  seed: int = 0,
+  epoch: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  color_jitter: bool = True,
+  start_step: int = 0,
+) -> CheckedDataset:
   """One training epoch of this process's batches {"image", "label", "relation"}, augmented officially.
 
   Shapes: image float32 ``[B, crop, crop, 3]`` (NHWC, ImageNet-normalised), label float32 ``[B, N]``,
@@ -261,8 +284,10 @@ def create_train_dataset(data: SplitData, *, root: str | None = None, batch_size
   root, m, gb = _prepare(data, root, batch_size, image_size, crop_size, process_index, process_count)
   steps = num_train_steps_per_epoch(m, gb)
   if steps == 0:
-    raise ValueError(f"{m} training examples are fewer than one global batch of {gb} "
-                     f"({batch_size} per process x {process_count} processes)")
+    raise ValueError(
+      f"{m} training examples are fewer than one global batch of {gb} "
+      f"({batch_size} per process x {process_count} processes)"
+    )
   order = epoch_order(m, seed, epoch)
   rng = np.random.default_rng([seed, epoch, 1])
   crop_flip = rng.random((m, 3)).astype(np.float32)  # crop y, crop x, flip
@@ -271,13 +296,15 @@ def create_train_dataset(data: SplitData, *, root: str | None = None, batch_size
     raise ValueError(f"start_step must be in [0, {steps}], got {start_step}")
   pos = np.arange(steps * gb).reshape(steps, process_count, batch_size)[start_step:, process_index].reshape(-1)
   idx = order[pos]
-  ds = tf.data.Dataset.from_tensor_slices({
+  ds = tf.data.Dataset.from_tensor_slices(
+    {
       "path": _full_paths(root, data, idx).astype(str),
       "label": data.labels[idx].astype(np.float32),
       "relation": data.relations[idx].astype(np.int32),
       "aug": crop_flip[pos],
       "jitter": slots[pos],
-  })
+    }
+  )
 
   def load(ex):
     img = _decode_resize(ex["path"], image_size)
@@ -285,7 +312,7 @@ def create_train_dataset(data: SplitData, *, root: str | None = None, batch_size
     shape = tf.shape(img)
     oy = tf.minimum(tf.cast(a[0] * tf.cast(shape[0] - crop_size + 1, tf.float32), tf.int32), shape[0] - crop_size)
     ox = tf.minimum(tf.cast(a[1] * tf.cast(shape[1] - crop_size + 1, tf.float32), tf.int32), shape[1] - crop_size)
-    img = img[oy:oy + crop_size, ox:ox + crop_size]
+    img = img[oy : oy + crop_size, ox : ox + crop_size]
     img = tf.cond(a[2] < 0.5, lambda: img[:, ::-1], lambda: img)
     img = img / 255.0
     if color_jitter:
@@ -298,8 +325,16 @@ def create_train_dataset(data: SplitData, *, root: str | None = None, batch_size
   return _checked(_options(ds), data, root, idx, batch_size, image_size)
 
 
-def create_eval_dataset(data: SplitData, *, root: str | None = None, batch_size: int, image_size: int = 256,
-                        crop_size: int = 224, process_index: int = 0, process_count: int = 1) -> CheckedDataset:
+def create_eval_dataset(
+  data: SplitData,
+  *,
+  root: str | None = None,
+  batch_size: int,
+  image_size: int = 256,
+  crop_size: int = 224,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> CheckedDataset:
   """Fixed-order eval batches {"image", "label", "relation", "mask" [B] f32, "index" [B] i32}.
 
   The data are padded to a whole number of global batches; padding rows repeat image 0 with
@@ -312,13 +347,15 @@ def create_eval_dataset(data: SplitData, *, root: str | None = None, batch_size:
   pos = np.arange(steps * gb).reshape(steps, process_count, batch_size)[:, process_index].reshape(-1)
   real = pos < m
   idx = np.where(real, pos, 0)
-  ds = tf.data.Dataset.from_tensor_slices({
+  ds = tf.data.Dataset.from_tensor_slices(
+    {
       "path": _full_paths(root, data, idx).astype(str),
       "label": data.labels[idx].astype(np.float32),
       "relation": data.relations[idx].astype(np.int32),
       "mask": real.astype(np.float32),
       "index": np.where(real, pos, -1).astype(np.int32),
-  })
+    }
+  )
 
   def load(ex):
     img = _decode_resize(ex.pop("path"), image_size)
@@ -326,7 +363,7 @@ def create_eval_dataset(data: SplitData, *, root: str | None = None, batch_size:
     # As torchvision CenterCrop: int(round((h - crop) / 2.0)), half to even.
     oy = tf.cast(tf.round(tf.cast(shape[0] - crop_size, tf.float32) / 2.0), tf.int32)
     ox = tf.cast(tf.round(tf.cast(shape[1] - crop_size, tf.float32) / 2.0), tf.int32)
-    img = img[oy:oy + crop_size, ox:ox + crop_size] / 255.0
+    img = img[oy : oy + crop_size, ox : ox + crop_size] / 255.0
     ex["image"] = tf.ensure_shape(_normalise(img), [crop_size, crop_size, 3])
     return ex
 

@@ -23,8 +23,10 @@ from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.megraph import load_head
 
 STATE = "state"  # orbax folder of a saved model, beside its model.json
-KINDS = ("an official .pth, a stage directory <workdir>/fold<k>/stage<s> (or its best/ or checkpoints/), or a "
-         "directory written by python -m megraph_jax.convert (model.json + state/)")
+KINDS = (
+  "an official .pth, a stage directory <workdir>/fold<k>/stage<s> (or its best/ or checkpoints/), or a "
+  "directory written by python -m megraph_jax.convert (model.json + state/)"
+)
 
 
 # ----------------------------------------------------------------------------- official .pth
@@ -52,15 +54,25 @@ def official_info(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
   return info
 
 
-def spec_from_official(tensors: dict[str, np.ndarray], *, source: str = "<state_dict>", backbone: str | None = None,
-                       num_aus: int | None = None, stage: int | None = None, neighbor_num: int | None = None,
-                       metric: str | None = None, img_size: int | None = None, au_names: Any = None,
-                       dtype: Any = "float32") -> ModelSpec:
+def spec_from_official(
+  tensors: dict[str, np.ndarray],
+  *,
+  source: str = "<state_dict>",
+  backbone: str | None = None,
+  num_aus: int | None = None,
+  stage: int | None = None,
+  neighbor_num: int | None = None,
+  metric: str | None = None,
+  img_size: int | None = None,
+  au_names: Any = None,
+  dtype: Any = "float32",
+) -> ModelSpec:
   """The spec of an official state_dict; given fields must agree with the tensors, the rest are read from them.
 
   The FGG's ``neighbor_num`` is not in the tensors: default 3 for 8 AUs (DISFA's yaml), else 4 (BP4D's).
   """
   from megraph_jax.weights.inspect import infer_backbone  # pylint: disable=import-outside-toplevel
+
   info = official_info(tensors)
   if info["num_aus"] is None or info["stage"] is None:
     raise CheckpointError(f"{source}: no 'head.sc' / head keys: not an ME-GraphAU checkpoint (stage 1 or 2)")
@@ -72,14 +84,21 @@ def spec_from_official(tensors: dict[str, np.ndarray], *, source: str = "<state_
   if backbone is not None and info["family"] is not None and info["family"] != ModelSpec(backbone, 2).family:
     problems.append(f"its backbone is a {info['family']} but backbone='{backbone}'")
   if au_names is not None and len(au_names) != info["num_aus"]:
-    problems.append(f"it holds {info['num_aus']} AUs but {len(au_names)} AU names were given "
-                    f"({', '.join(au_names)})")
+    problems.append(f"it holds {info['num_aus']} AUs but {len(au_names)} AU names were given ({', '.join(au_names)})")
   if problems:
     raise CheckpointError(f"{source}: " + "; ".join(problems))
   n = info["num_aus"]
-  return ModelSpec(backbone=backbone or infer_backbone(tensors, source=source), num_aus=n, stage=info["stage"],
-                   au_names=au_names, neighbor_num=neighbor_num or (3 if n == 8 else 4), metric=metric or "dots",
-                   use_fgg=info["use_fgg"] is not False, img_size=img_size or 224, dtype=dtype)
+  return ModelSpec(
+    backbone=backbone or infer_backbone(tensors, source=source),
+    num_aus=n,
+    stage=info["stage"],
+    au_names=au_names,
+    neighbor_num=neighbor_num or (3 if n == 8 else 4),
+    metric=metric or "dots",
+    use_fgg=info["use_fgg"] is not False,
+    img_size=img_size or 224,
+    dtype=dtype,
+  )
 
 
 def load_official_state_dict(model: Model, tensors: dict[str, np.ndarray], *, source: str = "<state_dict>") -> None:
@@ -89,14 +108,18 @@ def load_official_state_dict(model: Model, tensors: dict[str, np.ndarray], *, so
   spec = ModelSpec.of(model)
   spec_from_official(tensors, source=source, backbone=spec.backbone, num_aus=spec.num_aus, stage=spec.stage)
   if spec.stage == 1 and official_info(tensors)["use_fgg"] != spec.use_fgg:
-    raise CheckpointError(f"{source}: the checkpoint {'has' if not spec.use_fgg else 'has no'} FGG (head.gnn) but "
-                          f"the model was built with use_fgg={spec.use_fgg}")
+    raise CheckpointError(
+      f"{source}: the checkpoint {'has' if not spec.use_fgg else 'has no'} FGG (head.gnn) but "
+      f"the model was built with use_fgg={spec.use_fgg}"
+    )
   sd = StateDict(tensors, source=source)
   if spec.family == "resnet":
     from megraph_jax.weights.resnet import load_resnet  # pylint: disable=import-outside-toplevel
+
     load_resnet(sd, "backbone.", model.backbone)
   else:
     from megraph_jax.weights.swin import load_swin  # pylint: disable=import-outside-toplevel
+
     load_swin(sd, "backbone.", model.backbone)
   load_head(sd, model, spec.stage)
   sd.check_all_used()
@@ -106,9 +129,11 @@ def init_backbone_from_imagenet(model: Model, path: str | os.PathLike) -> None:
   """Loads ImageNet weights into ``model.backbone``: a torchvision ResNet or official Swin ``.pth``."""
   if ModelSpec.of(model).family == "resnet":
     from megraph_jax.weights.resnet import load_torchvision_imagenet  # pylint: disable=import-outside-toplevel
+
     load_torchvision_imagenet(path, model.backbone)
   else:
     from megraph_jax.weights.swin import load_swin_imagenet  # pylint: disable=import-outside-toplevel
+
     load_swin_imagenet(path, model.backbone)
 
 
@@ -118,8 +143,9 @@ def init_backbone_from_imagenet(model: Model, path: str | os.PathLike) -> None:
 def stage_dir_of(path: str) -> str | None:
   """The training stage directory (model.json + best/ or checkpoints/) of ``path`` or of its parent."""
   for d in (path, os.path.dirname(path.rstrip("/"))):
-    if os.path.isfile(os.path.join(d, MODEL_JSON)) and any(os.path.isdir(os.path.join(d, s))
-                                                          for s in ("best", "checkpoints")):
+    if os.path.isfile(os.path.join(d, MODEL_JSON)) and any(
+      os.path.isdir(os.path.join(d, s)) for s in ("best", "checkpoints")
+    ):
       return d
   return None
 
@@ -142,6 +168,7 @@ def save(model: Model, directory: str | os.PathLike, *, spec: ModelSpec | None =
   ``spec`` defaults to :meth:`ModelSpec.of` ``(model)`` (no AU names).
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   spec = spec or ModelSpec.of(model)
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
@@ -157,8 +184,9 @@ def _restore(spec: ModelSpec, restore_fn) -> Model:
   return nnx.merge(graphdef, restore_fn(abstract_state))
 
 
-def load(path: str | os.PathLike, *, dtype: Any = None, which: str | None = None, **official: Any
-         ) -> tuple[Model, ModelSpec]:
+def load(
+  path: str | os.PathLike, *, dtype: Any = None, which: str | None = None, **official: Any
+) -> tuple[Model, ModelSpec]:
   """(model in eval mode, its spec) from any checkpoint the project knows (see the module docstring).
 
   ``dtype``: compute dtype of the returned model (``'float32'``, ``'bfloat16'``, ``'float64'`` or a dtype);
@@ -178,6 +206,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, which: str | None = None
     load_official_state_dict(model, tensors, source=path)
   elif is_saved_model(path):
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
     spec = ModelSpec.read(path).replace(dtype=dtype)
 
     def restore(abstract_state):
@@ -191,8 +220,7 @@ def load(path: str | os.PathLike, *, dtype: Any = None, which: str | None = None
     which = which or ("latest" if os.path.basename(path.rstrip("/")) == "checkpoints" else "best")
     model = _restore(spec, lambda s: checkpointing.restore_model_state(stage_dir, s, which=which)[1])
   else:
-    hint = (f"{os.path.join(path, MODEL_JSON)}: missing; " if not os.path.isfile(os.path.join(path, MODEL_JSON))
-            else "")
+    hint = f"{os.path.join(path, MODEL_JSON)}: missing; " if not os.path.isfile(os.path.join(path, MODEL_JSON)) else ""
     raise CheckpointNotFoundError(f"{path}: {hint}not a megraph-jax checkpoint; expected {KINDS}")
   model.eval()
   return model, spec

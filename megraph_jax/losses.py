@@ -14,8 +14,14 @@ import optax
 from megraph_jax.models.precision import acc_dtype
 
 
-def weighted_asymmetric_loss(probs: jax.Array, labels: jax.Array, weights: jax.Array | None = None, *,
-                             eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
+def weighted_asymmetric_loss(
+  probs: jax.Array,
+  labels: jax.Array,
+  weights: jax.Array | None = None,
+  *,
+  eps: float = 1e-8,
+  mask: jax.Array | None = None,
+) -> jax.Array:
   """L_WA (Eq. 6) with the official semantics.
 
   -mean_b mean_i w_i [y log(max(p, eps)) + (1-y) p log(max(1-p, eps))], where the focusing weight
@@ -39,8 +45,14 @@ def weighted_asymmetric_loss(probs: jax.Array, labels: jax.Array, weights: jax.A
   return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def weighted_bce_loss(probs: jax.Array, labels: jax.Array, weights: jax.Array | None = None, *,
-                      eps: float = 1e-8, mask: jax.Array | None = None) -> jax.Array:
+def weighted_bce_loss(
+  probs: jax.Array,
+  labels: jax.Array,
+  weights: jax.Array | None = None,
+  *,
+  eps: float = 1e-8,
+  mask: jax.Array | None = None,
+) -> jax.Array:
   """Weighted binary cross-entropy (the loss of the first two rows of the paper's Table 3)."""
   f = acc_dtype(probs.dtype)  # float32 (float64 for float64 models)
   p = probs.astype(f)

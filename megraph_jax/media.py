@@ -17,6 +17,7 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", 
 @dataclasses.dataclass
 class Frame:
   """One image or video frame of an input file (``image`` is None when it could not be read)."""
+
   file: str  # the path as given (or found in a folder)
   index: int  # frame number within a video (or animated GIF); 0 for a still image
   image: np.ndarray | None  # RGB uint8 [H, W, 3]
@@ -82,8 +83,10 @@ def read_image_and_mode(path: str) -> tuple[np.ndarray, str]:
   except FileNotFoundError as e:
     raise MediaError(f"{path}: no such file") from e
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise MediaError(f"{path}: not a readable image ({type(e).__name__}: {e}); "
-                     "check that the file is complete and in a common format (JPEG, PNG, ...)") from e
+    raise MediaError(
+      f"{path}: not a readable image ({type(e).__name__}: {e}); "
+      "check that the file is complete and in a common format (JPEG, PNG, ...)"
+    ) from e
 
 
 def _num_gif_frames(path: str) -> int:
@@ -115,8 +118,10 @@ def _open_video(path: str):
   cap = cv2.VideoCapture(path)
   if not cap.isOpened():
     cap.release()
-    raise MediaError(f"{path}: cannot open as a video (missing, corrupt, or a codec OpenCV's FFmpeg lacks); "
-                     "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
+    raise MediaError(
+      f"{path}: cannot open as a video (missing, corrupt, or a codec OpenCV's FFmpeg lacks); "
+      "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
+    )
   return cv2, cap
 
 
@@ -156,8 +161,9 @@ def iter_video(path: str, *, every: int = 1, max_frames: int | None = None) -> I
   finally:
     cap.release()
   if emitted == 0:
-    yield Frame(path, 0, None, is_video=True,
-                error=f"{path}: opened as a video but no frame could be decoded; check the file")
+    yield Frame(
+      path, 0, None, is_video=True, error=f"{path}: opened as a video but no frame could be decoded; check the file"
+    )
 
 
 def iter_file(path: str, *, every: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
@@ -185,8 +191,7 @@ def iter_file(path: str, *, every: int = 1, max_frames: int | None = None) -> It
     yield Frame(path, 0, None, error=str(e))
 
 
-def iter_media(paths: Sequence[str | os.PathLike], *, every: int = 1, max_frames: int | None = None
-               ) -> Iterator[Frame]:
+def iter_media(paths: Sequence[str | os.PathLike], *, every: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
   """Frames of every input (files, folders expanded), in order."""
   for path in expand_inputs(paths):
     yield from iter_file(path, every=every, max_frames=max_frames)

@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def confusion_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
-                     threshold: float = 0.5) -> jax.Array:
+def confusion_counts(
+  probs: jax.Array, labels: jax.Array, mask: jax.Array | None = None, threshold: float = 0.5
+) -> jax.Array:
   """Per-AU [TP, FP, TN, FN] counts ``[N, 4]`` (int32) of ``probs >= threshold``; jittable.
 
   Entries whose label is not 0/1 (BP4D's 9, "not coded") are not counted, nor examples with mask 0.
   """
-  pred = (probs >= threshold)
+  pred = probs >= threshold
   y = labels == 1
   m = jnp.ones(probs.shape[:1], bool) if mask is None else mask > 0.5
   m = m[:, None] & ((labels == 0) | (labels == 1))  # [B, N]
@@ -45,8 +46,10 @@ class AUMetrics:
 
   def update_from_predictions(self, probs, labels, mask=None, threshold: float = 0.5) -> "AUMetrics":
     n = np.shape(probs)[0] if mask is None else int(np.sum(np.asarray(mask) > 0.5))
-    return self.update(confusion_counts(jnp.asarray(probs), jnp.asarray(labels),
-                                        None if mask is None else jnp.asarray(mask), threshold), n)
+    return self.update(
+      confusion_counts(jnp.asarray(probs), jnp.asarray(labels), None if mask is None else jnp.asarray(mask), threshold),
+      n,
+    )
 
   def compute(self) -> dict:
     if self.counts is None:
@@ -56,10 +59,10 @@ class AUMetrics:
     f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)  # sklearn's zero_division=0
     acc = (tp + tn) / np.maximum(tp + fp + tn + fn, 1)
     return {
-        "f1": dict(zip(self.au_names, f1.tolist())),
-        "accuracy": dict(zip(self.au_names, acc.tolist())),
-        "mean_f1": float(np.mean(f1)),
-        "mean_accuracy": float(np.mean(acc)),
-        "num_examples": self.examples,
-        "num_labelled": dict(zip(self.au_names, self.counts.sum(axis=1).tolist())),  # label 0/1, per AU
+      "f1": dict(zip(self.au_names, f1.tolist())),
+      "accuracy": dict(zip(self.au_names, acc.tolist())),
+      "mean_f1": float(np.mean(f1)),
+      "mean_accuracy": float(np.mean(acc)),
+      "num_examples": self.examples,
+      "num_labelled": dict(zip(self.au_names, self.counts.sum(axis=1).tolist())),  # label 0/1, per AU
     }

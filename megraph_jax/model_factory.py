@@ -51,6 +51,7 @@ class ModelSpec:
   classifier (stage 1 only). ``dtype`` is the compute dtype; parameters are float64 for ``'float64'``, else
   float32. Inputs are ``[B, img_size, img_size, 3]``; ``au_probs`` is ``[B, num_aus]``.
   """
+
   backbone: str
   num_aus: int
   stage: int = 1
@@ -148,22 +149,39 @@ class ModelSpec:
     if m.head not in HEADS:
       raise ValueError(f"config key 'model.head' = {m.head!r}; choose 'megraph' or 'baseline'")
     if m.head == "baseline" and stage != 1:
-      raise ValueError("config key 'model.head' = 'baseline' (backbone + linear classifier) has only one stage; "
-                       "use --config.mode=stage1")
+      raise ValueError(
+        "config key 'model.head' = 'baseline' (backbone + linear classifier) has only one stage; "
+        "use --config.mode=stage1"
+      )
     if m.dtype not in DTYPES:
       raise ValueError(f"config key 'model.dtype' = {m.dtype!r}; choose one of {sorted(DTYPES)}")
     if m.dtype == "float64" and not jax.config.jax_enable_x64:
       raise ValueError("config key 'model.dtype' = 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
     au_names = dataset_au_names(data)  # N follows from the dataset (or dataset.au_names)
-    return cls(backbone=m.backbone, num_aus=len(au_names), stage=stage, head=m.head, au_names=au_names,
-               neighbor_num=m.neighbor_num, metric=m.metric, use_fgg=bool(m.use_fgg), gnn_layers=m.gnn_layers,
-               img_size=data.crop_size, dtype=m.dtype)
+    return cls(
+      backbone=m.backbone,
+      num_aus=len(au_names),
+      stage=stage,
+      head=m.head,
+      au_names=au_names,
+      neighbor_num=m.neighbor_num,
+      metric=m.metric,
+      use_fgg=bool(m.use_fgg),
+      gnn_layers=m.gnn_layers,
+      img_size=data.crop_size,
+      dtype=m.dtype,
+    )
 
   @classmethod
   def of(cls, model: Model, *, au_names: Any = None) -> ModelSpec:
     """The spec that rebuilds ``model`` (an instance built by :func:`build` or by hand)."""
-    common = dict(backbone=model.backbone_name, num_aus=model.num_aus, img_size=model.img_size,
-                  dtype=dtype_name(model.dtype), au_names=au_names)
+    common = dict(
+      backbone=model.backbone_name,
+      num_aus=model.num_aus,
+      img_size=model.img_size,
+      dtype=dtype_name(model.dtype),
+      au_names=au_names,
+    )
     if isinstance(model, BaselineModel):
       return cls(stage=1, head="baseline", **common)
     if isinstance(model, Stage2Model):
@@ -176,17 +194,25 @@ class ModelSpec:
 def build(spec: ModelSpec, *, seed: int = 0, drop_path_rate: float | None = None, remat: bool = False) -> Model:
   """A freshly initialised model of ``spec`` (``nnx.eval_shape(lambda: build(spec))`` for an abstract one)."""
   if spec.dtype == "float64" and not jax.config.jax_enable_x64:
-    raise ValueError("dtype 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (or jax.config.update('jax_enable_x64', "
-                     "True) before anything else)")
+    raise ValueError(
+      "dtype 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1 (or jax.config.update('jax_enable_x64', "
+      "True) before anything else)"
+    )
   dtype = DTYPES[spec.dtype]
   param_dtype = jnp.float64 if spec.dtype == "float64" else jnp.float32  # float64 only as a numerics check
-  common = dict(img_size=spec.img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype,
-                rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  common = dict(
+    img_size=spec.img_size,
+    drop_path_rate=drop_path_rate,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+  )
   if spec.head == "baseline":
     model = BaselineModel(spec.backbone, spec.num_aus, **common)
   elif spec.stage == 1:
-    model = Stage1Model(spec.backbone, spec.num_aus, neighbor_num=spec.neighbor_num, metric=spec.metric,
-                        use_fgg=spec.use_fgg, **common)
+    model = Stage1Model(
+      spec.backbone, spec.num_aus, neighbor_num=spec.neighbor_num, metric=spec.metric, use_fgg=spec.use_fgg, **common
+    )
   else:
     model = Stage2Model(spec.backbone, spec.num_aus, gnn_layers=spec.gnn_layers, **common)
   if remat:
@@ -196,5 +222,9 @@ def build(spec: ModelSpec, *, seed: int = 0, drop_path_rate: float | None = None
 
 def build_from_config(config: Any, stage: int) -> Model:
   """The model of ``stage`` as the training config describes it, randomly initialised from ``config.seed``."""
-  return build(ModelSpec.from_config(config, stage), seed=config.seed, drop_path_rate=config.model.drop_path_rate,
-               remat=bool(config.model.remat))
+  return build(
+    ModelSpec.from_config(config, stage),
+    seed=config.seed,
+    drop_path_rate=config.model.drop_path_rate,
+    remat=bool(config.model.remat),
+  )

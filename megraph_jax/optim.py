@@ -68,26 +68,47 @@ def param_labels(params: Any, trainable_regex: str, *, key: str = "trainable_par
   """'train' / 'frozen' per parameter leaf; raises if the regex selects nothing."""
   mask = path_mask(params, trainable_regex, key=key)
   if not any(jax.tree.leaves(mask)):
-    raise ValueError(f"config key '{key}': {trainable_regex!r} matches no parameter; paths look like "
-                     f"{path_str(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r}")
+    raise ValueError(
+      f"config key '{key}': {trainable_regex!r} matches no parameter; paths look like "
+      f"{path_str(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r}"
+    )
   return jax.tree.map(lambda m: TRAIN if m else FROZEN, mask)
 
 
-def adamw(learning_rate: Callable | float, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 5e-4, decay_mask: Any = None, clip_norm: float = 0.0
-          ) -> optax.GradientTransformation:
+def adamw(
+  learning_rate: Callable | float,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 5e-4,
+  decay_mask: Any = None,
+  clip_norm: float = 0.0,
+) -> optax.GradientTransformation:
   """``torch.optim.AdamW``: p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p); optional global-norm clipping."""
   parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm and clip_norm > 0 else []
-  parts += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-            optax.add_decayed_weights(weight_decay, mask=decay_mask),
-            optax.scale_by_learning_rate(learning_rate)]
+  parts += [
+    optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+    optax.add_decayed_weights(weight_decay, mask=decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
+  ]
   return optax.chain(*parts)
 
 
-def create_optimizer(params: Any, *, learning_rate: float, total_steps: int, weight_decay: float, b1: float,
-                     b2: float, eps: float, clip_norm: float = 0.0, trainable_params: str = ".*",
-                     decay_params: str = ".*", stage_key: str = "stage1"
-                     ) -> tuple[optax.GradientTransformation, Callable]:
+def create_optimizer(
+  params: Any,
+  *,
+  learning_rate: float,
+  total_steps: int,
+  weight_decay: float,
+  b1: float,
+  b2: float,
+  eps: float,
+  clip_norm: float = 0.0,
+  trainable_params: str = ".*",
+  decay_params: str = ".*",
+  stage_key: str = "stage1",
+) -> tuple[optax.GradientTransformation, Callable]:
   """AdamW + cosine schedule on the parameters matching ``trainable_params``; the others get zero updates.
 
   ``decay_params`` selects the trained parameters that get weight decay. Defaults are official: all
@@ -97,7 +118,6 @@ def create_optimizer(params: Any, *, learning_rate: float, total_steps: int, wei
   schedule = cosine_lr(learning_rate, total_steps, dtype=schedule_dtype(params))
   labels = param_labels(params, trainable_params, key=f"{stage_key}.trainable_params")
   decay_mask = path_mask(params, decay_params, key=f"{stage_key}.decay_params")
-  inner = adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_mask=decay_mask,
-                clip_norm=clip_norm)
+  inner = adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_mask=decay_mask, clip_norm=clip_norm)
   tx = optax.multi_transform({TRAIN: inner, FROZEN: optax.set_to_zero()}, labels)
   return tx, schedule

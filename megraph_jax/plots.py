@@ -24,8 +24,9 @@ def au_label(name: str) -> str:
   return f"{name} {FACS[int(m.group(1))]}" if m and int(m.group(1)) in FACS else name
 
 
-def plot_face(crop: np.ndarray | None, probs: np.ndarray, au_names: Sequence[str], *, threshold: float = 0.5,
-              title: str = "") -> Figure:
+def plot_face(
+  crop: np.ndarray | None, probs: np.ndarray, au_names: Sequence[str], *, threshold: float = 0.5, title: str = ""
+) -> Figure:
   """The aligned face crop beside a bar chart of its AU probabilities (red: occurring)."""
   probs = np.asarray(probs, np.float32)
   n = len(au_names)
@@ -40,9 +41,17 @@ def plot_face(crop: np.ndarray | None, probs: np.ndarray, au_names: Sequence[str
   ax.barh(y, probs, color=np.where(on, ACTIVE, INACTIVE), edgecolor="black", linewidth=0.4)
   for yi, p in zip(y, probs):
     inside = p > 0.85  # no room right of the bar: write inside it
-    ax.text(p - 0.02 if inside else p + 0.02, yi, f"{p:.2f}", va="center", ha="right" if inside else "left",
-            fontsize=8, color="white" if inside else "black", fontweight="bold" if p >= threshold else "normal",
-            bbox=None if inside else {"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8})
+    ax.text(
+      p - 0.02 if inside else p + 0.02,
+      yi,
+      f"{p:.2f}",
+      va="center",
+      ha="right" if inside else "left",
+      fontsize=8,
+      color="white" if inside else "black",
+      fontweight="bold" if p >= threshold else "normal",
+      bbox=None if inside else {"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8},
+    )
   ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
   ax.set_yticks(y, [au_label(a) for a in au_names], fontsize=9)
   ax.invert_yaxis()
@@ -62,8 +71,9 @@ def _circle(n: int) -> np.ndarray:
   return np.stack([np.cos(a), np.sin(a)], axis=1)
 
 
-def _draw_knn(ax, probs: np.ndarray, au_names: Sequence[str], adjacency: np.ndarray, threshold: float,
-              k: int | None) -> None:
+def _draw_knn(
+  ax, probs: np.ndarray, au_names: Sequence[str], adjacency: np.ndarray, threshold: float, k: int | None
+) -> None:
   n = len(au_names)
   pos = _circle(n)
   a = np.asarray(adjacency) > 0.5
@@ -75,29 +85,71 @@ def _draw_knn(ax, probs: np.ndarray, au_names: Sequence[str], adjacency: np.ndar
       if not a[i, j] or (a[j, i] and j < i):
         continue
       mutual = a[j, i]
-      ax.add_patch(FancyArrowPatch(
-          pos[i], pos[j], arrowstyle="<|-|>" if mutual else "-|>", mutation_scale=9, shrinkA=shrink,
-          shrinkB=shrink, color="#404040" if mutual else "#8c8c8c", linewidth=1.4 if mutual else 0.9,
-          connectionstyle="arc3,rad=0.0" if mutual else "arc3,rad=0.12", zorder=1))
+      ax.add_patch(
+        FancyArrowPatch(
+          pos[i],
+          pos[j],
+          arrowstyle="<|-|>" if mutual else "-|>",
+          mutation_scale=9,
+          shrinkA=shrink,
+          shrinkB=shrink,
+          color="#404040" if mutual else "#8c8c8c",
+          linewidth=1.4 if mutual else 0.9,
+          connectionstyle="arc3,rad=0.0" if mutual else "arc3,rad=0.12",
+          zorder=1,
+        )
+      )
   cmap = matplotlib.colormaps[NODE_CMAP]
   on = probs >= threshold
-  sc = ax.scatter(pos[:, 0], pos[:, 1], s=node_pt ** 2, c=probs, cmap=cmap, vmin=0, vmax=1,
-                  edgecolors=np.where(on, "black", "#8c8c8c"), linewidths=np.where(on, 2.2, 0.8), zorder=2)
+  sc = ax.scatter(
+    pos[:, 0],
+    pos[:, 1],
+    s=node_pt**2,
+    c=probs,
+    cmap=cmap,
+    vmin=0,
+    vmax=1,
+    edgecolors=np.where(on, "black", "#8c8c8c"),
+    linewidths=np.where(on, 2.2, 0.8),
+    zorder=2,
+  )
   in_links = a.sum(axis=0)
   for i, name in enumerate(au_names):
-    ax.text(*pos[i], name, ha="center", va="center", fontsize=7 if len(name) <= 4 else 6, zorder=3,
-            color="white" if probs[i] > 0.7 else "black", fontweight="bold")
+    ax.text(
+      *pos[i],
+      name,
+      ha="center",
+      va="center",
+      fontsize=7 if len(name) <= 4 else 6,
+      zorder=3,
+      color="white" if probs[i] > 0.7 else "black",
+      fontweight="bold",
+    )
     r = 1.0 + (0.2 if n <= 12 else 0.16)
-    ax.text(*(pos[i] * r), f"{probs[i]:.2f}\n{in_links[i]} in", ha="center", va="center", fontsize=7,
-            color="black" if on[i] else "#606060")
+    ax.text(
+      *(pos[i] * r),
+      f"{probs[i]:.2f}\n{in_links[i]} in",
+      ha="center",
+      va="center",
+      fontsize=7,
+      color="black" if on[i] else "#606060",
+    )
   ax.set_xlim(-1.4, 1.4)
   ax.set_ylim(-1.4, 1.4)
   ax.set_aspect("equal")
   ax.set_axis_off()
   ax.set_title(f"{'K=%d ' % k if k else ''}nearest neighbours of the AU node features", fontsize=10)
-  ax.text(0.5, -0.02, "arrow i→j: j is one of i's nearest (double: mutual); black ring: occurring AU\n"
-          "numbers: probability, and 'in' = how many AUs count it among their nearest",
-          transform=ax.transAxes, ha="center", va="top", fontsize=8, color="#404040")
+  ax.text(
+    0.5,
+    -0.02,
+    "arrow i→j: j is one of i's nearest (double: mutual); black ring: occurring AU\n"
+    "numbers: probability, and 'in' = how many AUs count it among their nearest",
+    transform=ax.transAxes,
+    ha="center",
+    va="top",
+    fontsize=8,
+    color="#404040",
+  )
   ax.figure.colorbar(sc, ax=ax, fraction=0.04, pad=0.02).set_label("AU probability", fontsize=8)
 
 
@@ -108,14 +160,20 @@ def _draw_edges(ax, strength: np.ndarray, au_names: Sequence[str]) -> None:
   ax.set_yticks(range(n), au_names, fontsize=7)
   ax.set_xlabel("AU j")
   ax.set_ylabel("AU i")
-  ax.set_title("edge strength from the learned edge features\nP(AU i and AU j both occur) of edge e_ij",
-               fontsize=9)
+  ax.set_title("edge strength from the learned edge features\nP(AU i and AU j both occur) of edge e_ij", fontsize=9)
   ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
 
-def plot_graph(probs: np.ndarray, au_names: Sequence[str], adjacency: np.ndarray, *,
-               edge_strength: np.ndarray | None = None, threshold: float = 0.5, k: int | None = None,
-               title: str = "") -> Figure:
+def plot_graph(
+  probs: np.ndarray,
+  au_names: Sequence[str],
+  adjacency: np.ndarray,
+  *,
+  edge_strength: np.ndarray | None = None,
+  threshold: float = 0.5,
+  k: int | None = None,
+  title: str = "",
+) -> Figure:
   """The face's AU relation graph: kNN links of the node features and, for stage 2, learned edge strengths."""
   probs = np.asarray(probs, np.float32)
   panels = 1 if edge_strength is None else 2
@@ -129,9 +187,16 @@ def plot_graph(probs: np.ndarray, au_names: Sequence[str], adjacency: np.ndarray
   return fig
 
 
-def plot_timeline(times: np.ndarray, probs: np.ndarray, au_names: Sequence[str], *,
-                  tracks: np.ndarray | None = None, threshold: float = 0.5, xlabel: str = "time (s)",
-                  title: str = "") -> Figure:
+def plot_timeline(
+  times: np.ndarray,
+  probs: np.ndarray,
+  au_names: Sequence[str],
+  *,
+  tracks: np.ndarray | None = None,
+  threshold: float = 0.5,
+  xlabel: str = "time (s)",
+  title: str = "",
+) -> Figure:
   """AU probabilities over a video: one strip per AU, one line per tracked face."""
   times, probs = np.asarray(times, np.float64), np.asarray(probs, np.float32)  # [T], [T, N]
   tracks = np.zeros(len(times), int) if tracks is None else np.asarray(tracks)
@@ -143,11 +208,26 @@ def plot_timeline(times: np.ndarray, probs: np.ndarray, au_names: Sequence[str],
   for a, ax in enumerate(axes[:, 0]):
     for c, t in enumerate(track_ids):
       sel = tracks == t
-      ax.plot(times[sel], probs[sel, a], color=colors(c % 10), linewidth=1.2,
-              marker="." if sel.sum() < 40 else None, label=f"face {t}")
+      ax.plot(
+        times[sel],
+        probs[sel, a],
+        color=colors(c % 10),
+        linewidth=1.2,
+        marker="." if sel.sum() < 40 else None,
+        label=f"face {t}",
+      )
       if len(track_ids) == 1:  # shade where the AU occurs
-        ax.fill_between(times[sel], 0, 1, where=probs[sel, a] >= threshold, color=ACTIVE, alpha=0.2,
-                        step="mid", transform=ax.get_xaxis_transform(), linewidth=0)
+        ax.fill_between(
+          times[sel],
+          0,
+          1,
+          where=probs[sel, a] >= threshold,
+          color=ACTIVE,
+          alpha=0.2,
+          step="mid",
+          transform=ax.get_xaxis_transform(),
+          linewidth=0,
+        )
     ax.axhline(threshold, color="black", linestyle="--", linewidth=0.6)
     ax.set_ylim(0, 1)
     ax.set_yticks([0, 1])

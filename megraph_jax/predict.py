@@ -46,15 +46,27 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, k: 
 class Predictor:
   """Detect, align and predict AUs on images, folders and videos (the CLI's engine, for notebooks too)."""
 
-  def __init__(self, model: Model, *, au_names: Sequence[str] | None = None, align: bool = True,
-               aligner: facelib.Aligner | None = None, batch_size: int = 8, threshold: float = 0.5,
-               knn_k: int | None = None, resize: int | None = None, min_face_size: int = 20):
+  def __init__(
+    self,
+    model: Model,
+    *,
+    au_names: Sequence[str] | None = None,
+    align: bool = True,
+    aligner: facelib.Aligner | None = None,
+    batch_size: int = 8,
+    threshold: float = 0.5,
+    knn_k: int | None = None,
+    resize: int | None = None,
+    min_face_size: int = 20,
+  ):
     self.spec = ModelSpec.of(model)
     self.num_aus = self.spec.num_aus
     self.au_names = list(au_names) if au_names else list(self.spec.names)
     if len(self.au_names) != self.num_aus:
-      raise ValueError(f"{len(self.au_names)} AU names ({','.join(self.au_names)}) for a model of "
-                       f"{self.num_aus} AUs; pass {self.num_aus} names (--au-names)")
+      raise ValueError(
+        f"{len(self.au_names)} AU names ({','.join(self.au_names)}) for a model of "
+        f"{self.num_aus} AUs; pass {self.num_aus} names (--au-names)"
+      )
     self.stage = self.spec.stage
     fgg = self.spec.stage == 1 and self.spec.head == "megraph" and self.spec.use_fgg
     self.knn_k = knn_k or (self.spec.neighbor_num if fgg else 4)
@@ -68,16 +80,25 @@ class Predictor:
     self._tracker = facelib.FaceTracker()
 
   @classmethod
-  def from_checkpoint(cls, path: str | os.PathLike, *, backbone: str | None = None,
-                      neighbor_num: int | None = None, img_size: int | None = None,
-                      au_names: Sequence[str] | None = None, dtype: Any = None, **kw) -> Predictor:
+  def from_checkpoint(
+    cls,
+    path: str | os.PathLike,
+    *,
+    backbone: str | None = None,
+    neighbor_num: int | None = None,
+    img_size: int | None = None,
+    au_names: Sequence[str] | None = None,
+    dtype: Any = None,
+    **kw,
+  ) -> Predictor:
     """A Predictor for any checkpoint :func:`megraph_jax.loader.load` reads (AU names from model.json if stored).
 
     ``backbone``, ``neighbor_num`` and ``img_size`` only matter for an official ``.pth`` (default: read from
     the tensors, 3 for 8 AUs else 4, 224).
     """
-    official = {k: v for k, v in dict(backbone=backbone, neighbor_num=neighbor_num, img_size=img_size).items()
-                if v is not None}
+    official = {
+      k: v for k, v in dict(backbone=backbone, neighbor_num=neighbor_num, img_size=img_size).items() if v is not None
+    }
     model, spec = loader.load(path, dtype=dtype, **official)
     return cls(model, au_names=au_names or spec.au_names, **kw)
 
@@ -97,7 +118,7 @@ class Predictor:
     padded = min(self.batch_size, 1 << (b - 1).bit_length()) if b <= self.batch_size else b  # few shapes
     outs = []
     for i in range(0, b, padded):
-      chunk = x[i:i + padded]
+      chunk = x[i : i + padded]
       n = len(chunk)
       chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), np.float32)]) if n < padded else chunk
       outs.append({k: np.asarray(v)[:n] for k, v in self._fn(self._state, jnp.asarray(chunk)).items()})
@@ -116,8 +137,9 @@ class Predictor:
     if not faces:
       return [FacePrediction(**base, status="no_face", message="no face found")]
     ids = self._tracker.assign(fr.file, [f[1] for f in faces]) if fr.is_video else range(len(faces))
-    return [FacePrediction(**base, face=i, box=box, score=score, crop=crop)
-            for i, (crop, box, score) in zip(ids, faces)]
+    return [
+      FacePrediction(**base, face=i, box=box, score=score, crop=crop) for i, (crop, box, score) in zip(ids, faces)
+    ]
 
   def _run(self, pending: list[FacePrediction]) -> None:
     out = self.predict_crops([p.crop for p in pending])
@@ -144,23 +166,41 @@ class Predictor:
     while ready:
       yield from ready.popleft()
 
-  def iter_predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], *, every: int = 1,
-                   max_frames: int | None = None, progress: bool = False) -> Iterator[FacePrediction]:
+  def iter_predict(
+    self,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    every: int = 1,
+    max_frames: int | None = None,
+    progress: bool = False,
+  ) -> Iterator[FacePrediction]:
     """Predictions for images, folders and videos (every ``every``-th frame), streamed in input order."""
     paths = media.expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
     frames: Iterable[media.Frame] = media.iter_media(paths, every=every, max_frames=max_frames)
     if progress:
       from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-      frames = tqdm(frames, total=media.count_frames(paths, every=every, max_frames=max_frames), unit="frame",
-                    desc="predict", file=sys.stderr, dynamic_ncols=True)
+
+      frames = tqdm(
+        frames,
+        total=media.count_frames(paths, every=every, max_frames=max_frames),
+        unit="frame",
+        desc="predict",
+        file=sys.stderr,
+        dynamic_ncols=True,
+      )
     yield from self.predict_frames(frames)
 
-  def predict(self, inputs: str | os.PathLike | Sequence[str | os.PathLike], *, every: int = 1,
-              max_frames: int | None = None, smooth_window: int = 1, progress: bool = False
-              ) -> list[FacePrediction]:
+  def predict(
+    self,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    every: int = 1,
+    max_frames: int | None = None,
+    smooth_window: int = 1,
+    progress: bool = False,
+  ) -> list[FacePrediction]:
     """All predictions for ``inputs``, video probabilities smoothed over ``smooth_window`` frames."""
-    return smooth(list(self.iter_predict(inputs, every=every, max_frames=max_frames, progress=progress)),
-                  smooth_window)
+    return smooth(list(self.iter_predict(inputs, every=every, max_frames=max_frames, progress=progress)), smooth_window)
 
   def predict_image(self, image: np.ndarray, name: str = "<array>") -> list[FacePrediction]:
     """Predictions for one RGB uint8 image ``[H, W, 3]`` held in memory."""
@@ -172,6 +212,7 @@ class Predictor:
   def save_plots(self, p: FacePrediction, directory: str, stem: str | None = None) -> list[str]:
     """Writes ``<stem>_au.png`` (face + AU bars) and ``<stem>_graph.png`` (relation graph) of one face."""
     from megraph_jax import plots  # pylint: disable=import-outside-toplevel
+
     if p.status != "ok":
       return []
     stem = stem or plot_stem(p)
@@ -179,23 +220,36 @@ class Predictor:
     face = plots.plot_face(p.crop, p.probs, self.au_names, threshold=self.threshold, title=title)
     written = [plots.save(face, os.path.join(directory, f"{stem}_au.png"))]
     if p.adjacency is not None:  # the baseline has no graph
-      graph = plots.plot_graph(p.probs, self.au_names, p.adjacency, edge_strength=p.edge_strength,
-                               threshold=self.threshold, k=self.knn_k, title=f"{title}  (stage-{self.stage} model)")
+      graph = plots.plot_graph(
+        p.probs,
+        self.au_names,
+        p.adjacency,
+        edge_strength=p.edge_strength,
+        threshold=self.threshold,
+        k=self.knn_k,
+        title=f"{title}  (stage-{self.stage} model)",
+      )
       written.append(plots.save(graph, os.path.join(directory, f"{stem}_graph.png")))
     return written
 
   def save_timeline(self, preds: Sequence[FacePrediction], path: str) -> str | None:
     """Writes the AU-probabilities-over-time plot of one video's predictions (None if no face was found)."""
     from megraph_jax import plots  # pylint: disable=import-outside-toplevel
+
     ok = [p for p in preds if p.status == "ok"]
     if not ok:
       return None
     has_time = all(p.time is not None for p in ok)
     t = np.array([p.time if has_time else p.frame for p in ok])
-    fig = plots.plot_timeline(t, np.stack([p.probs for p in ok]), self.au_names,
-                              tracks=np.array([p.face for p in ok]), threshold=self.threshold,
-                              xlabel="time (s)" if has_time else "frame",
-                              title=f"{os.path.basename(ok[0].file)}: AU probabilities over time")
+    fig = plots.plot_timeline(
+      t,
+      np.stack([p.probs for p in ok]),
+      self.au_names,
+      tracks=np.array([p.face for p in ok]),
+      threshold=self.threshold,
+      xlabel="time (s)" if has_time else "frame",
+      title=f"{os.path.basename(ok[0].file)}: AU probabilities over time",
+    )
     return plots.save(fig, path)
 
 
@@ -205,8 +259,9 @@ class Predictor:
 def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="python -m megraph_jax.predict", description=__doc__.splitlines()[0])
   ap.add_argument("inputs", nargs="+", help="images, folders (searched recursively) and videos")
-  ap.add_argument("--checkpoint", "-c", required=True,
-                  help="convert/training directory (model.json) or an official ME-GraphAU .pth")
+  ap.add_argument(
+    "--checkpoint", "-c", required=True, help="convert/training directory (model.json) or an official ME-GraphAU .pth"
+  )
   ap.add_argument("--output", "-o", default="-", help="output file (.csv or .json); '-' = stdout (default)")
   ap.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --output, else csv")
   ap.add_argument("--no-align", action="store_true", help="inputs are aligned face crops: no detection")
@@ -255,15 +310,24 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
   """Predicts ``args.inputs`` into ``out``; returns counts of rows by status."""
   au_names = args.au_names.split(",") if args.au_names else None
   predictor = Predictor.from_checkpoint(
-      args.checkpoint, backbone=args.backbone, neighbor_num=args.neighbor_num, img_size=args.img_size,
-      au_names=au_names, align=not args.no_align, batch_size=args.batch_size, threshold=args.threshold,
-      knn_k=args.knn, resize=args.resize, min_face_size=args.min_face_size)
+    args.checkpoint,
+    backbone=args.backbone,
+    neighbor_num=args.neighbor_num,
+    img_size=args.img_size,
+    au_names=au_names,
+    align=not args.no_align,
+    batch_size=args.batch_size,
+    threshold=args.threshold,
+    knn_k=args.knn,
+    resize=args.resize,
+    min_face_size=args.min_face_size,
+  )
   fmt = args.format or ("json" if args.output.lower().endswith(".json") else "csv")
-  writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold,
-                        header={"checkpoint": args.checkpoint})
+  writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header={"checkpoint": args.checkpoint})
   counts, stems = collections.Counter(), {}  # stems: input file -> picture name
-  stream = predictor.iter_predict(args.inputs, every=args.every, max_frames=args.max_frames,
-                                  progress=not args.no_progress)
+  stream = predictor.iter_predict(
+    args.inputs, every=args.every, max_frames=args.max_frames, progress=not args.no_progress
+  )
   for group in _by_file(stream):
     for p in group:  # keep crops only where pictures are drawn
       if not args.plot or (p.is_video and p.frame % (args.plot_every * args.every) != 0):
@@ -280,8 +344,10 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
     for p in group:
       counts[p.status] += 1
       if p.status != "ok":
-        print(f"predict: {p.file}" + (f" frame {p.frame}" if p.is_video else "") + f": {p.status}: {p.message}",
-              file=sys.stderr)
+        print(
+          f"predict: {p.file}" + (f" frame {p.frame}" if p.is_video else "") + f": {p.status}: {p.message}",
+          file=sys.stderr,
+        )
       writer.write(p)
     out.flush()
   writer.close()
@@ -297,8 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", newline="") as f:
       counts = run_cli(args, f)
-  print("predict: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + " rows"
-        + ("" if args.output == "-" else f" -> {args.output}"), file=sys.stderr)
+  print(
+    "predict: "
+    + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    + " rows"
+    + ("" if args.output == "-" else f" -> {args.output}"),
+    file=sys.stderr,
+  )
   return 0 if counts.get("ok", 0) + counts.get("no_face", 0) > 0 else 1
 
 

@@ -44,8 +44,12 @@ class StopRequest:
     name = signal.Signals(signum).name
     if signum == signal.SIGINT and self.signalled:
       raise KeyboardInterrupt(f"second {name}: stopping without a checkpoint")
-    logging.warning("%s received: saving a checkpoint at the next step boundary, then stopping (exit status %d)%s",
-                    name, EXIT_PREEMPTED, "; press Ctrl-C again to stop at once" if signum == signal.SIGINT else "")
+    logging.warning(
+      "%s received: saving a checkpoint at the next step boundary, then stopping (exit status %d)%s",
+      name,
+      EXIT_PREEMPTED,
+      "; press Ctrl-C again to stop at once" if signum == signal.SIGINT else "",
+    )
     self.signalled = True
 
   def step_done(self, step: int) -> bool:
@@ -54,5 +58,6 @@ class StopRequest:
     stop = self.signalled or (self.stop_after_steps > 0 and self.steps_run >= self.stop_after_steps)
     if jax.process_count() > 1:  # every process must stop at the same step
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       stop = stop or multihost_utils.reached_preemption_sync_point(step)
     return stop

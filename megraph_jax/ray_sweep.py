@@ -39,6 +39,7 @@ ATTEMPTS = "attempts.jsonl"
 @dataclasses.dataclass(frozen=True)
 class Resources:
   """What one run asks of the cluster, per process (one process per host)."""
+
   hosts: int = 1  # processes of one run (CPU / GPU); a TPU run has one per host of its slice
   cpus: float = 1.0  # Ray CPUs per process
   gpus: float = 0.0  # GPUs per process (all of the host's: one process drives all of its GPUs)
@@ -78,13 +79,24 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
   workdir = os.path.join(root, run["name"])
   if os.path.isfile(os.path.join(workdir, "results.json")):
     return {"status": "done", "skipped": True}
-  _append_attempt(workdir, {"attempt": attempt, "process": process, "pid": os.getpid(), "host": socket.gethostname(),
-                            "checkpoints": checkpoint_steps(workdir), "time": time.time()})
+  _append_attempt(
+    workdir,
+    {
+      "attempt": attempt,
+      "process": process,
+      "pid": os.getpid(),
+      "host": socket.gethostname(),
+      "checkpoints": checkpoint_steps(workdir),
+      "time": time.time(),
+    },
+  )
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
 
   from megraph_jax import distributed, sweep  # pylint: disable=import-outside-toplevel
+
   try:
     config = sweep.build_config(run)
   except (KeyError, ValueError, FileNotFoundError) as e:  # the sweep file, not the cluster: no retry
@@ -93,6 +105,7 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
     config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
   distributed.initialize()
   from megraph_jax import train  # pylint: disable=import-outside-toplevel
+
   try:
     result = train.run(config, workdir)
   except _not_retried() as e:  # main.py's exit statuses 2 (input errors) and 3 (diverged): not retried
@@ -100,10 +113,20 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
       raise
     return {"status": "error", "message": f"{run['name']}: {type(e).__name__}: {e}"}
   import jax  # pylint: disable=import-outside-toplevel
-  _append_attempt(workdir, {"attempt": attempt, "process": process, "end": "preempted" if result.get("preempted")
-                            else "done", "processes": jax.process_count(), "devices": jax.device_count(),
-                            "local_devices": jax.local_device_count(), "mean_f1": _mean_f1(result),
-                            "time": time.time()})
+
+  _append_attempt(
+    workdir,
+    {
+      "attempt": attempt,
+      "process": process,
+      "end": "preempted" if result.get("preempted") else "done",
+      "processes": jax.process_count(),
+      "devices": jax.device_count(),
+      "local_devices": jax.local_device_count(),
+      "mean_f1": _mean_f1(result),
+      "time": time.time(),
+    },
+  )
   if result.get("preempted"):  # main.py's EXIT_PREEMPTED: saved, rerun to resume
     return {"status": "preempted", "exit": EXIT_PREEMPTED, "message": result.get("message", "")}
   return {"status": "done", "mean_f1": _mean_f1(result)}
@@ -112,6 +135,7 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
 def _not_retried() -> tuple[type[BaseException], ...]:
   """Errors that another attempt would meet again: the config, the data, files, a diverged training."""
   from megraph_jax import errors  # pylint: disable=import-outside-toplevel
+
   return (errors.UserError, errors.TrainingDiverged)
 
 
@@ -126,12 +150,14 @@ def _mean_f1(result: dict[str, Any]) -> float | None:
 def _coordinator_probe() -> dict[str, Any]:
   """This host's address, a free port on it and its TPU worker number (if any): who coordinates."""
   import ray  # pylint: disable=import-outside-toplevel
+
   with socket.socket() as s:
     s.bind(("", 0))
     port = s.getsockname()[1]
   worker = None
   try:
     from ray._private.accelerators import TPUAcceleratorManager  # pylint: disable=import-outside-toplevel
+
     worker = TPUAcceleratorManager.get_current_node_tpu_worker_id()
   except Exception:  # pylint: disable=broad-except
     pass
@@ -152,6 +178,7 @@ class _Group:
       from ray.util import tpu as ray_tpu  # pylint: disable=import-outside-toplevel
 
       from megraph_jax import tpu_topology  # pylint: disable=import-outside-toplevel
+
       chip, bounds = tpu_topology.parse(res.tpu)
       topo, version = "x".join(map(str, bounds)), chip.ray_name or chip.version
       if res.tpu_subslice:
@@ -164,10 +191,12 @@ class _Group:
       self.task_resources = {"num_cpus": bundle.pop("CPU", 0), "resources": bundle}
     elif res.hosts > 1:
       from ray.util.placement_group import placement_group  # pylint: disable=import-outside-toplevel
+
       bundle = {"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}
       # GPU hosts: one process per node; CPU processes may share a node (the local test cluster).
-      self.pg = placement_group([bundle] * res.hosts, strategy="STRICT_SPREAD" if res.gpus else "PACK",
-                                name=f"megraph-{name}")
+      self.pg = placement_group(
+        [bundle] * res.hosts, strategy="STRICT_SPREAD" if res.gpus else "PACK", name=f"megraph-{name}"
+      )
     if self.pg is not None:
       ray.get(self.pg.ready())
 
@@ -175,14 +204,20 @@ class _Group:
     if self.pg is None:
       return dict(self.task_resources)
     from ray.util import scheduling_strategies  # pylint: disable=import-outside-toplevel
-    return {**self.task_resources, "scheduling_strategy": scheduling_strategies.PlacementGroupSchedulingStrategy(
-        placement_group=self.pg, placement_group_bundle_index=process)}
+
+    return {
+      **self.task_resources,
+      "scheduling_strategy": scheduling_strategies.PlacementGroupSchedulingStrategy(
+        placement_group=self.pg, placement_group_bundle_index=process
+      ),
+    }
 
   def release(self) -> None:
     if self.handle is not None:
       self.handle.shutdown()
     elif self.pg is not None:
       from ray.util.placement_group import remove_placement_group  # pylint: disable=import-outside-toplevel
+
       remove_placement_group(self.pg)
 
 
@@ -209,12 +244,10 @@ def _attempt(ray, task, run: dict[str, Any], root: str, res: Resources, attempt:
       if all(h["tpu_worker"] is not None for h in hosts):
         order.sort(key=lambda i: hosts[i]["tpu_worker"])
       first = hosts[order[0]]
-      env.update(MEGRAPH_COORDINATOR_ADDRESS=f"{first['ip']}:{first['port']}",
-                 MEGRAPH_NUM_PROCESSES=str(group.hosts))
+      env.update(MEGRAPH_COORDINATOR_ADDRESS=f"{first['ip']}:{first['port']}", MEGRAPH_NUM_PROCESSES=str(group.hosts))
     for pid, bundle in enumerate(order):
       penv = dict(env, MEGRAPH_PROCESS_ID=str(pid)) if group.hosts > 1 else env
-      refs.append(task.options(**group.options(bundle), runtime_env={"env_vars": penv}).remote(
-          run, root, attempt, pid))
+      refs.append(task.options(**group.options(bundle), runtime_env={"env_vars": penv}).remote(run, root, attempt, pid))
     pending, results = list(refs), {}
     while pending:
       ready, pending = ray.wait(pending, num_returns=1)
@@ -246,13 +279,23 @@ def drive_run(ray, task, run: dict[str, Any], root: str, res: Resources, max_ret
       outs = _attempt(ray, task, run, root, res, attempt)
     except Exception as e:  # pylint: disable=broad-except
       failures += 1
-      _log(f"{run['name']}: attempt {attempt} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-           + (f"; retrying ({failures}/{max_retries}), resuming from its checkpoints" if failures <= max_retries
-              else "; giving up"))
+      _log(
+        f"{run['name']}: attempt {attempt} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        + (
+          f"; retrying ({failures}/{max_retries}), resuming from its checkpoints"
+          if failures <= max_retries
+          else "; giving up"
+        )
+      )
       attempt += 1
       if failures > max_retries:
-        return {"name": run["name"], "status": "failed", "attempts": attempt, "failures": failures,
-                "message": str(e)[-2000:]}
+        return {
+          "name": run["name"],
+          "status": "failed",
+          "attempts": attempt,
+          "failures": failures,
+          "message": str(e)[-2000:],
+        }
       time.sleep(min(2.0 * failures, 30.0))  # let the failed attempt's processes exit (and release the workdir)
       continue
     attempt += 1
@@ -278,26 +321,38 @@ def init_ray(address: str, num_cpus: int | None = None):
   Returns (ray, whether this call started the connection).
   """
   import ray  # pylint: disable=import-outside-toplevel
+
   if ray.is_initialized():
     return ray, False
   if address == "local":
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(
+      address="local",
+      num_cpus=num_cpus or os.cpu_count(),
+      include_dashboard=False,
+      log_to_driver=True,
+      runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
   else:
     ray.init(address=address)
   return ray, True
 
 
-def run_sweep(runs: list[dict[str, Any]], root: str, *, address: str = "local", resources: Resources = Resources(),
-              max_retries: int = 3, num_cpus: int | None = None) -> list[dict[str, Any]]:
+def run_sweep(
+  runs: list[dict[str, Any]],
+  root: str,
+  *,
+  address: str = "local",
+  resources: Resources = Resources(),
+  max_retries: int = 3,
+  num_cpus: int | None = None,
+) -> list[dict[str, Any]]:
   """Runs every run of a sweep as Ray work (all submitted at once; Ray schedules them); returns their statuses."""
   todo = [r for r in runs if not os.path.isfile(os.path.join(root, r["name"], "results.json"))]
   for r in runs:
     if r not in todo:
       _log(f"{r['name']}: finished earlier, skipped")
-  out = {r["name"]: {"name": r["name"], "status": "done", "attempts": 0, "failures": 0} for r in runs
-         if r not in todo}
+  out = {r["name"]: {"name": r["name"], "status": "done", "attempts": 0, "failures": 0} for r in runs if r not in todo}
   if not todo:
     return [out[r["name"]] for r in runs]
   ray, started = init_ray(address, num_cpus)
@@ -320,4 +375,3 @@ def read_attempts(workdir: str) -> list[dict[str, Any]]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
-

@@ -18,6 +18,7 @@ import numpy as np
 @dataclasses.dataclass
 class FacePrediction:
   """One output row: a face of a frame, or a frame without a face / an unreadable file (``status``)."""
+
   file: str
   frame: int = 0
   time: float | None = None  # seconds into a video
@@ -34,10 +35,14 @@ class FacePrediction:
 
   def row(self, au_names: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
     """The flat CSV row (AU probabilities as ``AU1_prob``, occurrence 0/1 as ``AU1_occ``)."""
-    out: dict[str, Any] = {"file": self.file, "frame": self.frame,
-                           "time": "" if self.time is None else round(self.time, 4),
-                           "face": "" if self.face is None else self.face, "status": self.status,
-                           "message": self.message}
+    out: dict[str, Any] = {
+      "file": self.file,
+      "frame": self.frame,
+      "time": "" if self.time is None else round(self.time, 4),
+      "face": "" if self.face is None else self.face,
+      "status": self.status,
+      "message": self.message,
+    }
     for k, v in zip(("x0", "y0", "x1", "y1"), self.box or ("",) * 4):
       out[k] = v if v == "" else round(float(v), 1)
     out["score"] = "" if self.score is None else round(self.score, 4)
@@ -50,15 +55,25 @@ class FacePrediction:
 
 def csv_fields(au_names: Sequence[str]) -> list[str]:
   """Column names of :meth:`FacePrediction.row`."""
-  return (["file", "frame", "time", "face", "status", "message", "x0", "y0", "x1", "y1", "score"]
-          + [f"{a}_prob" for a in au_names] + [f"{a}_occ" for a in au_names])
+  return (
+    ["file", "frame", "time", "face", "status", "message", "x0", "y0", "x1", "y1", "score"]
+    + [f"{a}_prob" for a in au_names]
+    + [f"{a}_occ" for a in au_names]
+  )
 
 
 def json_record(p: FacePrediction, au_names: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
   """A prediction as JSON: box as a list, ``probs`` and ``occurrence`` keyed by AU name."""
-  rec = {"file": p.file, "frame": p.frame, "time": p.time, "face": p.face, "status": p.status,
-         "message": p.message, "box": None if p.box is None else [round(float(v), 1) for v in p.box],
-         "score": p.score}
+  rec = {
+    "file": p.file,
+    "frame": p.frame,
+    "time": p.time,
+    "face": p.face,
+    "status": p.status,
+    "message": p.message,
+    "box": None if p.box is None else [round(float(v), 1) for v in p.box],
+    "score": p.score,
+  }
   if p.probs is not None:
     rec["probs"] = {a: round(float(v), 4) for a, v in zip(au_names, p.probs)}
     rec["occurrence"] = {a: int(v >= threshold) for a, v in zip(au_names, p.probs)}
@@ -68,8 +83,15 @@ def json_record(p: FacePrediction, au_names: Sequence[str], threshold: float = 0
 class RecordWriter:
   """Streams predictions to ``out`` as CSV rows (written as they come) or one JSON document (at :meth:`close`)."""
 
-  def __init__(self, out: TextIO, fmt: str, au_names: Sequence[str], *, threshold: float = 0.5,
-               header: dict[str, Any] | None = None):
+  def __init__(
+    self,
+    out: TextIO,
+    fmt: str,
+    au_names: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    header: dict[str, Any] | None = None,
+  ):
     if fmt not in ("csv", "json"):
       raise ValueError(f"format {fmt!r}; choose 'csv' or 'json'")
     self.out, self.au_names, self.threshold, self.header = out, list(au_names), threshold, header or {}
@@ -86,8 +108,11 @@ class RecordWriter:
 
   def close(self) -> None:
     if not self.csv:
-      json.dump({**self.header, "au_names": self.au_names, "threshold": self.threshold,
-                 "predictions": self.records}, self.out, indent=1)
+      json.dump(
+        {**self.header, "au_names": self.au_names, "threshold": self.threshold, "predictions": self.records},
+        self.out,
+        indent=1,
+      )
       self.out.write("\n")
     self.out.flush()
 

@@ -59,6 +59,7 @@ def quiet_library_logs(parts: Sequence[str] = ("/orbax/",)) -> None:
   import logging as std_logging  # pylint: disable=import-outside-toplevel
 
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
     handler.addFilter(_DropLibraryInfo(parts))

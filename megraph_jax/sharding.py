@@ -38,8 +38,10 @@ def check_batch_size(global_batch: int, mesh: Mesh, key: str = "batch_size") -> 
   """Raises unless ``global_batch`` divides over the devices and processes."""
   n = mesh.devices.size
   if global_batch % n or global_batch % jax.process_count():
-    raise ValueError(f"config key '{key}' = {global_batch} must be a multiple of the {n} devices "
-                     f"({jax.process_count()} processes); set --config.{key}=<multiple of {n}>")
+    raise ValueError(
+      f"config key '{key}' = {global_batch} must be a multiple of the {n} devices "
+      f"({jax.process_count()} processes); set --config.{key}=<multiple of {n}>"
+    )
 
 
 def put_batch(batch: dict[str, Any], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -70,7 +72,7 @@ def leaf_sharding(shape: tuple[int, ...], mesh: Mesh, mode: str, min_size: int) 
   return NamedSharding(mesh, P(*spec))
 
 
-def state_shardings(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2 ** 14) -> Any:
+def state_shardings(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2**14) -> Any:
   """Per-leaf shardings of a model / optimizer state pytree (config keys sharding.params, .fsdp_min_size)."""
   if mode not in PARAM_MODES:
     raise ValueError(f"config key 'sharding.params' = {mode!r}; choose one of {PARAM_MODES}")

@@ -72,7 +72,7 @@ def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   *parents, leaf = key.split(".")
   for i, p in enumerate(parents):
     if p not in node:
-      raise KeyError(f"sweep key {key!r}: the config has no {'.'.join(parents[:i + 1])!r}")
+      raise KeyError(f"sweep key {key!r}: the config has no {'.'.join(parents[: i + 1])!r}")
     node = node[p]
   if leaf not in node:
     raise KeyError(f"sweep key {key!r}: the config has no such field")
@@ -83,8 +83,13 @@ def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
 
 
 def _short(key: str) -> str:
-  return {"dataset.fold": "fold", "stage2.lam": "lam", "model.neighbor_num": "K", "model.backbone": "backbone",
-          "config": "config"}.get(key, key.split(".")[-1])
+  return {
+    "dataset.fold": "fold",
+    "stage2.lam": "lam",
+    "model.neighbor_num": "K",
+    "model.backbone": "backbone",
+    "config": "config",
+  }.get(key, key.split(".")[-1])
 
 
 def _fmt(value: Any) -> str:
@@ -107,10 +112,12 @@ def expand(sweep: dict[str, Any], extra: dict[str, Any] | None = None) -> list[d
   for combo in itertools.product(*(grid[k] for k in keys)):
     point = dict(zip(keys, combo))
     name = "_".join(f"{_short(k)}{_fmt(v)}" for k, v in point.items()) or "run"
-    overrides = {**dict(sweep.get("overrides", {}) or {}), **{k: v for k, v in point.items() if k != "config"},
-                 **(extra or {})}
-    runs.append({"name": name, "config": point.get("config", sweep['config']), "overrides": overrides,
-                 "grid": point})
+    overrides = {
+      **dict(sweep.get("overrides", {}) or {}),
+      **{k: v for k, v in point.items() if k != "config"},
+      **(extra or {}),
+    }
+    runs.append({"name": name, "config": point.get("config", sweep['config']), "overrides": overrides, "grid": point})
   names = [r["name"] for r in runs]
   if len(set(names)) != len(names):
     raise ValueError(f"sweep {sweep['name']!r}: two runs share a name; make the grid values distinct")
@@ -140,6 +147,7 @@ def _cli_value(v: Any) -> str:
 def run_all(runs: list[dict[str, Any]], root: str) -> list[str]:
   """Runs every unfinished run in this process, one after another; returns the names run."""
   from megraph_jax import train  # pylint: disable=import-outside-toplevel
+
   done = []
   for i, r in enumerate(runs):
     workdir = os.path.join(root, r["name"])
@@ -161,6 +169,7 @@ def run_all(runs: list[dict[str, Any]], root: str) -> list[str]:
 def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, Any]]]:
   """One Markdown table over the finished runs: per run (and fold), then averaged over folds."""
   from megraph_jax import reporting  # pylint: disable=import-outside-toplevel
+
   rows, records, missing = [], [], []
   au_names = None
   groups: dict[str, list[dict[str, float]]] = {}
@@ -176,13 +185,22 @@ def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, A
       f1 = fr[stage]["last"]["f1"]
       au_names = au_names or list(f1)
       rows.append((f"{r['name']} (fold {fold}, {stage})", f1))
-      records.append({"run": r["name"], "fold": int(fold), "stage": stage, "grid": r["grid"],
-                      "mean_f1": fr[stage]["last"]["mean_f1"], "f1": f1})
+      records.append(
+        {
+          "run": r["name"],
+          "fold": int(fold),
+          "stage": stage,
+          "grid": r["grid"],
+          "mean_f1": fr[stage]["last"]["mean_f1"],
+          "f1": f1,
+        }
+      )
       group = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in r["grid"].items() if k != "dataset.fold") or "all"
       groups.setdefault(f"{group} [{stage}]", []).append(f1)
   if not rows:
-    raise FileNotFoundError(f"no finished run under {root} (expected {root}/<run>/results.json for "
-                            f"{[r['name'] for r in runs][:4]}...)")
+    raise FileNotFoundError(
+      f"no finished run under {root} (expected {root}/<run>/results.json for {[r['name'] for r in runs][:4]}...)"
+    )
   for group, f1s in groups.items():
     if len(f1s) > 1:
       rows.append((f"{group}, avg. over {len(f1s)} folds", reporting.mean_f1_dicts(f1s)))
@@ -199,16 +217,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--root", required=True, help="parent folder of the runs' workdirs")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every run")
   r = p.add_argument_group("Ray (run --ray=...)")
-  r.add_argument("--ray", default=None, metavar="ADDRESS",
-                 help="run every run as Ray work: 'local' (a one-machine cluster), 'auto' or a cluster address")
+  r.add_argument(
+    "--ray",
+    default=None,
+    metavar="ADDRESS",
+    help="run every run as Ray work: 'local' (a one-machine cluster), 'auto' or a cluster address",
+  )
   r.add_argument("--ray_cpus", type=int, default=None, help="--ray=local: CPUs of the local cluster (default all)")
   r.add_argument("--cpus", type=float, default=1.0, help="Ray CPUs per process of a run")
   r.add_argument("--gpus", type=float, default=0.0, help="GPUs per process of a run (one process per GPU host)")
   r.add_argument("--hosts", type=int, default=1, help="processes (hosts) per run on CPU/GPU nodes")
   r.add_argument("--cpu_devices", type=int, default=0, help="CPU runs: XLA host devices per process")
   r.add_argument("--tpu", default="", help="TPU slice per run, e.g. v5e:2x4 or v4:2x2x2 (one process per host)")
-  r.add_argument("--tpu_subslice", action="store_true",
-                 help="with --tpu: each run takes an ICI-aligned subslice --tpu of the cluster's bigger slices")
+  r.add_argument(
+    "--tpu_subslice",
+    action="store_true",
+    help="with --tpu: each run takes an ICI-aligned subslice --tpu of the cluster's bigger slices",
+  )
   r.add_argument("--max_retries", type=int, default=3, help="attempts after a failure, each resuming from checkpoints")
   a = p.parse_args(argv)
   if (a.tpu or a.tpu_subslice or a.gpus or a.hosts != 1 or a.cpu_devices) and not a.ray:
@@ -225,14 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(r["name"], json.dumps(r["overrides"]))
   elif a.action == "run" and a.ray:
     from megraph_jax import ray_sweep  # pylint: disable=import-outside-toplevel
-    res = ray_sweep.Resources(hosts=a.hosts, cpus=a.cpus, gpus=a.gpus, cpu_devices=a.cpu_devices, tpu=a.tpu,
-                              tpu_subslice=a.tpu_subslice)
-    statuses = ray_sweep.run_sweep(runs, root, address=a.ray, resources=res, max_retries=a.max_retries,
-                                   num_cpus=a.ray_cpus)
+
+    res = ray_sweep.Resources(
+      hosts=a.hosts, cpus=a.cpus, gpus=a.gpus, cpu_devices=a.cpu_devices, tpu=a.tpu, tpu_subslice=a.tpu_subslice
+    )
+    statuses = ray_sweep.run_sweep(
+      runs, root, address=a.ray, resources=res, max_retries=a.max_retries, num_cpus=a.ray_cpus
+    )
     failed = [s for s in statuses if s["status"] != "done"]
     for s in failed:
-      print(f"{s['name']}: {s['status']} after {s['attempts']} attempts: {s.get('message', '')[-500:]}",
-            file=sys.stderr)
+      print(
+        f"{s['name']}: {s['status']} after {s['attempts']} attempts: {s.get('message', '')[-500:]}", file=sys.stderr
+      )
   elif a.action == "run":
     run_all(runs, root)
   if a.action == "gather" or (a.action == "run" and len(failed) < len(runs)):

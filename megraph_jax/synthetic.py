@@ -38,8 +38,21 @@ VERSION = 1  # Bump when the rendering or the label model changes (keys the ensu
 AU_NAMES: dict[int, str] = {au: task.FACS_NAMES[au].title() for au in ALL_AUS}  # as written to synthetic.json
 # Target occurrence rates (BP4D-like; AU9/25/26 DISFA-like but less extreme).
 TARGET_RATES: dict[int, float] = {
-    1: 0.21, 2: 0.17, 4: 0.20, 6: 0.46, 7: 0.55, 9: 0.12, 10: 0.59, 12: 0.56, 14: 0.47, 15: 0.17,
-    17: 0.34, 23: 0.17, 24: 0.15, 25: 0.35, 26: 0.18,
+  1: 0.21,
+  2: 0.17,
+  4: 0.20,
+  6: 0.46,
+  7: 0.55,
+  9: 0.12,
+  10: 0.59,
+  12: 0.56,
+  14: 0.47,
+  15: 0.17,
+  17: 0.34,
+  23: 0.17,
+  24: 0.15,
+  25: 0.35,
+  26: 0.18,
 }
 # AUs drawn at reduced visual intensity (factor), so that related AUs carry information.
 FAINT_AUS: dict[int, float] = {2: 0.45, 14: 0.4, 24: 0.45, 26: 0.5}
@@ -48,19 +61,19 @@ _NA = len(ALL_AUS)  # columns of the full AU state (_A: AU -> column)
 
 # Latent components: name -> {AU: loading}. The first _NUM_EXPR are task-level expressions.
 _COMPONENTS: tuple[tuple[str, dict[int, float]], ...] = (
-    ("happy", {6: 1.5, 12: 1.7, 7: 0.8, 10: 1.0, 14: 0.6, 25: 0.5, 4: -1.0, 15: -0.6, 17: -0.3}),
-    ("sad", {1: 1.0, 4: 0.8, 15: 1.1, 17: 0.8, 12: -0.8, 24: 0.3}),
-    ("surprise", {1: 1.1, 2: 1.2, 25: 0.9, 26: 0.9, 4: -0.6, 7: -0.3}),
-    ("anger", {4: 1.1, 7: 0.9, 23: 1.1, 24: 1.0, 17: 0.5, 10: 0.3, 12: -0.8}),
-    ("disgust", {9: 1.2, 10: 1.0, 4: 0.6, 7: 0.5, 17: 0.5, 15: 0.3, 6: 0.3}),
-    ("pain", {4: 0.8, 6: 0.9, 7: 1.0, 9: 0.6, 10: 0.8, 25: 0.4, 14: 0.3}),
-    ("talk", {25: 0.9, 26: 0.5, 14: 0.6, 12: 0.4, 10: 0.4, 17: 0.3}),
-    ("tension", {7: 0.7, 14: 0.6, 23: 0.6, 24: 0.6, 17: 0.5, 4: 0.3}),
-    ("brow_raise", {1: 1.2, 2: 1.2}),
-    ("duchenne", {6: 1.5, 12: 1.5, 10: 0.7}),
-    ("lip_press", {23: 1.0, 24: 1.1}),
-    ("chin", {15: 1.0, 17: 1.0}),
-    ("mouth_open", {25: 1.0, 26: 0.8}),
+  ("happy", {6: 1.5, 12: 1.7, 7: 0.8, 10: 1.0, 14: 0.6, 25: 0.5, 4: -1.0, 15: -0.6, 17: -0.3}),
+  ("sad", {1: 1.0, 4: 0.8, 15: 1.1, 17: 0.8, 12: -0.8, 24: 0.3}),
+  ("surprise", {1: 1.1, 2: 1.2, 25: 0.9, 26: 0.9, 4: -0.6, 7: -0.3}),
+  ("anger", {4: 1.1, 7: 0.9, 23: 1.1, 24: 1.0, 17: 0.5, 10: 0.3, 12: -0.8}),
+  ("disgust", {9: 1.2, 10: 1.0, 4: 0.6, 7: 0.5, 17: 0.5, 15: 0.3, 6: 0.3}),
+  ("pain", {4: 0.8, 6: 0.9, 7: 1.0, 9: 0.6, 10: 0.8, 25: 0.4, 14: 0.3}),
+  ("talk", {25: 0.9, 26: 0.5, 14: 0.6, 12: 0.4, 10: 0.4, 17: 0.3}),
+  ("tension", {7: 0.7, 14: 0.6, 23: 0.6, 24: 0.6, 17: 0.5, 4: 0.3}),
+  ("brow_raise", {1: 1.2, 2: 1.2}),
+  ("duchenne", {6: 1.5, 12: 1.5, 10: 0.7}),
+  ("lip_press", {23: 1.0, 24: 1.1}),
+  ("chin", {15: 1.0, 17: 1.0}),
+  ("mouth_open", {25: 1.0, 26: 0.8}),
 )
 _NUM_EXPR = 8
 _W = np.zeros((len(_COMPONENTS), _NA))  # [K, 15] loadings.
@@ -148,8 +161,6 @@ def render_intensity(scores: np.ndarray) -> np.ndarray:
   return r * faint
 
 
-
-
 # ------------------------------------------------------------------------------------------------
 # Dataset writing.
 
@@ -174,8 +185,16 @@ def _resolve_aus(name: str, aus: Sequence[int] | None) -> tuple[int, ...]:
   return aus
 
 
-def generate(root: str, *, name: str = "BP4D", num_subjects: int = 9, frames_per_subject: int = 40,
-             image_size: int = 128, seed: int = 0, aus: Sequence[int] | None = None) -> str:
+def generate(
+  root: str,
+  *,
+  name: str = "BP4D",
+  num_subjects: int = 9,
+  frames_per_subject: int = 40,
+  image_size: int = 128,
+  seed: int = 0,
+  aus: Sequence[int] | None = None,
+) -> str:
   """Writes a synthetic AU dataset in the official layout under ``root``; returns ``root``.
 
   Subjects are split into 3 subject-independent folds; fold k's test set is the k-th group and its
@@ -231,35 +250,61 @@ def generate(root: str, *, name: str = "BP4D", num_subjects: int = 9, frames_per
       np.savetxt(os.path.join(lst, f"{name}_{split}_label_fold{k}.txt"), y, fmt="%d")
       if split == "train":
         np.savetxt(os.path.join(lst, f"{name}_train_AU_relation_fold{k}.txt"), task.relation_labels(y), fmt="%d")
-        np.savetxt(os.path.join(lst, f"{name}_weight_fold{k}.txt"), task.class_weights(y, dtype=np.float64)[None],
-                   fmt="%f", delimiter="\t")
-  meta = dict(version=VERSION, name=name, num_subjects=num_subjects, frames_per_subject=frames_per_subject,
-              image_size=image_size, seed=seed, aus=list(aus), au_names=[AU_NAMES[a] for a in aus],
-              faint_aus={str(a): FAINT_AUS[a] for a in aus if a in FAINT_AUS},
-              folds={str(k): [subjects[j] for j in np.flatnonzero(fold_of == k - 1)] for k in range(1, 4)})
+        np.savetxt(
+          os.path.join(lst, f"{name}_weight_fold{k}.txt"),
+          task.class_weights(y, dtype=np.float64)[None],
+          fmt="%f",
+          delimiter="\t",
+        )
+  meta = dict(
+    version=VERSION,
+    name=name,
+    num_subjects=num_subjects,
+    frames_per_subject=frames_per_subject,
+    image_size=image_size,
+    seed=seed,
+    aus=list(aus),
+    au_names=[AU_NAMES[a] for a in aus],
+    faint_aus={str(a): FAINT_AUS[a] for a in aus if a in FAINT_AUS},
+    folds={str(k): [subjects[j] for j in np.flatnonzero(fold_of == k - 1)] for k in range(1, 4)},
+  )
   with open(os.path.join(root, "synthetic.json"), "w") as f:
     json.dump(meta, f, indent=1, sort_keys=True)
   return root
 
 
-def ensure_generated(cache_dir: str, *, name: str = "BP4D", num_subjects: int = 9, frames_per_subject: int = 40,
-                     image_size: int = 128, seed: int = 0, aus: Sequence[int] | None = None) -> str:
+def ensure_generated(
+  cache_dir: str,
+  *,
+  name: str = "BP4D",
+  num_subjects: int = 9,
+  frames_per_subject: int = 40,
+  image_size: int = 128,
+  seed: int = 0,
+  aus: Sequence[int] | None = None,
+) -> str:
   """Returns the root of a cached synthetic dataset with these parameters, generating it on first use.
 
   Generation writes to a temporary folder in ``cache_dir`` that is renamed into place when complete,
   so concurrent callers and interrupted runs never see a partial dataset.
   """
   aus = _resolve_aus(name, aus)
-  key = (f"{name}_s{num_subjects}_f{frames_per_subject}_px{image_size}_seed{seed}"
-         f"_au{'-'.join(map(str, aus))}_v{VERSION}")
+  key = f"{name}_s{num_subjects}_f{frames_per_subject}_px{image_size}_seed{seed}_au{'-'.join(map(str, aus))}_v{VERSION}"
   root = os.path.join(cache_dir, key)
   if os.path.isfile(os.path.join(root, "synthetic.json")):
     return root
   os.makedirs(cache_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{key}.tmp", dir=cache_dir)
   try:
-    generate(tmp, name=name, num_subjects=num_subjects, frames_per_subject=frames_per_subject,
-             image_size=image_size, seed=seed, aus=aus)
+    generate(
+      tmp,
+      name=name,
+      num_subjects=num_subjects,
+      frames_per_subject=frames_per_subject,
+      image_size=image_size,
+      seed=seed,
+      aus=aus,
+    )
     if os.path.isdir(root) and not os.path.isfile(os.path.join(root, "synthetic.json")):
       shutil.rmtree(root, ignore_errors=True)  # A partial copy from an older, non-atomic writer.
     try:

@@ -20,10 +20,12 @@ ALL_AUS: tuple[int, ...] = tuple(sorted(set(task.BP4D_AUS) | set(task.DISFA_AUS)
 AU_INDEX: dict[int, int] = {au: i for i, au in enumerate(ALL_AUS)}  # AU -> column in the full 15-AU state
 _A = AU_INDEX
 
-_SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 132], [198, 134, 96], [161, 102, 69],
-                  [110, 70, 48]], np.float64)
-_HAIR = np.array([[25, 20, 18], [60, 40, 28], [110, 75, 45], [200, 170, 110], [150, 150, 150],
-                  [140, 60, 30]], np.float64)
+_SKIN = np.array(
+  [[255, 224, 196], [241, 194, 160], [224, 172, 132], [198, 134, 96], [161, 102, 69], [110, 70, 48]], np.float64
+)
+_HAIR = np.array(
+  [[25, 20, 18], [60, 40, 28], [110, 75, 45], [200, 170, 110], [150, 150, 150], [140, 60, 30]], np.float64
+)
 _IRIS = np.array([[70, 45, 30], [40, 30, 25], [70, 110, 150], [80, 110, 70], [110, 90, 60]], np.float64)
 
 
@@ -77,15 +79,40 @@ def sample_identity(rng: np.random.Generator) -> Identity:
   bg_b = np.clip(bg_a + rng.normal(0, 40, 3), 0, 255)
   eye_y = u(-0.2, -0.1)
   return Identity(
-      skin=skin, hair=_HAIR[rng.integers(len(_HAIR))] * u(0.85, 1.15), iris=_IRIS[rng.integers(len(_IRIS))],
-      lips=lips, bg=(bg_a, bg_b), cloth=rng.uniform(20, 230, 3), hair_style=int(rng.choice(3, p=[.5, .35, .15])),
-      hairline=u(-0.85, -0.65), top_y=u(-1.38, -1.25), chin_y=u(1.08, 1.22), jaw_taper=u(0.15, 0.4),
-      eye_x=u(0.36, 0.45), eye_y=eye_y, eye_w=u(0.15, 0.19), eye_h=u(0.075, 0.1), eye_low=u(0.045, 0.065),
-      eye_tilt=u(-0.08, 0.12), brow_gap=u(0.18, 0.24), brow_in=u(0.1, 0.16), brow_out=u(0.6, 0.72),
-      brow_thick=u(0.045, 0.08), brow_arch=u(0.02, 0.07), nose_y=u(0.3, 0.4), nose_w=u(0.15, 0.21),
-      mouth_y=u(0.64, 0.74), mouth_w=u(0.26, 0.34), lip_up=u(0.04, 0.065), lip_low=u(0.05, 0.085),
-      scale=u(0.34, 0.39), center=(u(0.47, 0.53), u(0.48, 0.53)), light_dir=u(0, 2 * np.pi),
-      light_strength=u(0.05, 0.35), chin_dots=rng.uniform(-1, 1, (14, 2)) * np.array([0.17, 0.06]))
+    skin=skin,
+    hair=_HAIR[rng.integers(len(_HAIR))] * u(0.85, 1.15),
+    iris=_IRIS[rng.integers(len(_IRIS))],
+    lips=lips,
+    bg=(bg_a, bg_b),
+    cloth=rng.uniform(20, 230, 3),
+    hair_style=int(rng.choice(3, p=[0.5, 0.35, 0.15])),
+    hairline=u(-0.85, -0.65),
+    top_y=u(-1.38, -1.25),
+    chin_y=u(1.08, 1.22),
+    jaw_taper=u(0.15, 0.4),
+    eye_x=u(0.36, 0.45),
+    eye_y=eye_y,
+    eye_w=u(0.15, 0.19),
+    eye_h=u(0.075, 0.1),
+    eye_low=u(0.045, 0.065),
+    eye_tilt=u(-0.08, 0.12),
+    brow_gap=u(0.18, 0.24),
+    brow_in=u(0.1, 0.16),
+    brow_out=u(0.6, 0.72),
+    brow_thick=u(0.045, 0.08),
+    brow_arch=u(0.02, 0.07),
+    nose_y=u(0.3, 0.4),
+    nose_w=u(0.15, 0.21),
+    mouth_y=u(0.64, 0.74),
+    mouth_w=u(0.26, 0.34),
+    lip_up=u(0.04, 0.065),
+    lip_low=u(0.05, 0.085),
+    scale=u(0.34, 0.39),
+    center=(u(0.47, 0.53), u(0.48, 0.53)),
+    light_dir=u(0, 2 * np.pi),
+    light_strength=u(0.05, 0.35),
+    chin_dots=rng.uniform(-1, 1, (14, 2)) * np.array([0.17, 0.06]),
+  )
 
 
 def _mix(a: np.ndarray, b: np.ndarray | Sequence[float], alpha: float) -> tuple[int, int, int]:
@@ -130,7 +157,7 @@ def _face_outline(ident: Identity, chin_y: float, n: int = 48) -> np.ndarray:
   a = np.linspace(0, 2 * np.pi, n, endpoint=False)
   sn, cs = np.sin(a), np.cos(a)
   lower = sn > 0
-  x = cs * np.where(lower, 1.0 - ident.jaw_taper * sn ** 2, 1.0)
+  x = cs * np.where(lower, 1.0 - ident.jaw_taper * sn**2, 1.0)
   y = np.where(lower, chin_y * sn, -ident.top_y * sn)
   return np.stack([x, y], axis=1)
 
@@ -183,9 +210,15 @@ def render_face(ident: Identity, r: np.ndarray, rng: np.random.Generator, size: 
   top_brow = by
   for sgn in (-1, 1):
     x = ident.brow_in + s * (ident.brow_out - ident.brow_in) - 0.045 * i[4] * (1 - s)
-    y = (by - ident.brow_arch * np.sin(np.pi * s * 0.9) + 0.03 * s ** 2
-         - 0.14 * i[1] * (1 - s) ** 1.5 - 0.13 * i[2] * s ** 1.5
-         + 0.075 * i[4] * (1 - 0.5 * s) + 0.03 * i[9] * (1 - s))
+    y = (
+      by
+      - ident.brow_arch * np.sin(np.pi * s * 0.9)
+      + 0.03 * s**2
+      - 0.14 * i[1] * (1 - s) ** 1.5
+      - 0.13 * i[2] * s**1.5
+      + 0.075 * i[4] * (1 - 0.5 * s)
+      + 0.03 * i[9] * (1 - s)
+    )
     top_brow = min(top_brow, float(y.min()))
     th = ident.brow_thick * (1.0 - 0.5 * s) * (1 + 0.3 * i[4])
     upper = np.stack([sgn * x, y - th / 2], axis=1)
@@ -210,8 +243,8 @@ def render_face(ident: Identity, r: np.ndarray, rng: np.random.Generator, size: 
     ex = ident.eye_x
     x = sgn * (ex + xp * ident.eye_w)
     tilt = -ident.eye_tilt * xp * ident.eye_w
-    y_up = ey + tilt - hu * (1 - xp ** 2) ** 0.9 * (1 - 0.15 * xp)
-    y_lo = ey + tilt + hl * (1 - xp ** 2) ** 1.1
+    y_up = ey + tilt - hu * (1 - xp**2) ** 0.9 * (1 - 0.15 * xp)
+    y_lo = ey + tilt + hl * (1 - xp**2) ** 1.1
     cv.poly(np.concatenate([np.stack([x, y_up], 1), np.stack([x, y_lo], 1)[::-1]]), (238, 236, 230))
     icx, icy = sgn * ex + gaze[0] * 0.3 * ident.eye_w, ey + gaze[1] * 0.01
     for rad, col in ((0.42 * ident.eye_w, ident.iris), (0.17 * ident.eye_w, np.array([15, 12, 12]))):
@@ -253,39 +286,40 @@ def render_face(ident: Identity, r: np.ndarray, rng: np.random.Generator, size: 
   my = ident.mouth_y
   cy = my - 0.1 * i[12] - 0.02 * i[14] + 0.085 * i[15] + 0.025 * i[17] - 0.015 * i[10]
   u = np.linspace(-1.0, 1.0, 21)
-  par = 1 - u ** 2
+  par = 1 - u**2
   seam = cy + (my - cy) * par
   close = max(0.0, 1 - i[24])
   gu = (0.012 * i[25] + 0.03 * max(0.0, i[10] - 0.3)) * close
   gl = (0.025 * i[25] + jaw * (0.35 + 0.65 * i[25])) * close
   raise10 = 0.04 * i[10] * (0.6 + 0.4 * np.abs(u) ** 0.5)
-  ub = seam - gu * par ** 0.7 - raise10 * par ** 0.3
-  lt = seam + gl * par ** 0.7 - 0.02 * i[17] * par
+  ub = seam - gu * par**0.7 - raise10 * par**0.3
+  lt = seam + gl * par**0.7 - 0.02 * i[17] * par
   tu = ident.lip_up * max(0.25, 1 - 0.55 * i[23] - 0.45 * i[24])
   tl = ident.lip_low * max(0.25, 1 - 0.55 * i[23] - 0.45 * i[24] + 0.2 * i[17])
-  top = ub - tu * par ** 0.5 * (1 - 0.45 * np.exp(-(u / 0.12) ** 2))
-  bot = lt + tl * par ** 0.5 - 0.02 * i[17] * par
+  top = ub - tu * par**0.5 * (1 - 0.45 * np.exp(-((u / 0.12) ** 2)))
+  bot = lt + tl * par**0.5 - 0.02 * i[17] * par
   x = mw * u
   lip_col = _mix(ident.lips, skin, 0.45 * i[24] + 0.2 * i[23])
   for sgn in (-1, 1):  # Nasolabial folds deepen with AU6/9/10/12.
     t = np.linspace(0, 1, 8)[:, None]
     p0, p2 = np.array([sgn * (nw + 0.03), ny - 0.01 - lift]), np.array([sgn * (mw + 0.06), cy + 0.07])
     p1 = np.array([sgn * (mw + 0.13), 0.5 * (ny + cy) - 0.02])
-    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
     wrinkle(curve, 0.12 + 0.55 * max(i[12], 0.8 * i[10], 0.7 * i[6], 0.6 * i[9]), 0.016)
   if gu + gl > 0.004:  # Open mouth with upper teeth.
     cv.poly(np.concatenate([np.stack([x, ub], 1), np.stack([x, lt], 1)[::-1]]), (70, 22, 28))
-    teeth = ub + np.minimum(0.55 * (lt - ub), 0.05) * par ** 0.5
+    teeth = ub + np.minimum(0.55 * (lt - ub), 0.05) * par**0.5
     cv.poly(np.concatenate([np.stack([x, ub], 1), np.stack([x, teeth], 1)[::-1]]), (232, 228, 214))
   cv.poly(np.concatenate([np.stack([x, top], 1), np.stack([x, ub], 1)[::-1]]), lip_col)
   cv.poly(np.concatenate([np.stack([x, lt], 1), np.stack([x, bot], 1)[::-1]]), lip_col)
-  cv.line(np.stack([x, 0.5 * (ub + lt)], 1) if gu + gl <= 0.004 else np.stack([x, ub], 1),
-          _mix(ident.lips, dark, 0.55), 0.012)
+  cv.line(
+    np.stack([x, 0.5 * (ub + lt)], 1) if gu + gl <= 0.004 else np.stack([x, ub], 1), _mix(ident.lips, dark, 0.55), 0.012
+  )
   for sgn in (-1, 1):
     cx = sgn * mw
     # AU14 dimples, AU15 marionette lines.
     d = np.linspace(-1, 1, 5)
-    wrinkle(np.stack([sgn * (mw + 0.045 + 0.012 * (1 - d ** 2)), cy + 0.04 * d], 1), 0.8 * i[14], 0.016)
+    wrinkle(np.stack([sgn * (mw + 0.045 + 0.012 * (1 - d**2)), cy + 0.04 * d], 1), 0.8 * i[14], 0.016)
     wrinkle(np.array([[cx, cy], [cx + sgn * 0.03, cy - 0.004]]), 0.6 * i[14])
     wrinkle(np.array([[cx, cy + 0.01], [cx + sgn * 0.05, cy + 0.16]]), 0.6 * i[15], 0.016)
   # AU24 pressing bulges above and below the lips.

@@ -27,11 +27,28 @@ DISFA_AUS: tuple[int, ...] = (1, 2, 4, 6, 9, 12, 25, 26)  # official DISFA order
 DATASET_AUS: dict[str, tuple[int, ...]] = {"BP4D": BP4D_AUS, "DISFA": DISFA_AUS}
 
 FACS_NAMES: dict[int, str] = {  # Facial Action Coding System names of the AUs
-    1: "Inner brow raiser", 2: "Outer brow raiser", 4: "Brow lowerer", 5: "Upper lid raiser",
-    6: "Cheek raiser", 7: "Lid tightener", 9: "Nose wrinkler", 10: "Upper lip raiser", 11: "Nasolabial deepener",
-    12: "Lip corner puller", 14: "Dimpler", 15: "Lip corner depressor", 16: "Lower lip depressor",
-    17: "Chin raiser", 20: "Lip stretcher", 23: "Lip tightener", 24: "Lip pressor", 25: "Lips part",
-    26: "Jaw drop", 27: "Mouth stretch", 43: "Eyes closed", 45: "Blink",
+  1: "Inner brow raiser",
+  2: "Outer brow raiser",
+  4: "Brow lowerer",
+  5: "Upper lid raiser",
+  6: "Cheek raiser",
+  7: "Lid tightener",
+  9: "Nose wrinkler",
+  10: "Upper lip raiser",
+  11: "Nasolabial deepener",
+  12: "Lip corner puller",
+  14: "Dimpler",
+  15: "Lip corner depressor",
+  16: "Lower lip depressor",
+  17: "Chin raiser",
+  20: "Lip stretcher",
+  23: "Lip tightener",
+  24: "Lip pressor",
+  25: "Lips part",
+  26: "Jaw drop",
+  27: "Mouth stretch",
+  43: "Eyes closed",
+  45: "Blink",
 }
 
 UNLABELLED = 9  # BP4D's AU occurrence value of frames not coded for that AU (kept in lists, left out elsewhere)
@@ -65,8 +82,10 @@ def au_names(dataset: Any) -> tuple[str, ...]:
   if names:
     return names
   if dataset.name not in DATASET_AUS:
-    raise ValueError(f"config key 'dataset.name' = {dataset.name!r} has no AU list of its own (known: "
-                     f"{', '.join(DATASET_AUS)}); set config key 'dataset.au_names' to its label columns")
+    raise ValueError(
+      f"config key 'dataset.name' = {dataset.name!r} has no AU list of its own (known: "
+      f"{', '.join(DATASET_AUS)}); set config key 'dataset.au_names' to its label columns"
+    )
   return tuple(au_name(a) for a in DATASET_AUS[dataset.name])
 
 
@@ -95,8 +114,12 @@ def relation_labels(labels: npt.ArrayLike | jax.Array, *, keep_unlabelled: bool 
   return rel.reshape(m, n * n).astype(xp.int32)
 
 
-def class_weights(labels: npt.ArrayLike, *, au_names: Sequence[str] | None = None,  # pylint: disable=W0621
-                  dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+def class_weights(
+  labels: npt.ArrayLike,
+  *,
+  au_names: Sequence[str] | None = None,  # pylint: disable=W0621
+  dtype: npt.DTypeLike = np.float32,
+) -> np.ndarray:
   """Per-AU weights ``[N]`` from training labels ``[M, N]``: w = 1/rate, normalised to sum to N.
 
   ``rate`` is the fraction of rows with label 1 among the rows where the AU is labelled (0/1): BP4D's
@@ -114,9 +137,11 @@ def class_weights(labels: npt.ArrayLike, *, au_names: Sequence[str] | None = Non
   zero = np.flatnonzero(rate == 0)
   if zero.size:
     names = f" ({', '.join(str(au_names[j]) for j in zero)})" if au_names is not None else ""
-    raise ValueError(f"AU column(s) {zero.tolist()}{names} have no positive training label among the "
-                     f"{labels.shape[0]} rows (no 1 among the entries labelled 0/1); their class weight 1/rate "
-                     "would be infinite")
+    raise ValueError(
+      f"AU column(s) {zero.tolist()}{names} have no positive training label among the "
+      f"{labels.shape[0]} rows (no 1 among the entries labelled 0/1); their class weight 1/rate "
+      "would be infinite"
+    )
   w = 1.0 / rate
   return (w / w.sum() * w.shape[0]).astype(dtype)
 
@@ -124,9 +149,13 @@ def class_weights(labels: npt.ArrayLike, *, au_names: Sequence[str] | None = Non
 # ----------------------------------------------------------------------------- the stage loss
 
 
-def loss_terms(out: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
-               class_weights: jax.Array | None, lam: float,  # pylint: disable=W0621
-               mask: jax.Array | None = None) -> dict[str, jax.Array]:
+def loss_terms(
+  out: Mapping[str, jax.Array],
+  batch: Mapping[str, jax.Array],
+  class_weights: jax.Array | None,
+  lam: float,  # pylint: disable=W0621
+  mask: jax.Array | None = None,
+) -> dict[str, jax.Array]:
   """The loss of one batch: L_WA (Eq. 6) for stage 1, L = L_WA + lam L_E (Eqs. 7-8) for stage 2.
 
   ``out``: the model's outputs, ``au_probs`` ``[B, N]`` and, for stage 2, ``edge_logits`` ``[B, N*N, 4]``;

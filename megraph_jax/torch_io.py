@@ -12,13 +12,11 @@ def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "Reading .pth files needs PyTorch, an optional extra: pip install -e '.[torch]'") from e
+    raise ImportError("Reading .pth files needs PyTorch, an optional extra: pip install -e '.[torch]'") from e
   return torch
 
 
-def load_pth(path: str | os.PathLike, *, unwrap: tuple[str, ...] = ("state_dict", "model")
-             ) -> dict[str, np.ndarray]:
+def load_pth(path: str | os.PathLike, *, unwrap: tuple[str, ...] = ("state_dict", "model")) -> dict[str, np.ndarray]:
   """Reads a ``.pth`` with ``torch.load(weights_only=True)`` and returns ``{key: float32/int array}``.
 
   A checkpoint that holds anything but tensors and plain containers (a pickle that would run
@@ -34,8 +32,8 @@ def load_pth(path: str | os.PathLike, *, unwrap: tuple[str, ...] = ("state_dict"
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pickle.UnpicklingError and friends
     raise ValueError(
-        f"{path}: refused to load: not a plain tensor checkpoint readable with "
-        f"torch.load(weights_only=True) ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+      f"{path}: refused to load: not a plain tensor checkpoint readable with "
+      f"torch.load(weights_only=True) ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     ) from e
   if isinstance(obj, Mapping):
     for k in unwrap:
@@ -48,6 +46,6 @@ def load_pth(path: str | os.PathLike, *, unwrap: tuple[str, ...] = ("state_dict"
   for k, v in obj.items():
     if not hasattr(v, "detach"):
       continue  # e.g. an 'epoch' integer next to tensors
-    k = k[len("module."):] if k.startswith("module.") else k
+    k = k[len("module.") :] if k.startswith("module.") else k
     out[k] = v.detach().cpu().numpy()
   return out

@@ -14,12 +14,13 @@ import os
 import re
 from typing import Any
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """One TPU generation: what the slice names count, how many chips a host holds, published capacities."""
+
   version: str  # libtpu's topology prefix: v4, v5e, v5p, v6e
   hbm_gib: float  # HBM per chip (GiB)
   peak_bf16_tflops: float  # peak dense bf16 matmul TFLOP/s per chip
@@ -32,23 +33,38 @@ class Chip:
   ray_name: str = ""  # the generation as ray.util.tpu spells it, when it differs ('v5litepod')
 
 
-CHIPS = {c.version: c for c in (
+CHIPS = {
+  c.version: c
+  for c in (
     Chip("v4", 32.0, 275.0, 3, True, True, 4, 2400.0),
     Chip("v5e", 16.0, 197.0, 2, False, False, 8, 1600.0, ("v5litepod", "v5lite"), "v5litepod"),
     Chip("v5p", 95.0, 459.0, 3, True, True, 4, 4800.0),
     Chip("v6e", 32.0, 918.0, 2, False, False, 8, 3584.0),
-)}
+  )
+}
 CHIPS_PER_MULTI_HOST = 4  # every TPU VM of a multi-host slice of these generations holds 2x2 chips
 
 # Pod type (chips or cores) -> topology of the usual slice shapes.
 _SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-_SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-              512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_SHAPES_3D = {
+  4: "2x2x1",
+  8: "2x2x2",
+  16: "2x2x4",
+  32: "2x4x4",
+  64: "4x4x4",
+  128: "4x4x8",
+  256: "4x8x8",
+  512: "8x8x8",
+  1024: "8x8x16",
+  2048: "8x16x16",
+  4096: "16x16x16",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Slice:
   """A resolved TPU slice: ``name`` as libtpu spells it ('v5e:4x4'), its devices (one per chip) and hosts."""
+
   name: str
   chip: Chip
   devices: tuple[Any, ...]
@@ -80,9 +96,11 @@ def parse(name: str) -> tuple[Chip, tuple[int, ...]]:
     if len(bounds) == 2 and chip.dims == 3:
       bounds = bounds + (1,)
     if len(bounds) != chip.dims and not (chip.dims == 2 and len(bounds) == 3 and bounds[2] == 1):
-      raise ValueError(f"topology {name!r}: {chip.version} slices have {chip.dims} dimensions, e.g. "
-                       f"{chip.version}:{_SHAPES_3D[8] if chip.dims == 3 else _SHAPES_2D[16]}")
-    return chip, bounds[:chip.dims]
+      raise ValueError(
+        f"topology {name!r}: {chip.version} slices have {chip.dims} dimensions, e.g. "
+        f"{chip.version}:{_SHAPES_3D[8] if chip.dims == 3 else _SHAPES_2D[16]}"
+      )
+    return chip, bounds[: chip.dims]
   m = re.fullmatch(r"\s*([a-z0-9]+)-(\d+)\s*", name.lower())
   if m:
     chip = _chip_of(m.group(1))
@@ -90,8 +108,10 @@ def parse(name: str) -> tuple[Chip, tuple[int, ...]]:
     chips = count // 2 if chip.cores_in_name else count
     shapes = _SHAPES_3D if chip.dims == 3 else _SHAPES_2D
     if chips not in shapes or (chip.cores_in_name and count % 2):
-      raise ValueError(f"TPU slice {name!r}: no usual shape for {count} {'cores' if chip.cores_in_name else 'chips'}"
-                       f"; name the topology instead, e.g. --topology={chip.version}:{shapes[8 if 8 in shapes else 4]}")
+      raise ValueError(
+        f"TPU slice {name!r}: no usual shape for {count} {'cores' if chip.cores_in_name else 'chips'}"
+        f"; name the topology instead, e.g. --topology={chip.version}:{shapes[8 if 8 in shapes else 4]}"
+      )
     return chip, tuple(int(v) for v in shapes[chips].split("x"))
   raise ValueError(f"TPU topology {name!r}: expected e.g. v5e:4x4, v4:2x2x2, v5e-16 or v4-8")
 
@@ -110,9 +130,12 @@ def describe(name: str, num_slices: int = 1) -> Slice:
   if importlib.util.find_spec("libtpu") is None:
     raise RuntimeError(f"compiling for {topology} needs libtpu: pip install -e '.[tpu]'")
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+
   kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
-  desc = topologies.get_topology_desc(platform="tpu", topology_name=topology, chips_per_host_bounds=per_host,
-                                      num_slices=num_slices, **kwargs)
+  desc = topologies.get_topology_desc(
+    platform="tpu", topology_name=topology, chips_per_host_bounds=per_host, num_slices=num_slices, **kwargs
+  )
   devices = tuple(desc.devices)
-  return Slice(topology if num_slices == 1 else f"{num_slices}x{topology}", chip, devices,
-               len({d.process_index for d in devices}))
+  return Slice(
+    topology if num_slices == 1 else f"{num_slices}x{topology}", chip, devices, len({d.process_index for d in devices})
+  )

@@ -40,9 +40,16 @@ MODES = ("train", "stage1", "stage2", "eval", "folds")
 # ----------------------------------------------------------------------------- pure steps
 
 
-def train_step(graphdef: nnx.GraphDef, state: nnx.State, opt_state: Any, batch: dict[str, jax.Array], *,
-               tx: optax.GradientTransformation, class_weights: jax.Array, lam: float
-               ) -> tuple[nnx.State, Any, dict[str, jax.Array]]:
+def train_step(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  opt_state: Any,
+  batch: dict[str, jax.Array],
+  *,
+  tx: optax.GradientTransformation,
+  class_weights: jax.Array,
+  lam: float,
+) -> tuple[nnx.State, Any, dict[str, jax.Array]]:
   """One AdamW step on a global batch; BatchNorm statistics and DropPath RNG advance inside ``state``."""
   model = nnx.merge(graphdef, state)
 
@@ -61,8 +68,9 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, opt_state: Any, batch: 
   return new_state, opt_state, metrics
 
 
-def eval_step(graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], *,
-              class_weights: jax.Array) -> dict[str, jax.Array]:
+def eval_step(
+  graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], *, class_weights: jax.Array
+) -> dict[str, jax.Array]:
   """Confusion counts ``[N, 4]`` and the summed L_WA of the real (mask = 1) examples of a padded batch."""
   out = nnx.merge(graphdef, state)(batch["image"])
   mask = batch["mask"]
@@ -85,8 +93,12 @@ def jit_train_step(graphdef, tx, class_weights, lam, mesh, state_sharding=None, 
   opt_sharding = repl if opt_sharding is None else opt_sharding
   fn = functools.partial(train_step, graphdef, tx=tx, class_weights=class_weights, lam=lam)
   donate = (0, 1) if jax.default_backend() != "cpu" else ()
-  return jax.jit(fn, in_shardings=(state_sharding, opt_sharding, data),
-                 out_shardings=(state_sharding, opt_sharding, repl), donate_argnums=donate)
+  return jax.jit(
+    fn,
+    in_shardings=(state_sharding, opt_sharding, data),
+    out_shardings=(state_sharding, opt_sharding, repl),
+    donate_argnums=donate,
+  )
 
 
 def jit_eval_step(graphdef, class_weights, mesh, state_sharding=None):
@@ -104,8 +116,14 @@ def evaluate(p_eval_step, state, data, *, root: str, config: ml_collections.Conf
   """Per-AU F1/accuracy, their means and the L_WA of ``state`` on ``data`` (all examples, padded batches)."""
   batch = _eval_batch_size(config, mesh)
   ds = input_pipeline.create_eval_dataset(
-      data, root=root, batch_size=batch // jax.process_count(), image_size=config.dataset.image_size,
-      crop_size=config.dataset.crop_size, process_index=jax.process_index(), process_count=jax.process_count())
+    data,
+    root=root,
+    batch_size=batch // jax.process_count(),
+    image_size=config.dataset.image_size,
+    crop_size=config.dataset.crop_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   data_sharding = sharding.data_sharded(mesh)
   totals = None
   for b in ds.as_numpy_iterator():
@@ -130,8 +148,11 @@ def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _write_eval(writer, step: int, metrics: dict[str, Any]) -> None:
-  scalars = {"eval/mean_f1": metrics["mean_f1"], "eval/mean_accuracy": metrics["mean_accuracy"],
-             "eval/loss_wa": metrics["loss"]}
+  scalars = {
+    "eval/mean_f1": metrics["mean_f1"],
+    "eval/mean_accuracy": metrics["mean_accuracy"],
+    "eval/loss_wa": metrics["loss"],
+  }
   scalars.update({f"eval/f1_{k}": v for k, v in metrics["f1"].items()})
   scalars.update({f"eval/accuracy_{k}": v for k, v in metrics["accuracy"].items()})
   writer.write_scalars(step, scalars)
@@ -157,8 +178,18 @@ def _stage_settings(config, stage: int) -> ml_collections.ConfigDict:
   return config.stage1 if stage == 1 else config.stage2
 
 
-def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int, fold: int, root: str,
-                train_data, test_data, stop: StopRequest, init_from: str | None = None) -> dict[str, Any]:
+def train_stage(
+  config: ml_collections.ConfigDict,
+  stage_dir: str,
+  *,
+  stage: int,
+  fold: int,
+  root: str,
+  train_data,
+  test_data,
+  stop: StopRequest,
+  init_from: str | None = None,
+) -> dict[str, Any]:
   """Trains (or resumes) one stage in ``stage_dir``; returns the last and best evaluation results.
 
   Nothing is written into ``stage_dir`` before a resume's config check and restore succeeded. Each epoch
@@ -170,8 +201,10 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
   sharding.check_batch_size(config.batch_size, mesh)
   steps_per_epoch = input_pipeline.num_train_steps_per_epoch(len(train_data.paths), config.batch_size)
   if steps_per_epoch < 1:
-    raise ConfigError(f"config key 'batch_size' = {config.batch_size} exceeds the {len(train_data.paths)} "
-                      f"training images of fold {fold}; lower it")
+    raise ConfigError(
+      f"config key 'batch_size' = {config.batch_size} exceeds the {len(train_data.paths)} "
+      f"training images of fold {fold}; lower it"
+    )
   total_steps = settings.epochs * steps_per_epoch
   tag = f"fold {fold} stage {stage}"
 
@@ -183,17 +216,31 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
   ckpt = checkpointing.StageCheckpoints(stage_dir, keep=config.keep_checkpoints)
   graphdef, state = nnx.split(model)
   tx, schedule = optim.create_optimizer(
-      nnx.state(model, nnx.Param), learning_rate=settings.learning_rate, total_steps=total_steps,
-      weight_decay=config.optim.weight_decay, b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps,
-      clip_norm=config.optim.clip_norm, trainable_params=settings.trainable_params,
-      decay_params=settings.decay_params, stage_key=f"stage{stage}")
+    nnx.state(model, nnx.Param),
+    learning_rate=settings.learning_rate,
+    total_steps=total_steps,
+    weight_decay=config.optim.weight_decay,
+    b1=config.optim.b1,
+    b2=config.optim.b2,
+    eps=config.optim.eps,
+    clip_norm=config.optim.clip_norm,
+    trainable_params=settings.trainable_params,
+    decay_params=settings.decay_params,
+    stage_key=f"stage{stage}",
+  )
   opt_state = tx.init(nnx.state(model, nnx.Param))
   step = 0
   restored = ckpt.restore(state, opt_state) if resuming else None
   if restored is not None:
     step, state, opt_state = restored
-    logging.info("%s: resuming from step %d (epoch %d, batch %d) in %s", tag, step, step // steps_per_epoch,
-                 step % steps_per_epoch, ckpt.checkpoint_dir(step))
+    logging.info(
+      "%s: resuming from step %d (epoch %d, batch %d) in %s",
+      tag,
+      step,
+      step // steps_per_epoch,
+      step % steps_per_epoch,
+      ckpt.checkpoint_dir(step),
+    )
   else:  # a fresh start: initial weights, then the stage's config and model description
     source = initialization.init_stage_weights(model, config, init_from)
     logging.info("%s: initialised from %s", tag, source)
@@ -213,8 +260,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
   data_sharding = sharding.data_sharded(mesh)
 
   writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  report = periodic_actions.ReportProgress(
+    num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
+  )
   history = _read_history(stage_dir, step)
   log_every = max(int(config.log_every_steps), 1)
   pending, t_log, steps_at_log = [], time.time(), step
@@ -225,27 +273,50 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
     for epoch in range(first_epoch, settings.epochs):
       if step < (epoch + 1) * steps_per_epoch:
         ds = input_pipeline.create_train_dataset(
-            train_data, root=root, batch_size=config.batch_size // jax.process_count(),
-            image_size=config.dataset.image_size, crop_size=config.dataset.crop_size, seed=config.seed,
-            epoch=epoch, process_index=jax.process_index(), process_count=jax.process_count(),
-            color_jitter=config.dataset.color_jitter, start_step=step - epoch * steps_per_epoch)  # mid-epoch resume
+          train_data,
+          root=root,
+          batch_size=config.batch_size // jax.process_count(),
+          image_size=config.dataset.image_size,
+          crop_size=config.dataset.crop_size,
+          seed=config.seed,
+          epoch=epoch,
+          process_index=jax.process_index(),
+          process_count=jax.process_count(),
+          color_jitter=config.dataset.color_jitter,
+          start_step=step - epoch * steps_per_epoch,
+        )  # mid-epoch resume
         for batch in ds.as_numpy_iterator():
-          state, opt_state, metrics = p_train_step(state, opt_state, sharding.put_batch(_model_inputs(batch),
-                                                                                        data_sharding))
+          state, opt_state, metrics = p_train_step(
+            state, opt_state, sharding.put_batch(_model_inputs(batch), data_sharding)
+          )
           step += 1
           guard.push(step, metrics)  # checks the previous step's (already computed) metrics: no pipeline stall
           pending.append(metrics)
           report(step)
           if step % log_every == 0 or step == total_steps:
-            _log_train(writer, pending, step, schedule, t_log, steps_at_log, config.batch_size, tag, epoch,
-                       settings.epochs, steps_per_epoch, total_steps)
+            _log_train(
+              writer,
+              pending,
+              step,
+              schedule,
+              t_log,
+              steps_at_log,
+              config.batch_size,
+              tag,
+              epoch,
+              settings.epochs,
+              steps_per_epoch,
+              total_steps,
+            )
             pending, t_log, steps_at_log = [], time.time(), step
           if stop.step_done(step):
             guard.check_all()
             ckpt.save(step, state, opt_state)
             ckpt.wait()
-            raise Preempted(f"{tag}: stopped at step {step}; checkpoint saved in {ckpt.checkpoint_dir(step)}; "
-                            "rerun the same command to resume")
+            raise Preempted(
+              f"{tag}: stopped at step {step}; checkpoint saved in {ckpt.checkpoint_dir(step)}; "
+              "rerun the same command to resume"
+            )
       guard.check_all()
       ckpt.save(step, state, opt_state)  # before evaluating: a failing evaluation loses no training
       due = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == settings.epochs
@@ -253,9 +324,16 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
         t0 = time.time()
         result = evaluate(p_eval_step, state, test_data, root=root, config=config, mesh=mesh)
         _write_eval(writer, step, result)
-        logging.info("%s epoch %d/%d: test mean F1 %.2f%%, mean accuracy %.2f%%, L_WA %.4f (%.1f s)", tag,
-                     epoch + 1, settings.epochs, 100 * result["mean_f1"], 100 * result["mean_accuracy"],
-                     result["loss"], time.time() - t0)
+        logging.info(
+          "%s epoch %d/%d: test mean F1 %.2f%%, mean accuracy %.2f%%, L_WA %.4f (%.1f s)",
+          tag,
+          epoch + 1,
+          settings.epochs,
+          100 * result["mean_f1"],
+          100 * result["mean_accuracy"],
+          result["loss"],
+          time.time() - t0,
+        )
         history.append({"epoch": epoch + 1, "step": step, **result})
         _write_history(stage_dir, history)
         ckpt.save_best(step, state, {"mean_f1": result["mean_f1"]})
@@ -268,9 +346,16 @@ def train_stage(config: ml_collections.ConfigDict, stage_dir: str, *, stage: int
     raise RuntimeError(f"{stage_dir}: finished without an evaluation; delete the folder and train again")
   # The epoch whose model best/ holds (ties in mean F1 resolved as orbax resolved them).
   best = next((h for h in history if h["step"] == best_step), max(history, key=lambda h: h["mean_f1"]))
-  return {"stage": stage, "fold": fold, "steps": step, "epochs": settings.epochs, "last": history[-1],
-          "best": best, "init": checkpointing.read_stage_config(stage_dir).get("init", ""),
-          "history": [{k: h[k] for k in ("epoch", "step", "mean_f1", "loss")} for h in history]}
+  return {
+    "stage": stage,
+    "fold": fold,
+    "steps": step,
+    "epochs": settings.epochs,
+    "last": history[-1],
+    "best": best,
+    "init": checkpointing.read_stage_config(stage_dir).get("init", ""),
+    "history": [{k: h[k] for k in ("epoch", "step", "mean_f1", "loss")} for h in history],
+  }
 
 
 class _FiniteGuard:
@@ -303,26 +388,37 @@ class _FiniteGuard:
     parts = ", ".join(f"{k} {v:.6g}" for k, v in values.items())
     epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
     raise TrainingDiverged(
-        f"{self.tag}: non-finite values at step {step} (epoch {epoch}, batch {batch}): {parts} (finite_state 0 = "
-        f"a parameter or BatchNorm statistic is inf/NaN); lr at that step {float(self.schedule(step - 1)):.3g}. "
-        f"Nothing was saved after step {saved if saved is not None else 0}. Hint: lower "
-        f"stage{self.stage}.learning_rate (now {self.learning_rate:g}) or set optim.clip_norm, in a new --workdir "
-        "(a changed config does not resume), and check the input images.")
+      f"{self.tag}: non-finite values at step {step} (epoch {epoch}, batch {batch}): {parts} (finite_state 0 = "
+      f"a parameter or BatchNorm statistic is inf/NaN); lr at that step {float(self.schedule(step - 1)):.3g}. "
+      f"Nothing was saved after step {saved if saved is not None else 0}. Hint: lower "
+      f"stage{self.stage}.learning_rate (now {self.learning_rate:g}) or set optim.clip_norm, in a new --workdir "
+      "(a changed config does not resume), and check the input images."
+    )
 
 
-def _log_train(writer, pending, step, schedule, t_log, steps_at_log, global_batch, tag, epoch, epochs,
-               steps_per_epoch, total_steps) -> None:
+def _log_train(
+  writer, pending, step, schedule, t_log, steps_at_log, global_batch, tag, epoch, epochs, steps_per_epoch, total_steps
+) -> None:
   """Writes the mean of the buffered step metrics, the lr and the throughput (blocks on the last step)."""
-  means = {k: float(np.mean(v)) for k, v in jax.device_get(
-      jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
+  means = {k: float(np.mean(v)) for k, v in jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
   elapsed = max(time.time() - t_log, 1e-9)
   img_s = (step - steps_at_log) * global_batch / elapsed
   lr = float(schedule(step - 1))  # the lr used by the last step
-  writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": lr,
-                              "train/img_per_s": img_s})
+  writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": lr, "train/img_per_s": img_s})
   parts = " ".join(f"{k} {means[k]:.4f}" for k in ("total", "wa", "edge") if k in means)
-  logging.info("%s epoch %d/%d step %d/%d (batch %d/%d): %s lr %.3g %.1f img/s", tag, epoch + 1, epochs, step,
-               total_steps, step - epoch * steps_per_epoch, steps_per_epoch, parts, lr, img_s)
+  logging.info(
+    "%s epoch %d/%d step %d/%d (batch %d/%d): %s lr %.3g %.1f img/s",
+    tag,
+    epoch + 1,
+    epochs,
+    step,
+    total_steps,
+    step - epoch * steps_per_epoch,
+    steps_per_epoch,
+    parts,
+    lr,
+    img_s,
+  )
 
 
 def _class_weights(config, root: str, fold: int, train_data) -> np.ndarray:
@@ -338,9 +434,23 @@ def _stage_dir(workdir: str, fold: int, stage: int) -> str:
 
 
 # Config keys that change how a run is executed or reported, not the experiment: a resume may change them.
-RUN_KEYS = ("mode", "checkpoint", "init_from", "keep_checkpoints", "eval_every_epochs", "log_every_steps",
-            "stop_after_steps", "eval_batch_size", "dataset.root", "dataset.fold", "dataset.folds",
-            "dataset.synthetic.cache_dir", "sharding", "model.remat", "model.imagenet_weights")
+RUN_KEYS = (
+  "mode",
+  "checkpoint",
+  "init_from",
+  "keep_checkpoints",
+  "eval_every_epochs",
+  "log_every_steps",
+  "stop_after_steps",
+  "eval_batch_size",
+  "dataset.root",
+  "dataset.fold",
+  "dataset.folds",
+  "dataset.synthetic.cache_dir",
+  "sharding",
+  "model.remat",
+  "model.imagenet_weights",
+)
 
 
 def experiment_config(config: ml_collections.ConfigDict, stage: int) -> dict[str, Any]:
@@ -363,12 +473,16 @@ def _stage2_init(config, workdir: str, fold: int, train_data) -> str:
   done = config.stage1.epochs * input_pipeline.num_train_steps_per_epoch(len(train_data.paths), config.batch_size)
   latest = checkpointing.latest_step(stage1_dir)
   if latest is None:
-    raise ConfigError(f"stage 2 of fold {fold} starts from stage 1, but {stage1_dir} holds no stage-1 checkpoint: "
-                      "train stage 1 first (--config.mode=train or stage1 with this --workdir), or name the "
-                      "weights to start from with --config.init_from=<stage-1 dir or official .pth>")
+    raise ConfigError(
+      f"stage 2 of fold {fold} starts from stage 1, but {stage1_dir} holds no stage-1 checkpoint: "
+      "train stage 1 first (--config.mode=train or stage1 with this --workdir), or name the "
+      "weights to start from with --config.init_from=<stage-1 dir or official .pth>"
+    )
   if latest < done:
-    raise ConfigError(f"stage 1 in {stage1_dir} stopped at step {latest} of {done}: finish it first (rerun with "
-                      "--config.mode=stage1 or train), or start stage 2 from other weights with --config.init_from")
+    raise ConfigError(
+      f"stage 1 in {stage1_dir} stopped at step {latest} of {done}: finish it first (rerun with "
+      "--config.mode=stage1 or train), or start stage 2 from other weights with --config.init_from"
+    )
   return os.path.join(stage1_dir, "checkpoints" if config.stage2.init == "last" else "best")
 
 
@@ -379,17 +493,30 @@ def run_fold(config, workdir: str, fold: int, stages: tuple[int, ...], stop: Sto
   root = dataset.root
   train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, "test")
   baseline = reporting.all_positive_f1(np.asarray(test_data.labels))
-  out: dict[str, Any] = {"fold": fold, "dataset_root": root, "num_train": len(train_data.paths),
-                         "num_test": len(test_data.paths),
-                         "all_positive_f1": dict(zip(dataset.au_names, baseline.tolist())),
-                         "all_positive_mean_f1": float(np.mean(baseline))}
+  out: dict[str, Any] = {
+    "fold": fold,
+    "dataset_root": root,
+    "num_train": len(train_data.paths),
+    "num_test": len(test_data.paths),
+    "all_positive_f1": dict(zip(dataset.au_names, baseline.tolist())),
+    "all_positive_mean_f1": float(np.mean(baseline)),
+  }
   for i, stage in enumerate(stages):
     stage_dir = _stage_dir(workdir, fold, stage)
     init = config.init_from if i == 0 and config.init_from else None
     if stage == 2 and init is None and not checkpointing.has_checkpoints(stage_dir):
       init = _stage2_init(config, workdir, fold, train_data) if config.stage2.init != "none" else None
-    out[f"stage{stage}"] = train_stage(config, stage_dir, stage=stage, fold=fold, root=root, train_data=train_data,
-                                       test_data=test_data, stop=stop, init_from=init)
+    out[f"stage{stage}"] = train_stage(
+      config,
+      stage_dir,
+      stage=stage,
+      fold=fold,
+      root=root,
+      train_data=train_data,
+      test_data=test_data,
+      stop=stop,
+      init_from=init,
+    )
   return out
 
 
@@ -408,10 +535,11 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   if (num_aus is not None and num_aus != len(want)) or (au_names is not None and list(au_names) != want):
     names = f" ({', '.join(au_names)})" if au_names else ""
     raise CheckpointError(
-        f"{config.checkpoint}: a model of {num_aus} AUs{names}, but "
-        f"dataset {config.dataset.name!r} has {len(want)} ({', '.join(want)}); evaluate it on the dataset it was "
-        "trained for (e.g. --config=configs/bp4d_resnet50.py for 12 BP4D AUs, configs/disfa_resnet50.py for 8 "
-        "DISFA AUs)")
+      f"{config.checkpoint}: a model of {num_aus} AUs{names}, but "
+      f"dataset {config.dataset.name!r} has {len(want)} ({', '.join(want)}); evaluate it on the dataset it was "
+      "trained for (e.g. --config=configs/bp4d_resnet50.py for 12 BP4D AUs, configs/disfa_resnet50.py for 8 "
+      "DISFA AUs)"
+    )
   train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, "test")
   model = initialization.load_for_config(config.checkpoint, config)
   model.eval()
@@ -419,14 +547,18 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh()
   class_weights = jnp.asarray(_class_weights(config, root, fold, train_data))
   state = sharding.put_replicated(state, mesh)
-  result = evaluate(jit_eval_step(graphdef, class_weights, mesh), state, test_data, root=root, config=config,
-                    mesh=mesh)
+  result = evaluate(jit_eval_step(graphdef, class_weights, mesh), state, test_data, root=root, config=config, mesh=mesh)
   stage = 2 if isinstance(model, Stage2Model) else 1
   baseline = reporting.all_positive_f1(np.asarray(test_data.labels))
-  return {"fold": fold, "checkpoint": config.checkpoint, "dataset_root": root, "num_test": len(test_data.paths),
-          f"stage{stage}": {"stage": stage, "last": result, "best": result},
-          "all_positive_f1": dict(zip(dataset.au_names, baseline.tolist())),
-          "all_positive_mean_f1": float(np.mean(baseline))}
+  return {
+    "fold": fold,
+    "checkpoint": config.checkpoint,
+    "dataset_root": root,
+    "num_test": len(test_data.paths),
+    f"stage{stage}": {"stage": stage, "last": result, "best": result},
+    "all_positive_f1": dict(zip(dataset.au_names, baseline.tolist())),
+    "all_positive_mean_f1": float(np.mean(baseline)),
+  }
 
 
 def _from_best(r: dict[str, Any]) -> bool:
@@ -459,10 +591,18 @@ def results_table(config, folds: dict[str, dict[str, Any]]) -> str:
         rs = [fr[f"stage{s}"] for fr in folds.values() if f"stage{s}" in fr]
         if len(rs) == len(folds):
           note = selected if which == "best" or (s == 2 and any(_from_best(r) for r in rs)) else ""
-          rows.append((f"stage {s}, {which} epoch, avg. over {len(folds)} folds{note}",
-                       reporting.mean_f1_dicts([r[which]["f1"] for r in rs])))
-    rows.append((f"all-positive baseline, avg. over {len(folds)} folds",
-                 reporting.mean_f1_dicts([fr["all_positive_f1"] for fr in folds.values()])))
+          rows.append(
+            (
+              f"stage {s}, {which} epoch, avg. over {len(folds)} folds{note}",
+              reporting.mean_f1_dicts([r[which]["f1"] for r in rs]),
+            )
+          )
+    rows.append(
+      (
+        f"all-positive baseline, avg. over {len(folds)} folds",
+        reporting.mean_f1_dicts([fr["all_positive_f1"] for fr in folds.values()]),
+      )
+    )
   return reporting.f1_table(rows, names)
 
 
@@ -497,8 +637,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   finally:
     stop.uninstall()
   table = results_table(config, folds)
-  results = {"mode": config.mode, "workdir": workdir, "wall_time_s": time.time() - t0, "folds": folds,
-             "config": config.to_dict()}
+  results = {
+    "mode": config.mode,
+    "workdir": workdir,
+    "wall_time_s": time.time() - t0,
+    "folds": folds,
+    "config": config.to_dict(),
+  }
   if jax.process_index() == 0:
     name = "results_eval" if config.mode == "eval" else "results"
     reporting.write_results(workdir, results, f"# F1 (%) on the test split\n\n{table}", name=name)

@@ -37,5 +37,5 @@ def eval_transform(rgb: np.ndarray, img_size: int, resize: int | None = None) ->
   nw, nh = resized_size(*im.size, resize or eval_resize(img_size))
   im = im.resize((nw, nh), Image.Resampling.BILINEAR)
   top, left = centre_offsets(nh, nw, img_size)
-  x = np.asarray(im, np.float32)[top:top + img_size, left:left + img_size] / 255.0
+  x = np.asarray(im, np.float32)[top : top + img_size, left : left + img_size] / 255.0
   return (x - IMAGENET_MEAN) / IMAGENET_STD

@@ -12,8 +12,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Many tests train the same tiny models in fresh jit closures (and subprocesses): XLA's persistent
 # compilation cache turns their repeated compilations into cache hits. Keyed by the HLO, the flags and
 # the JAX version, so it never changes a result. Set before JAX is imported (subprocesses inherit it).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(),
-                                                                f"megraph-jax-tests-xla-cache-{os.getuid()}"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"megraph-jax-tests-xla-cache-{os.getuid()}")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
@@ -25,6 +26,7 @@ from helpers import TINY_AUS, TINY_SYNTHETIC  # noqa: E402  (after the cache set
 def synthetic_cache(tmp_path_factory) -> str:
   """Cache dir holding the tiny synthetic set (``tiny_config`` finds it there instead of regenerating)."""
   from megraph_jax import synthetic  # pylint: disable=import-outside-toplevel
+
   cache = str(tmp_path_factory.mktemp("synthetic_cache"))
   synthetic.ensure_generated(cache, name="BP4D", aus=[int(a[2:]) for a in TINY_AUS], **TINY_SYNTHETIC)
   return cache

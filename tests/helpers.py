@@ -15,6 +15,7 @@ TINY_SYNTHETIC = dict(num_subjects=3, frames_per_subject=16, image_size=40, seed
 def tiny_config(cache_dir: str, **overrides) -> ml_collections.ConfigDict:
   """configs/synthetic.py shrunk to ResNet-18 at 32 px, 4 AUs, batch 8 (4 steps per epoch), 2 + 1 epochs."""
   from configs import synthetic  # pylint: disable=import-outside-toplevel
+
   config = synthetic.get_config()
   config.dataset.au_names = TINY_AUS
   config.dataset.synthetic.cache_dir = cache_dir
@@ -34,11 +35,22 @@ def tiny_config(cache_dir: str, **overrides) -> ml_collections.ConfigDict:
 def tiny_main_args(cache_dir: str, workdir: str, *overrides: str) -> list[str]:
   """``python main.py`` arguments running ``tiny_config`` (its data and sizes) in ``workdir``, plus ``overrides``."""
   s = TINY_SYNTHETIC
-  return [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "synthetic.py"),
-          f"--workdir={workdir}", f"--config.dataset.au_names=({','.join(repr(a) for a in TINY_AUS)})",
-          f"--config.dataset.synthetic.cache_dir={cache_dir}",
-          f"--config.dataset.synthetic.num_subjects={s['num_subjects']}",
-          f"--config.dataset.synthetic.frames_per_subject={s['frames_per_subject']}",
-          f"--config.dataset.synthetic.image_size={s['image_size']}", "--config.dataset.image_size=36",
-          "--config.dataset.crop_size=32", "--config.batch_size=8", "--config.eval_batch_size=8",
-          "--config.stage1.epochs=2", "--config.stage2.epochs=1", "--config.log_every_steps=2", *overrides]
+  return [
+    sys.executable,
+    os.path.join(REPO, "main.py"),
+    "--config=" + os.path.join(REPO, "configs", "synthetic.py"),
+    f"--workdir={workdir}",
+    f"--config.dataset.au_names=({','.join(repr(a) for a in TINY_AUS)})",
+    f"--config.dataset.synthetic.cache_dir={cache_dir}",
+    f"--config.dataset.synthetic.num_subjects={s['num_subjects']}",
+    f"--config.dataset.synthetic.frames_per_subject={s['frames_per_subject']}",
+    f"--config.dataset.synthetic.image_size={s['image_size']}",
+    "--config.dataset.image_size=36",
+    "--config.dataset.crop_size=32",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=8",
+    "--config.stage1.epochs=2",
+    "--config.stage2.epochs=1",
+    "--config.log_every_steps=2",
+    *overrides,
+  ]

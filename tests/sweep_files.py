@@ -18,6 +18,7 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def tiny_overrides(cache: str, **extra: Any) -> dict[str, Any]:
   """Overrides turning configs/synthetic.py into ``helpers.tiny_config(cache, **extra)``: every key that differs."""
   from configs import synthetic  # pylint: disable=import-outside-toplevel
+
   base, tiny = _flat(synthetic.get_config().to_dict()), _flat(tiny_config(cache, **extra).to_dict())
   return {k: list(v) if isinstance(v, tuple) else v for k, v in tiny.items() if k not in base or base[k] != v}
 
@@ -35,8 +36,13 @@ def sweep_env(**extra: str) -> dict[str, str]:
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MEGRAPH_", "XLA_FLAGS", "RAY_"))}
   # RAY_worker_niceness: Ray starts workers at nice 15, which starves them next to any other load on a CI machine.
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", RAY_worker_niceness="0",
-             PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p), **extra)
+  env.update(
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    RAY_worker_niceness="0",
+    PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p),
+    **extra,
+  )
   return env
 
 

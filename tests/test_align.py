@@ -54,8 +54,9 @@ def test_warp_matches_skimage(astronaut):
   # scikit-image puts pixel centres at integers: x_idx' = A x_idx + t + A 0.5 - 0.5.
   m_idx = np.vstack([m, [0, 0, 1]])
   m_idx[:2, 2] += m[:, :2] @ [0.5, 0.5] - 0.5
-  ref = sktf.warp(astronaut, sktf.AffineTransform(matrix=m_idx).inverse, output_shape=(160, 160), order=3,
-                  preserve_range=True)
+  ref = sktf.warp(
+    astronaut, sktf.AffineTransform(matrix=m_idx).inverse, output_shape=(160, 160), order=3, preserve_range=True
+  )
   inner = (slice(20, 140), slice(20, 140))
   err = np.abs(ours[inner] - ref[inner]).mean()
   shifted = np.abs(ours[inner] - np.roll(ref, 1, axis=1)[inner]).mean()
@@ -103,8 +104,14 @@ def test_cli_folder_report(tmp_path, astronaut):
   assert rc == 0
   report = json.loads((out / "align_report.json").read_text())
   counts = report["counts"]
-  assert counts == {"corrupt_image": 2, "grayscale_image": 1, "multiple_faces": 1, "no_face": 1,
-                    "no_face_filled": 1, "tiny_image": 1}, counts
+  assert counts == {
+    "corrupt_image": 2,
+    "grayscale_image": 1,
+    "multiple_faces": 1,
+    "no_face": 1,
+    "no_face_filled": 1,
+    "tiny_image": 1,
+  }, counts
   assert [k for k, _ in report["items"]["no_face"]] == [os.path.join("clip", "empty", "0.png")]
   written = sorted(str(p.relative_to(out)) for p in out.rglob("*.*") if p.name != "align_report.json")
   assert written == [os.path.join("clip", n) for n in ("0.jpg", "1.png", "2.png", "3.jpg")]
@@ -147,18 +154,26 @@ class _FakeDetector:
     return [faces.Face(box=np.array([10.0, 10.0, 90.0, 90.0]), score=1.0, landmarks=lm)]
 
 
-@pytest.mark.parametrize("policy,want", [
+@pytest.mark.parametrize(
+  "policy,want",
+  [
     ("previous", ["no_face_filled", "no_face_filled", "corrupt_image", "", "no_face_filled", "no_face"]),
     ("skip", ["no_face", "no_face", "corrupt_image", "", "no_face", "no_face"]),
-])
+  ],
+)
 def test_missing_face_policy_keeps_order(tmp_path, monkeypatch, policy, want):
   monkeypatch.setattr(align, "Detector", _FakeDetector)
   monkeypatch.setattr(align, "_WORKER", {})
   dark, bright = np.full((100, 100, 3), 20, np.uint8), np.full((100, 100, 3), 200, np.uint8)
   (tmp_path / "bad.jpg").write_bytes(b"junk")
-  frames = [align.Frame("a0", "a", array=dark), align.Frame("a1", "a", array=dark),
-            align.Frame("a2", "a", path=str(tmp_path / "bad.jpg")), align.Frame("a3", "a", array=bright),
-            align.Frame("a4", "a", array=dark), align.Frame("b0", "b", array=dark)]
+  frames = [
+    align.Frame("a0", "a", array=dark),
+    align.Frame("a1", "a", array=dark),
+    align.Frame("a2", "a", path=str(tmp_path / "bad.jpg")),
+    align.Frame("a3", "a", array=bright),
+    align.Frame("a4", "a", array=dark),
+    align.Frame("b0", "b", array=dark),
+  ]
   log = align.IssueLog()
   out = list(align.align_frames(frames, align.AlignConfig(size=32, workers=1, missing_face=policy), log))
   assert [r.frame.key for r in out] == ["a0", "a1", "a2", "a3", "a4", "b0"]

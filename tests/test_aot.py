@@ -58,8 +58,15 @@ def test_tiny_config_compiles_for_v5e_2x2(synthetic_cache):
 
 def _cli(*args):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-  return subprocess.run([sys.executable, "-m", "megraph_jax.aot", "--config=configs/synthetic.py", *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=300, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "megraph_jax.aot", "--config=configs/synthetic.py", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
 
 
 def test_cli_exit_status_for_unshardable_and_too_large():

@@ -42,8 +42,11 @@ def _loss(model, x, y):
 
 
 def _flat(tree, prefix=()):
-  return {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)
-          if all(k in jax.tree_util.keystr(p) for k in prefix)}
+  return {
+    jax.tree_util.keystr(p): v
+    for p, v in jax.tree_util.tree_leaves_with_path(tree)
+    if all(k in jax.tree_util.keystr(p) for k in prefix)
+  }
 
 
 @pytest.mark.parametrize("stage", [1, 2])

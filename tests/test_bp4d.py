@@ -21,15 +21,15 @@ FRAMES = (10, 11, 12)
 MINI = ("F001", "M011", "F007")  # One official subject per group: groups 1, 2, 3 = fold3/2/1 test.
 # First path components of the official data/BP4D/list/BP4D_*_img_path_fold*.txt (ME-GraphAU), in order.
 OFFICIAL = {
-    "train_fold1": "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008 M011 F003 M010 M002 F005 "
-                   "F022 M018 M017 F013 M016 F020 F011 M013 M005",
-    "train_fold2": "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008 F007 F015 F006 F019 M006 "
-                   "M009 F012 M003 F004 F021 F017 M015 F014",
-    "train_fold3": "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005 F007 F015 F006 F019 M006 "
-                   "M009 F012 M003 F004 F021 F017 M015 F014",
-    "test_fold1": "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014",
-    "test_fold2": "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005",
-    "test_fold3": "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008",
+  "train_fold1": "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008 M011 F003 M010 M002 F005 "
+  "F022 M018 M017 F013 M016 F020 F011 M013 M005",
+  "train_fold2": "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008 F007 F015 F006 F019 M006 "
+  "M009 F012 M003 F004 F021 F017 M015 F014",
+  "train_fold3": "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005 F007 F015 F006 F019 M006 "
+  "M009 F012 M003 F004 F021 F017 M015 F014",
+  "test_fold1": "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014",
+  "test_fold2": "M011 F003 M010 M002 F005 F022 M018 M017 F013 M016 F020 F011 M013 M005",
+  "test_fold3": "F001 M007 F018 F008 F002 M004 F010 F009 M012 M001 F016 M014 F023 M008",
 }
 
 
@@ -70,8 +70,10 @@ def make_tree(root, subjects=MINI, tasks=("T1", "T2"), frames=FRAMES, image=_fac
       os.makedirs(d, exist_ok=True)
       for fr in frames:
         image(zlib.crc32(f"{subj}/{task}/{fr}".encode()) % 997).save(os.path.join(d, f"{fr:04d}.jpg"), quality=90)
-      _write_csv(os.path.join(root, "AUCoding", "AU_OCC", f"{subj}_{task}.csv"),
-                 [_csv_row(fr, _label(subj, task, fr)) for fr in frames])
+      _write_csv(
+        os.path.join(root, "AUCoding", "AU_OCC", f"{subj}_{task}.csv"),
+        [_csv_row(fr, _label(subj, task, fr)) for fr in frames],
+      )
   return str(root)
 
 
@@ -80,8 +82,9 @@ def _examples(builder, split):
 
 
 def _build(root, data_dir, **cfg):
-  builder = bp4d.Bp4d(data_dir=str(data_dir), config=common.RawConfig(**{"name": "t", "aligner": "none",
-                                                                         "image_size": 32, **cfg}))
+  builder = bp4d.Bp4d(
+    data_dir=str(data_dir), config=common.RawConfig(**{"name": "t", "aligner": "none", "image_size": 32, **cfg})
+  )
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
   return builder
 
@@ -124,9 +127,15 @@ def cli_build(request, tmp_path_factory):
   config = json.dumps({"name": "mini", "aligner": "none", "image_size": 64})
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([*cmd, f"--manual_dir={root}",
-                         f"--data_dir={data_dir}", f"--config={config}"], capture_output=True, text=True, env=env,
-                        cwd=repo, timeout=300, check=False)
+  proc = subprocess.run(
+    [*cmd, f"--manual_dir={root}", f"--data_dir={data_dir}", f"--config={config}"],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=repo,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   log = proc.stdout + proc.stderr  # the build log (tfds build logs to stdout)
   return tfds.builder_from_directory(str(data_dir / "bp4d" / "mini" / "1.0.0")), log
@@ -135,11 +144,21 @@ def cli_build(request, tmp_path_factory):
 def test_cli_build_examples_and_folds(cli_build):
   builder, _ = cli_build
   paths = {s: [e["path"].decode() for e in _examples(builder, s)] for s in ("fold1_test", "fold2_test", "fold3_test")}
-  assert paths["fold3_test"] == ["F001/T1/10.jpg", "F001/T1/11.jpg", "F001/T1/12.jpg", "F001/T2/10.jpg",
-                                 "F001/T2/12.jpg"]
+  assert paths["fold3_test"] == [
+    "F001/T1/10.jpg",
+    "F001/T1/11.jpg",
+    "F001/T1/12.jpg",
+    "F001/T2/10.jpg",
+    "F001/T2/12.jpg",
+  ]
   assert paths["fold2_test"] == [f"M011/{t}/{f}.jpg" for t in ("T1", "T2") for f in FRAMES]
-  assert paths["fold1_test"] == ["F007/T1/10.jpg", "F007/T1/11.jpg", "F007/T1/12.jpg", "F007/T2/10.jpg",
-                                 "F007/T2/11.jpg"]
+  assert paths["fold1_test"] == [
+    "F007/T1/10.jpg",
+    "F007/T1/11.jpg",
+    "F007/T1/12.jpg",
+    "F007/T2/10.jpg",
+    "F007/T2/11.jpg",
+  ]
   train1 = _examples(builder, common.tfds_split(1, "train"))
   assert [e["path"].decode() for e in train1] == paths["fold3_test"] + paths["fold2_test"]  # Official order.
   for e in train1 + _examples(builder, "fold1_test"):
@@ -160,8 +179,15 @@ def test_cli_build_counts_bad_input(cli_build):
   builder, log = cli_build
   meta = builder.info.metadata
   assert meta["bad_input"]["counts"] == {
-      "corrupt_image": 1, "grayscale_image": 1, "missing_frame": 1, "tiny_image": 1, "unlabelled_kept": 1,
-      "unknown_subject": 1, "missing_subject": 38, "missing_label_file": 18}
+    "corrupt_image": 1,
+    "grayscale_image": 1,
+    "missing_frame": 1,
+    "tiny_image": 1,
+    "unlabelled_kept": 1,
+    "unknown_subject": 1,
+    "missing_subject": 38,
+    "missing_label_file": 18,
+  }
   items = meta["bad_input"]["items"]
   assert items["missing_frame"][0][0] == "F001/T1/13.jpg" and "line 5" in items["missing_frame"][0][1]
   assert items["corrupt_image"][0][0] == "F001/T2/11.jpg"
@@ -176,8 +202,14 @@ def test_cli_build_counts_bad_input(cli_build):
 def test_export_round_trip(cli_build, tmp_path):
   builder, _ = cli_build
   sizes = export.export_official(builder, str(tmp_path), unlabelled_as=0)
-  assert sizes == {"fold1_train": 11, "fold1_test": 5, "fold2_train": 10, "fold2_test": 6, "fold3_train": 11,
-                   "fold3_test": 5}
+  assert sizes == {
+    "fold1_train": 11,
+    "fold1_test": 5,
+    "fold2_train": 10,
+    "fold2_test": 6,
+    "fold3_train": 11,
+    "fold3_test": 5,
+  }
   train = datasets.read_split(str(tmp_path), "BP4D", 1, "train")
   want = [e["path"].decode() for e in _examples(builder, common.tfds_split(1, "train"))]
   assert list(train.paths) == want
@@ -212,19 +244,24 @@ def test_drop_unlabelled(tmp_path):
   root = make_tree(tmp_path / "raw", tasks=("T1",))
   y = _label("M011", "T1", 12)
   y[0] = 9
-  _write_csv(os.path.join(root, "AUCoding", "AU_OCC", "M011_T1.csv"),
-             [_csv_row(fr, y if fr == 12 else _label("M011", "T1", fr)) for fr in FRAMES])
+  _write_csv(
+    os.path.join(root, "AUCoding", "AU_OCC", "M011_T1.csv"),
+    [_csv_row(fr, y if fr == 12 else _label("M011", "T1", fr)) for fr in FRAMES],
+  )
   builder = _build(root, tmp_path / "tfds", unlabelled="drop")
   assert [e["frame"] for e in _examples(builder, "fold2_test")] == [10, 11]
   assert builder.info.metadata["bad_input"]["counts"]["unlabelled_dropped"] == 1
   assert builder.info.metadata["unlabelled_frames"] == 1
 
 
-@pytest.mark.parametrize("rows,match", [
+@pytest.mark.parametrize(
+  "rows,match",
+  [
     ([[10, 0, 1]], r"F001_T1.csv line 2: expected 28 columns as in the header, found 3"),
     ([_csv_row(10, [0] * 11 + [7])], r"F001_T1.csv line 2, column 25 \(AU24\): unknown value '7'"),
     ([_csv_row(10, [0] * 12), _csv_row(10, [1] * 12)], r"F001_T1.csv line 3: frame 10 repeats line 2"),
-])
+  ],
+)
 def test_bad_label_file(tmp_path, rows, match):
   root = make_tree(tmp_path, tasks=("T1",))
   _write_csv(os.path.join(root, "AUCoding", "AU_OCC", "F001_T1.csv"), rows)
@@ -281,7 +318,7 @@ def test_mtcnn_alignment_in_build(tmp_path):
 
   def astronaut(seed):
     dx = seed % 20
-    return Image.fromarray(photo[20 + dx:240 + dx, 100 + dx:320 + dx]).resize((120, 120))
+    return Image.fromarray(photo[20 + dx : 240 + dx, 100 + dx : 320 + dx]).resize((120, 120))
 
   root = make_tree(tmp_path / "raw", tasks=("T1",), frames=(10, 11), image=astronaut)
   blank = Image.new("RGB", (120, 120), (128, 128, 128))  # No face: borrows the landmarks of frame 10.
@@ -289,8 +326,11 @@ def test_mtcnn_alignment_in_build(tmp_path):
   builder = _build(root, tmp_path / "tfds", aligner="mtcnn", image_size=64, workers=1)
   ex = _examples(builder, "fold3_test")
   assert [e["path"].decode() for e in ex] == ["F001/T1/10.jpg", "F001/T1/11.jpg"]
-  assert builder.info.metadata["bad_input"]["counts"] == {"missing_subject": 38, "missing_label_file": 21,
-                                                          "no_face_filled": 1}
+  assert builder.info.metadata["bad_input"]["counts"] == {
+    "missing_subject": 38,
+    "missing_label_file": 21,
+    "no_face_filled": 1,
+  }
   # The stored face is the template-aligned crop of its frame.
   frame = np.asarray(Image.open(os.path.join(root, "2D+3D", "F007", "T1", "0010.jpg")))
   lm = bp4d.align.Detector()(frame)[0].landmarks

@@ -139,8 +139,9 @@ def test_malicious_pickle_is_refused(tmp_path):
 def test_cli_writes_a_checkpoint_that_loads(tmp_path):
   path, _, _ = _official_checkpoint(tmp_path, 2)
   out = os.path.join(tmp_path, "ckpt")
-  convert.main([path, out, "--backbone", "resnet18", "--img-size", "64",
-                "--au-names", ",".join(f"AU{i}" for i in (1, 2, 4, 6))])
+  convert.main(
+    [path, out, "--backbone", "resnet18", "--img-size", "64", "--au-names", ",".join(f"AU{i}" for i in (1, 2, 4, 6))]
+  )
   model, spec = loader.load(out)
   ref, _ = loader.load(path, backbone="resnet18", num_aus=N, stage=2, img_size=64)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("f4"))

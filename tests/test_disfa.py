@@ -20,15 +20,15 @@ N = 4  # Labelled frames per subject.
 MINI = ("SN002", "SN013", "SN003")  # One official subject per group: groups 1, 2, 3 = fold3/2/1 test.
 # First path components of the official data/DISFA/list/DISFA_*_img_path_fold*.txt (ME-GraphAU), in order.
 OFFICIAL = {
-    "train_fold1": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016 SN013 SN018 SN011 SN028 SN012 SN006 SN031 "
-                   "SN021 SN024",
-    "train_fold2": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016 SN003 SN029 SN023 SN025 SN008 SN005 SN007 "
-                   "SN017 SN004",
-    "train_fold3": "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024 SN003 SN029 SN023 SN025 SN008 SN005 SN007 "
-                   "SN017 SN004",
-    "test_fold1": "SN003 SN029 SN023 SN025 SN008 SN005 SN007 SN017 SN004",
-    "test_fold2": "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024",
-    "test_fold3": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016",
+  "train_fold1": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016 SN013 SN018 SN011 SN028 SN012 SN006 SN031 "
+  "SN021 SN024",
+  "train_fold2": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016 SN003 SN029 SN023 SN025 SN008 SN005 SN007 "
+  "SN017 SN004",
+  "train_fold3": "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024 SN003 SN029 SN023 SN025 SN008 SN005 SN007 "
+  "SN017 SN004",
+  "test_fold1": "SN003 SN029 SN023 SN025 SN008 SN005 SN007 SN017 SN004",
+  "test_fold2": "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024",
+  "test_fold3": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016",
 }
 
 
@@ -77,8 +77,9 @@ def _examples(builder, split):
 
 
 def _build(root, data_dir, **cfg):
-  builder = disfa.Disfa(data_dir=str(data_dir), config=common.RawConfig(**{"name": "t", "aligner": "none",
-                                                                           "image_size": 32, **cfg}))
+  builder = disfa.Disfa(
+    data_dir=str(data_dir), config=common.RawConfig(**{"name": "t", "aligner": "none", "image_size": 32, **cfg})
+  )
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root)))
   return builder
 
@@ -122,9 +123,15 @@ def cli_build(request, tmp_path_factory):
   config = json.dumps({"name": "mini", "aligner": "none", "image_size": 64, "image_format": "png"})
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run([*cmd, f"--manual_dir={root}",
-                         f"--data_dir={data_dir}", f"--config={config}"], capture_output=True, text=True, env=env,
-                        cwd=repo, timeout=300, check=False)
+  proc = subprocess.run(
+    [*cmd, f"--manual_dir={root}", f"--data_dir={data_dir}", f"--config={config}"],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=repo,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   log = proc.stdout + proc.stderr  # the build log (tfds build logs to stdout)
   return tfds.builder_from_directory(str(data_dir / "disfa" / "mini" / "1.0.0")), log
@@ -153,8 +160,14 @@ def test_cli_build_examples_and_folds(cli_build):
 def test_cli_build_counts_bad_input(cli_build):
   builder, log = cli_build
   meta = builder.info.metadata
-  assert meta["bad_input"]["counts"] == {"extra_video_frames": 1, "label_frame_number": 1, "missing_au_file": 1,
-                                         "missing_frame": 1, "missing_subject": 24, "unknown_subject": 1}
+  assert meta["bad_input"]["counts"] == {
+    "extra_video_frames": 1,
+    "label_frame_number": 1,
+    "missing_au_file": 1,
+    "missing_frame": 1,
+    "missing_subject": 24,
+    "unknown_subject": 1,
+  }
   items = meta["bad_input"]["items"]
   assert items["missing_frame"][0][0] == "SN003/3.png"
   assert items["missing_au_file"][0][0] == "SN013/AU9"
@@ -191,8 +204,13 @@ def test_frame_folders_with_bad_frames(tmp_path):
   builder = _build(tmp_path, tmp_path / "tfds")
   meta = builder.info.metadata
   assert meta["frame_source"] == "frames" and meta["one_based_frame_folders"] == ["SN013"]
-  assert meta["bad_input"]["counts"] == {"corrupt_image": 1, "grayscale_image": 1, "missing_frame": 1,
-                                         "missing_subject": 24, "tiny_image": 1}
+  assert meta["bad_input"]["counts"] == {
+    "corrupt_image": 1,
+    "grayscale_image": 1,
+    "missing_frame": 1,
+    "missing_subject": 24,
+    "tiny_image": 1,
+  }
   assert [int(e["frame"]) for e in _examples(builder, "fold1_test")] == [2, 3]
   assert [int(e["frame"]) for e in _examples(builder, "fold3_test")] == [0, 1, 2]
   sn013 = _examples(builder, "fold2_test")
@@ -200,13 +218,16 @@ def test_frame_folders_with_bad_frames(tmp_path):
   assert abs(float(sn013[1]["image"][1, 1, 0]) - _frame("SN013", 1)[0, 0, 0]) < 3  # File 2.png is frame 1.
 
 
-@pytest.mark.parametrize("text,match", [
+@pytest.mark.parametrize(
+  "text,match",
+  [
     ("1,0\n2,1,3\n", r"SN013_au4.txt line 2: expected 2 comma-separated columns"),
     ("1,0\n2,7\n", r"SN013_au4.txt line 2: unknown intensity 7"),
     ("1,0\n2,x\n", r"SN013_au4.txt line 2: non-integer value"),
     ("1,0\n\n3,1\n4,0\n", r"SN013_au4.txt line 2: expected 2 comma-separated columns"),
     ("1,0\n2,1\n", r"SN013_au4.txt has 2 frames but SN013_au1.txt has 4"),
-])
+  ],
+)
 def test_bad_label_file(tmp_path, text, match):
   for s in MINI:
     write_labels(tmp_path, s)

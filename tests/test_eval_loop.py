@@ -32,8 +32,9 @@ def test_evaluate_equals_sklearn_on_every_example(synthetic_cache, tmp_path, eva
   result = train.evaluate(p_eval, state, test, root=data.root, config=config, mesh=mesh)
 
   # The reference: the same fake model on every test image, one at a time, scored by scikit-learn.
-  ds = input_pipeline.create_eval_dataset(test, root=data.root, batch_size=1, image_size=config.dataset.image_size,
-                                          crop_size=config.dataset.crop_size)
+  ds = input_pipeline.create_eval_dataset(
+    test, root=data.root, batch_size=1, image_size=config.dataset.image_size, crop_size=config.dataset.crop_size
+  )
   probs, labels = [], []
   for b in ds.as_numpy_iterator():
     if b["mask"][0]:

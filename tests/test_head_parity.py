@@ -32,14 +32,15 @@ class _Identity(nnx.Module):
 def _case(name):
   z = np.load(GOLDEN)
   cfg = {k.split("/")[-1]: z[k].item() for k in z.files if k.startswith(f"{name}/cfg/")}
-  sd = {k[len(f"{name}/sd/"):]: z[k] for k in z.files if k.startswith(f"{name}/sd/")}
-  rest = {k[len(name) + 1:]: z[k] for k in z.files if k.startswith(name + "/")}
+  sd = {k[len(f"{name}/sd/") :]: z[k] for k in z.files if k.startswith(f"{name}/sd/")}
+  rest = {k[len(name) + 1 :]: z[k] for k in z.files if k.startswith(name + "/")}
   return cfg, sd, rest
 
 
 def _model(cfg):
-  kw = dict(backbone="swin_transformer_tiny", num_aus=cfg["n"], rngs=nnx.Rngs(0),
-            backbone_module=_Identity(cfg["c_in"]))
+  kw = dict(
+    backbone="swin_transformer_tiny", num_aus=cfg["n"], rngs=nnx.Rngs(0), backbone_module=_Identity(cfg["c_in"])
+  )
   if cfg["stage"] == 1:
     return Stage1Model(neighbor_num=cfg["k"], metric=cfg["metric"], **kw)
   return Stage2Model(**kw)
@@ -83,15 +84,20 @@ def test_train_mode_matches_official(name):
     assert rel < 1e-5, f"{name}: train-mode edge_logits max relative diff {rel}"
   # The running statistics after one train-mode forward: reload them through the converter.
   updated = dict(sd_np)
-  updated.update({k[len("train_sd/"):]: v for k, v in rest.items() if k.startswith("train_sd/")})
+  updated.update({k[len("train_sd/") :]: v for k, v in rest.items() if k.startswith("train_sd/")})
   ref_model = _model(cfg)
   load_head(StateDict(updated, source=name + "(after train step)"), ref_model, cfg["stage"])
   ours = nnx.to_flat_state(nnx.state(model, nnx.BatchStat))
   theirs = dict(nnx.to_flat_state(nnx.state(ref_model, nnx.BatchStat)))
   assert len(ours) > 0
   for path, var in ours:
-    np.testing.assert_allclose(np.asarray(var[...]), np.asarray(theirs[path][...]), rtol=1e-5, atol=1e-6,
-                               err_msg=f"{name}: running statistic {path}")
+    np.testing.assert_allclose(
+      np.asarray(var[...]),
+      np.asarray(theirs[path][...]),
+      rtol=1e-5,
+      atol=1e-6,
+      err_msg=f"{name}: running statistic {path}",
+    )
 
 
 def test_wrong_num_aus_is_a_clear_error():

@@ -20,8 +20,9 @@ SIZE, CROP = 64, 56
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-  return synthetic.generate(str(tmp_path_factory.mktemp("synth")), num_subjects=3, frames_per_subject=8,
-                            image_size=64, seed=0)
+  return synthetic.generate(
+    str(tmp_path_factory.mktemp("synth")), num_subjects=3, frames_per_subject=8, image_size=64, seed=0
+  )
 
 
 def _write_lists(root, name, split, paths, labels, fold=1):
@@ -114,8 +115,13 @@ def test_process_shards_are_disjoint_and_match_one_process(tmp_path):
   root = _id_dataset(tmp_path, 11)
   d = datasets.read_split(root, "X", 1, "train")
   kw = dict(root=root, image_size=SIZE, crop_size=CROP, seed=2, epoch=3, color_jitter=False)
-  shards = [[_ids(b) for b in ip.create_train_dataset(d, batch_size=2, process_index=p, process_count=2,
-                                                       **kw).as_numpy_iterator()] for p in (0, 1)]
+  shards = [
+    [
+      _ids(b)
+      for b in ip.create_train_dataset(d, batch_size=2, process_index=p, process_count=2, **kw).as_numpy_iterator()
+    ]
+    for p in (0, 1)
+  ]
   single = [_ids(b) for b in ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator()]
   assert len(shards[0]) == len(shards[1]) == len(single) == 2  # 11 // 4, remainder dropped.
   flat = [sum(s, []) for s in shards]
@@ -136,8 +142,11 @@ def test_eval_covers_every_image_once_with_mask(tmp_path, count, batch):
   seen = []
   steps = []
   for p in range(count):
-    out = list(ip.create_eval_dataset(d, root=root, batch_size=batch, image_size=SIZE, crop_size=CROP,
-                                      process_index=p, process_count=count).as_numpy_iterator())
+    out = list(
+      ip.create_eval_dataset(
+        d, root=root, batch_size=batch, image_size=SIZE, crop_size=CROP, process_index=p, process_count=count
+      ).as_numpy_iterator()
+    )
     steps.append(len(out))
     for b in out:
       assert b["image"].shape == (batch, CROP, CROP, 3) and b["mask"].shape == (batch,)
@@ -159,8 +168,9 @@ def test_normalisation_and_centre_crop_exact(tmp_path):
   Image.fromarray(img).save(tmp_path / "img" / "a.png")
   _write_lists(str(tmp_path), "X", "test", ["a.png"], np.array([[1, 0]]))
   d = datasets.read_split(str(tmp_path), "X", 1, "test")
-  b = next(ip.create_eval_dataset(d, root=str(tmp_path), batch_size=1, image_size=SIZE,
-                                  crop_size=CROP).as_numpy_iterator())
+  b = next(
+    ip.create_eval_dataset(d, root=str(tmp_path), batch_size=1, image_size=SIZE, crop_size=CROP).as_numpy_iterator()
+  )
   expect = (np.rint(MEAN * 255) / 255 - MEAN) / STD
   np.testing.assert_allclose(b["image"][0], np.broadcast_to(expect, (CROP, CROP, 3)), atol=1e-5)
 
@@ -182,8 +192,11 @@ def test_grayscale_jpeg_and_rgba_png_decode(tmp_path):
   Image.fromarray(np.full((30, 30, 4), 200, np.uint8), "RGBA").save(tmp_path / "img" / "c.png")
   _write_lists(str(tmp_path), "X", "train", ["g.jpg", "c.png"], np.array([[1, 0], [0, 1]]))
   d = datasets.read_split(str(tmp_path), "X", 1, "train")
-  b = next(ip.create_train_dataset(d, root=str(tmp_path), batch_size=2, image_size=32, crop_size=28, seed=0,
-                                   epoch=0).as_numpy_iterator())
+  b = next(
+    ip.create_train_dataset(
+      d, root=str(tmp_path), batch_size=2, image_size=32, crop_size=28, seed=0, epoch=0
+    ).as_numpy_iterator()
+  )
   assert b["image"].shape == (2, 28, 28, 3) and np.all(np.isfinite(b["image"]))
 
 
@@ -239,15 +252,19 @@ def test_unlabelled_value_9_is_kept_and_its_pairs_marked(small):
   rel = d.relations[2].reshape(3, 3)
   assert rel[1].tolist() == [-1, -1, -1] and rel[:, 1].tolist() == [-1, -1, -1]
   assert rel[0, 2] == 0 and rel[2, 0] == 0
-  np.testing.assert_array_equal(d.relations[[0, 1, 3, 4]].reshape(4, 3, 3),
-                                2 * d.labels[[0, 1, 3, 4], :, None] + d.labels[[0, 1, 3, 4], None, :])
+  np.testing.assert_array_equal(
+    d.relations[[0, 1, 3, 4]].reshape(4, 3, 3), 2 * d.labels[[0, 1, 3, 4], :, None] + d.labels[[0, 1, 3, 4], None, :]
+  )
 
 
 def test_length_mismatch_names_both_files(small):
   root, lst = small
   _rewrite(os.path.join(lst, "X_test_label_fold1.txt"), ["0 1 0"] * 4)
-  with pytest.raises(DatasetError, match=r"X_test_img_path_fold1\.txt lists 5 images but X_test_label_fold1\.txt "
-                     r"has 4 label rows"):
+  with pytest.raises(
+    DatasetError,
+    match=r"X_test_img_path_fold1\.txt lists 5 images but X_test_label_fold1\.txt "
+    r"has 4 label rows",
+  ):
     datasets.read_split(root, "X", 1, "test")
 
 
@@ -260,8 +277,12 @@ def test_missing_image_is_named(small):
   assert isinstance(e.value, FileNotFoundError)
   d = datasets.read_split(root, "X", 1, "test", check_images=False)
   ds = ip.create_eval_dataset(d, root=root, batch_size=2, image_size=SIZE, crop_size=CROP)
-  with pytest.raises(DatasetError, match=r"X_test_img_path_fold1\.txt line 4: image " +
-                     re.escape(os.path.join(root, "img", "S1", "3.png")) + " does not exist") as e:
+  with pytest.raises(
+    DatasetError,
+    match=r"X_test_img_path_fold1\.txt line 4: image "
+    + re.escape(os.path.join(root, "img", "S1", "3.png"))
+    + " does not exist",
+  ) as e:
     list(ds.as_numpy_iterator())
   assert os.path.join(root, "list", "X_test_img_path_fold1.txt") in str(e.value)
 
@@ -271,7 +292,7 @@ def _bad_image(path, kind):
   if kind == "truncated_jpeg":
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3)).astype(np.uint8)).save(path, "JPEG")
     data = open(path, "rb").read()
-    data = data[:len(data) // 2]
+    data = data[: len(data) // 2]
   else:
     data = {"not_an_image": b"this is not an image\n", "empty": b""}[kind]
   with open(path, "wb") as f:
@@ -297,15 +318,19 @@ def test_bad_image_in_train_list_names_file_and_line(tmp_path, kind):
   kw = dict(root=root, batch_size=2, image_size=SIZE, crop_size=CROP, seed=3, epoch=1)
   batch_of_bad = ip.epoch_order(10, 3, 1).tolist().index(6) // 2
   seen = 0
-  with pytest.raises(DatasetError, match=r"X_train_img_path_fold1\.txt line 7: image " + re.escape(path) +
-                     r" cannot be read as an image \(.+\)") as e:
+  with pytest.raises(
+    DatasetError,
+    match=r"X_train_img_path_fold1\.txt line 7: image " + re.escape(path) + r" cannot be read as an image \(.+\)",
+  ) as e:
     for _ in ip.create_train_dataset(d, **kw).as_numpy_iterator():
       seen += 1
   assert seen == batch_of_bad  # The batches before it are delivered.
   assert os.path.join(root, "list", "X_train_img_path_fold1.txt") in str(e.value)
   if batch_of_bad > 0:  # A resume past it does not read it.
-    assert len(list(ip.create_train_dataset(d, start_step=batch_of_bad + 1, **kw).as_numpy_iterator())) == \
-        5 - batch_of_bad - 1
+    assert (
+      len(list(ip.create_train_dataset(d, start_step=batch_of_bad + 1, **kw).as_numpy_iterator()))
+      == 5 - batch_of_bad - 1
+    )
 
 
 @pytest.mark.parametrize("kind", ["truncated_jpeg", "not_an_image"])
@@ -317,8 +342,9 @@ def test_bad_image_in_test_list_names_file_and_line(tmp_path, kind):
   ds = ip.create_eval_dataset(d, root=root, batch_size=3, image_size=SIZE, crop_size=CROP)
   it = ds.as_numpy_iterator()
   assert next(it)["index"].tolist() == [0, 1, 2]
-  with pytest.raises(DatasetError, match=r"X_test_img_path_fold1\.txt line 5: image " + re.escape(path) +
-                     " cannot be read as an image") as e:
+  with pytest.raises(
+    DatasetError, match=r"X_test_img_path_fold1\.txt line 5: image " + re.escape(path) + " cannot be read as an image"
+  ) as e:
     next(it)
   assert os.path.join(root, "list", "X_test_img_path_fold1.txt") in str(e.value)
 
@@ -339,8 +365,11 @@ def test_non_utf8_list_names_file_and_line(small, which):
   lines[2] = b"S1/\xe9t\xe9.png" if which == "img_path" else b"0 1 \xe90"
   open(path, "wb").write(b"\n".join(lines))
   byte = 4 if which == "img_path" else 5
-  with pytest.raises(DatasetError, match=rf"X_train_{which}_fold1\.txt line 3, byte {byte}: not UTF-8 text "
-                     rf"\(byte 0xe9\) in {re.escape(path)}"):
+  with pytest.raises(
+    DatasetError,
+    match=rf"X_train_{which}_fold1\.txt line 3, byte {byte}: not UTF-8 text "
+    rf"\(byte 0xe9\) in {re.escape(path)}",
+  ):
     datasets.read_split(root, "X", 1, "train")
 
 
@@ -410,17 +439,23 @@ def test_color_jitter_matches_torchvision_in_every_order(tmp_path):
   factors[:12] = [[1.4, 0.6, 1.4]] * 6 + [[0.6, 1.4, 0.6]] * 6
   np.savez(tmp_path / "in.npz", images=images, orders=ip._JITTER_ORDERS[order_ids], factors=factors)
   (tmp_path / "ref.py").write_text(TORCHVISION_JITTER)
-  proc = subprocess.run([sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   ref = np.load(tmp_path / "out.npz")
   tf = ip._tf()
   slots = ip._jitter_slots(factors, order_ids)
-  got = np.stack([ip._color_jitter(tf.constant(x.astype(np.float32) / 255), tf.constant(s)).numpy()
-                  for x, s in zip(images, slots)])
+  got = np.stack(
+    [ip._color_jitter(tf.constant(x.astype(np.float32) / 255), tf.constant(s)).numpy() for x, s in zip(images, slots)]
+  )
   np.testing.assert_allclose(got, ref["tensor"], atol=2e-4, rtol=0)
   diff = got - ref["pil"]
   assert np.abs(diff).max() <= 5 / 255, np.abs(diff).max() * 255
   assert 0 <= diff.mean() <= 2 / 255 and np.abs(diff).mean() <= 2 / 255, (diff.mean() * 255, np.abs(diff).mean() * 255)
-  assert not np.allclose(got[0], ip._color_jitter(tf.constant(images[0].astype(np.float32) / 255),
-                                                  tf.constant(slots[5])).numpy())  # The order matters (clipping).
+  assert not np.allclose(
+    got[0], ip._color_jitter(tf.constant(images[0].astype(np.float32) / 255), tf.constant(slots[5])).numpy()
+  )  # The order matters (clipping).

@@ -15,10 +15,12 @@ from megraph_jax.model_factory import ModelSpec, build
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
 
 IMG = 64
-SPECS = [ModelSpec("resnet18", 4, 1, img_size=IMG, neighbor_num=3, metric="cosine"),
-         ModelSpec("resnet18", 4, 1, img_size=IMG, use_fgg=False),
-         ModelSpec("resnet18", 4, 1, img_size=IMG, head="baseline", au_names=("AU1", "AU2", "AU4", "AU6")),
-         ModelSpec("resnet18", 4, 2, img_size=IMG, gnn_layers=1, dtype="bfloat16")]
+SPECS = [
+  ModelSpec("resnet18", 4, 1, img_size=IMG, neighbor_num=3, metric="cosine"),
+  ModelSpec("resnet18", 4, 1, img_size=IMG, use_fgg=False),
+  ModelSpec("resnet18", 4, 1, img_size=IMG, head="baseline", au_names=("AU1", "AU2", "AU4", "AU6")),
+  ModelSpec("resnet18", 4, 2, img_size=IMG, gnn_layers=1, dtype="bfloat16"),
+]
 
 
 def _images(n=2, seed=0):
@@ -39,17 +41,38 @@ def test_spec_json_round_trip_and_spec_of_model(spec):
 
 def test_old_model_json_files_still_load():
   """Keys written by training (initialization.model_json) and by convert (model_config) before the spec."""
-  train_s1 = {"backbone": "resnet50", "num_aus": 12, "stage": 1, "img_size": 224, "au_names": [f"AU{i}" for i in
-              range(12)], "neighbor_num": 4, "metric": "dots", "use_fgg": False}
+  train_s1 = {
+    "backbone": "resnet50",
+    "num_aus": 12,
+    "stage": 1,
+    "img_size": 224,
+    "au_names": [f"AU{i}" for i in range(12)],
+    "neighbor_num": 4,
+    "metric": "dots",
+    "use_fgg": False,
+  }
   train_s2 = {"backbone": "resnet50", "num_aus": 8, "stage": 2, "img_size": 224, "au_names": None, "gnn_layers": 2}
-  train_baseline = {"backbone": "resnet18", "num_aus": 3, "stage": 1, "img_size": 96,
-                    "au_names": ["AU1", "AU2", "AU6"], "head": "baseline"}
-  convert_s1 = {"backbone": "swin_transformer_tiny", "num_aus": 8, "stage": 1, "img_size": 224, "neighbor_num": 3,
-                "metric": "dots"}
+  train_baseline = {
+    "backbone": "resnet18",
+    "num_aus": 3,
+    "stage": 1,
+    "img_size": 96,
+    "au_names": ["AU1", "AU2", "AU6"],
+    "head": "baseline",
+  }
+  convert_s1 = {
+    "backbone": "swin_transformer_tiny",
+    "num_aus": 8,
+    "stage": 1,
+    "img_size": 224,
+    "neighbor_num": 3,
+    "metric": "dots",
+  }
   assert ModelSpec.from_json(train_s1) == ModelSpec("resnet50", 12, 1, au_names=train_s1["au_names"], use_fgg=False)
   assert ModelSpec.from_json(train_s2) == ModelSpec("resnet50", 8, 2)
-  assert ModelSpec.from_json(train_baseline) == ModelSpec("resnet18", 3, 1, head="baseline", img_size=96,
-                                                          au_names=("AU1", "AU2", "AU6"))
+  assert ModelSpec.from_json(train_baseline) == ModelSpec(
+    "resnet18", 3, 1, head="baseline", img_size=96, au_names=("AU1", "AU2", "AU6")
+  )
   assert ModelSpec.from_json(convert_s1) == ModelSpec("swin_transformer_tiny", 8, 1, neighbor_num=3)
   assert ModelSpec.from_json(convert_s1).family == "swin"
   with pytest.raises(ValueError, match="unknown keys"):
@@ -78,12 +101,24 @@ def _stage_dir(tmp_path, spec, model_json):
 
 def test_stage_dir_best_latest_and_float64(tmp_path):
   spec = ModelSpec("resnet18", 4, 1, img_size=IMG, au_names=("AU1", "AU2", "AU4", "AU6"))
-  old = {"backbone": "resnet18", "num_aus": 4, "stage": 1, "img_size": IMG, "au_names": list(spec.au_names),
-         "neighbor_num": 4, "metric": "dots", "use_fgg": True}  # as training wrote it before the spec
+  old = {
+    "backbone": "resnet18",
+    "num_aus": 4,
+    "stage": 1,
+    "img_size": IMG,
+    "au_names": list(spec.au_names),
+    "neighbor_num": 4,
+    "metric": "dots",
+    "use_fgg": True,
+  }  # as training wrote it before the spec
   stage_dir, a, b = _stage_dir(tmp_path, spec, old)
   x = _images()
-  for path, kw, want in ((stage_dir, {}, a), (os.path.join(stage_dir, "best"), {}, a),
-                         (os.path.join(stage_dir, "checkpoints"), {}, b), (stage_dir, {"which": "latest"}, b)):
+  for path, kw, want in (
+    (stage_dir, {}, a),
+    (os.path.join(stage_dir, "best"), {}, a),
+    (os.path.join(stage_dir, "checkpoints"), {}, b),
+    (stage_dir, {"which": "latest"}, b),
+  ):
     model, got_spec = loader.load(path, **kw)
     assert got_spec == spec and isinstance(model, Stage1Model)
     np.testing.assert_array_equal(np.asarray(model(x)["au_probs"]), np.asarray(want(x)["au_probs"]))
@@ -98,6 +133,7 @@ def test_stage_dir_best_latest_and_float64(tmp_path):
 def test_official_pth_float64(tmp_path):
   pytest.importorskip("torchvision")
   from test_convert import _official_checkpoint  # pylint: disable=import-outside-toplevel
+
   path, _, _ = _official_checkpoint(tmp_path, 2)
   ref, spec = loader.load(path, img_size=IMG)
   assert (spec.backbone, spec.num_aus, spec.stage, spec.dtype) == ("resnet18", 4, 2, "float32")
@@ -106,8 +142,9 @@ def test_official_pth_float64(tmp_path):
     assert spec64 == spec.replace(dtype="float64")
     assert {p.dtype for p in _params(model)} == {jnp.dtype("float64")}
     x = _images()
-    np.testing.assert_allclose(np.asarray(model(x.astype(jnp.float64))["au_probs"]),
-                               np.asarray(ref(x)["au_probs"]), atol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(model(x.astype(jnp.float64))["au_probs"]), np.asarray(ref(x)["au_probs"]), atol=1e-5
+    )
 
 
 def _predict_one(tmp_path, ckpt):
@@ -115,8 +152,7 @@ def _predict_one(tmp_path, ckpt):
   crop = np.random.default_rng(3).integers(0, 256, (80, 80, 3), dtype=np.uint8)
   Image.fromarray(crop).save(tmp_path / "face.png")
   out = tmp_path / "pred.json"
-  assert predict.main(["-c", str(ckpt), str(tmp_path / "face.png"), "-o", str(out), "--no-align",
-                       "--no-progress"]) == 0
+  assert predict.main(["-c", str(ckpt), str(tmp_path / "face.png"), "-o", str(out), "--no-align", "--no-progress"]) == 0
   (row,) = json.loads(out.read_text())["predictions"]
   (p,) = predict.Predictor.from_checkpoint(ckpt, align=False).predict_image(crop)
   return row, p
@@ -145,6 +181,7 @@ def test_official_stage1_without_fgg_converts_and_predicts(tmp_path):
   torch = pytest.importorskip("torch")
   pytest.importorskip("torchvision")
   from test_convert import _official_checkpoint  # pylint: disable=import-outside-toplevel
+
   path, _, _ = _official_checkpoint(tmp_path, 1)
   sd = torch.load(path, weights_only=True)
   sd["state_dict"] = {k: v for k, v in sd["state_dict"].items() if ".head.gnn." not in k}

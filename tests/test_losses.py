@@ -142,7 +142,8 @@ def test_weighted_bce_matches_pytorch():
   p = rng.uniform(0.01, 0.99, (4, 5)).astype("f4")
   y = (rng.random((4, 5)) > 0.5).astype("f4")
   w = rng.random(5).astype("f4") + 0.5
-  ref = torch.nn.functional.binary_cross_entropy(torch.tensor(p), torch.tensor(y),
-                                                 weight=torch.tensor(w).expand(4, 5)).item()
+  ref = torch.nn.functional.binary_cross_entropy(
+    torch.tensor(p), torch.tensor(y), weight=torch.tensor(w).expand(4, 5)
+  ).item()
   got = float(losses.weighted_bce_loss(jnp.asarray(p), jnp.asarray(y), jnp.asarray(w)))
   np.testing.assert_allclose(got, ref, rtol=1e-5)

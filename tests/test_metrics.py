@@ -15,14 +15,15 @@ def test_matches_sklearn_over_batches():
   probs[:, -1] = 0.1  # an AU never predicted: F1 0 (sklearn's zero_division=0)
   m = AUMetrics(tuple(f"AU{i}" for i in range(n)))
   for s in range(0, 203, 50):  # uneven batches
-    m.update_from_predictions(probs[s:s + 50], labels[s:s + 50])
+    m.update_from_predictions(probs[s : s + 50], labels[s : s + 50])
   got = m.compute()
   pred = probs >= 0.5
   for j in range(n):
     assert got["f1"][f"AU{j}"] == pytest.approx(f1_score(labels[:, j], pred[:, j], zero_division=0), abs=1e-12)
     assert got["accuracy"][f"AU{j}"] == pytest.approx(accuracy_score(labels[:, j], pred[:, j]), abs=1e-12)
-  assert got["mean_f1"] == pytest.approx(np.mean([f1_score(labels[:, j], pred[:, j], zero_division=0)
-                                                  for j in range(n)]))
+  assert got["mean_f1"] == pytest.approx(
+    np.mean([f1_score(labels[:, j], pred[:, j], zero_division=0) for j in range(n)])
+  )
   assert got["num_examples"] == 203
 
 

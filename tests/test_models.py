@@ -96,6 +96,7 @@ def test_unknown_backbone_and_metric_are_clear_errors():
 
 def test_ablation_variants():
   from megraph_jax.models.megraph import BaselineModel  # pylint: disable=import-outside-toplevel
+
   m = Stage1Model("resnet18", 4, use_fgg=False, rngs=nnx.Rngs(0))
   m.eval()
   o = m(_images(2))

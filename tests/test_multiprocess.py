@@ -68,8 +68,13 @@ READ = textwrap.dedent("""
 
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith("MEGRAPH_")}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             JAX_ENABLE_X64="1", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+  env.update(
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    JAX_ENABLE_X64="1",
+    TF_CPP_MIN_LOG_LEVEL="2",
+    **extra,
+  )
   return env
 
 
@@ -81,8 +86,14 @@ def _read(tmp_path, cache: str, workdir):
   script = tmp_path / "read.py"
   script.write_text(READ.format(repo=REPO, cache=cache))
   out = tmp_path / f"{workdir.name}.npz"
-  proc = subprocess.run([sys.executable, str(script), str(workdir / "fold1" / "stage2"), str(out)],
-                        env=_env(1), capture_output=True, text=True, timeout=300, check=False)
+  proc = subprocess.run(
+    [sys.executable, str(script), str(workdir / "fold1" / "stage2"), str(out)],
+    env=_env(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return _last_json(proc.stdout), dict(np.load(out))
 
@@ -91,17 +102,46 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, synthetic_c
   script = tmp_path / "train.py"
   script.write_text(TRAIN.format(repo=REPO, cache=synthetic_cache))
 
-  single = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=_env(4), capture_output=True,
-                          text=True, timeout=400, check=False)
+  single = subprocess.run(
+    [sys.executable, str(script), str(tmp_path / "one")],
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=400,
+    check=False,
+  )
   assert single.returncode == 0, single.stderr[-3000:]
   one = _last_json(single.stdout)
   assert (one["processes"], one["devices"]) == (1, 4)
 
-  sweep = write_sweep(str(tmp_path / "sweep_2x2.py"), "two", tiny_overrides(
-      synthetic_cache, mode="stage2", log_every_steps=1, **{"model.dtype": "float64", "stage2.init": "none"}), {})
-  proc = subprocess.run([PYTHON, "-m", "megraph_jax.sweep", "run", sweep, f"--root={tmp_path / 'ray'}", "--ray=local",
-                         "--ray_cpus=2", "--hosts=2", "--cpu_devices=2", "--max_retries=0"],
-                        env=sweep_env(JAX_ENABLE_X64="1"), capture_output=True, text=True, timeout=500, check=False)
+  sweep = write_sweep(
+    str(tmp_path / "sweep_2x2.py"),
+    "two",
+    tiny_overrides(
+      synthetic_cache, mode="stage2", log_every_steps=1, **{"model.dtype": "float64", "stage2.init": "none"}
+    ),
+    {},
+  )
+  proc = subprocess.run(
+    [
+      PYTHON,
+      "-m",
+      "megraph_jax.sweep",
+      "run",
+      sweep,
+      f"--root={tmp_path / 'ray'}",
+      "--ray=local",
+      "--ray_cpus=2",
+      "--hosts=2",
+      "--cpu_devices=2",
+      "--max_retries=0",
+    ],
+    env=sweep_env(JAX_ENABLE_X64="1"),
+    capture_output=True,
+    text=True,
+    timeout=500,
+    check=False,
+  )
   assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
   two = tmp_path / "ray" / "run"
   ends = [a for a in ray_sweep.read_attempts(str(two)) if "end" in a]

@@ -12,11 +12,15 @@ pytest.importorskip("ipykernel")
 COLAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "colab")
 # notebook -> files (globs, relative to its working directory) it must have written
 NOTEBOOKS = {
-    "quickstart": ["quickstart_out/*_au.png", "quickstart_out/*_graph.png", "quickstart_out/clip_timeline.png",
-                   "quickstart_out/predictions.csv", "quickstart_out/cli_pictures/*_graph.png"],
-    "train_synthetic": ["runs/synthetic/results.md", "runs/synthetic/curves.png",
-                        "runs/synthetic/pictures/*_graph.png"],
-    "bp4d_on_tpu": ["runs/bp4d/results.md", "runs/bp4d/pictures/*_graph.png"],
+  "quickstart": [
+    "quickstart_out/*_au.png",
+    "quickstart_out/*_graph.png",
+    "quickstart_out/clip_timeline.png",
+    "quickstart_out/predictions.csv",
+    "quickstart_out/cli_pictures/*_graph.png",
+  ],
+  "train_synthetic": ["runs/synthetic/results.md", "runs/synthetic/curves.png", "runs/synthetic/pictures/*_graph.png"],
+  "bp4d_on_tpu": ["runs/bp4d/results.md", "runs/bp4d/pictures/*_graph.png"],
 }
 
 
@@ -41,8 +45,9 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
   for var in ("MEGRAPH_CHECKPOINT", "BP4D_PREPARED", "BP4D_RAW"):
     monkeypatch.delenv(var, raising=False)
   nb = _load(name)
-  client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                   resources={"metadata": {"path": str(tmp_path)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()  # raises CellExecutionError naming the failing cell
   for pattern in NOTEBOOKS[name]:
     assert glob.glob(str(tmp_path / pattern)), f"{name}.ipynb wrote no {pattern}"

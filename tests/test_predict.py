@@ -67,15 +67,32 @@ def test_cli_on_photo_corrupt_file_and_video(tmp_path, stage2_dir):
   src.mkdir()
   Image.fromarray(img).save(src / "astronaut.png")
   (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-  _write_mp4(src / "clip.mp4", [img[40 + 4 * i:296 + 4 * i, 100 + 2 * i:356 + 2 * i] for i in range(5)])
+  _write_mp4(src / "clip.mp4", [img[40 + 4 * i : 296 + 4 * i, 100 + 2 * i : 356 + 2 * i] for i in range(5)])
   out, pics = tmp_path / "pred.csv", tmp_path / "pics"
-  code = predict.main(["--checkpoint", str(stage2_dir), str(src), "-o", str(out), "--plot", str(pics),
-                       "--plot-every", "1", "--smooth", "3", "--batch-size", "4", "--no-progress"])
+  code = predict.main(
+    [
+      "--checkpoint",
+      str(stage2_dir),
+      str(src),
+      "-o",
+      str(out),
+      "--plot",
+      str(pics),
+      "--plot-every",
+      "1",
+      "--smooth",
+      "3",
+      "--batch-size",
+      "4",
+      "--no-progress",
+    ]
+  )
   assert code == 0
   rows = _read_csv(out)
   got = [(os.path.basename(r["file"]), r["frame"], r["status"]) for r in rows]
   assert got == [("astronaut.png", "0", "ok"), ("broken.jpg", "0", "error")] + [
-      ("clip.mp4", str(i), "ok") for i in range(5)]
+    ("clip.mp4", str(i), "ok") for i in range(5)
+  ]
   assert "broken.jpg" in rows[1]["message"] and rows[1]["AU1_prob"] == ""
   box = [float(rows[0][k]) for k in ("x0", "y0", "x1", "y1")]
   assert _overlap(box, ASTRONAUT_FACE) > 0.6, box
@@ -103,15 +120,32 @@ def test_no_align_json_gif_missing_and_api_agree(tmp_path, stage1_dir):
   gif[0].save(tmp_path / "b.gif", save_all=True, append_images=gif[1:], duration=100, loop=0)
   (tmp_path / "notes.txt").write_text("not media: skipped in folders")
   out = tmp_path / "pred.json"
-  code = predict.main(["-c", str(stage1_dir), str(tmp_path), str(tmp_path / "missing.jpg"), "-o", str(out),
-                       "--no-align", "--no-progress", "--au-names", "A,B,C,D,E,F,G,H"])
+  code = predict.main(
+    [
+      "-c",
+      str(stage1_dir),
+      str(tmp_path),
+      str(tmp_path / "missing.jpg"),
+      "-o",
+      str(out),
+      "--no-align",
+      "--no-progress",
+      "--au-names",
+      "A,B,C,D,E,F,G,H",
+    ]
+  )
   assert code == 0
   doc = json.loads(out.read_text())
   assert doc["au_names"] == list("ABCDEFGH")
   rows = doc["predictions"]
   got = [(os.path.basename(r["file"]), r["frame"], r["status"]) for r in rows]
-  assert got == [("a.png", 0, "ok"), ("b.gif", 0, "ok"), ("b.gif", 1, "ok"), ("b.gif", 2, "ok"),
-                 ("missing.jpg", 0, "error")]
+  assert got == [
+    ("a.png", 0, "ok"),
+    ("b.gif", 0, "ok"),
+    ("b.gif", 1, "ok"),
+    ("b.gif", 2, "ok"),
+    ("missing.jpg", 0, "error"),
+  ]
   assert rows[0]["box"] == [0.0, 0.0, 80.0, 90.0] and rows[0]["score"] is None
   assert rows[2]["time"] == pytest.approx(0.1)
   api = predict.Predictor.from_checkpoint(stage1_dir, align=False)
@@ -133,8 +167,9 @@ def test_batches_are_padded_and_match_single_faces(stage2_dir):
 
 
 def test_smoothing_is_a_centred_moving_average_per_track():
-  preds = [records.FacePrediction("v.mp4", frame=i, face=i % 2, is_video=True, probs=np.full(2, float(i)))
-           for i in range(6)]
+  preds = [
+    records.FacePrediction("v.mp4", frame=i, face=i % 2, is_video=True, probs=np.full(2, float(i))) for i in range(6)
+  ]
   records.smooth(preds, 3)
   track0 = [p.probs[0] for p in preds if p.face == 0]  # frames 0, 2, 4
   np.testing.assert_allclose(track0, [1.0, 2.0, 3.0])  # mean(0,2), mean(0,2,4), mean(2,4)
@@ -166,6 +201,7 @@ def test_infer_backbone_from_torchvision_and_swin_key_names():
 def test_official_pth_backbone_is_inferred(tmp_path):
   pytest.importorskip("torchvision")
   from test_convert import _official_checkpoint  # pylint: disable=import-outside-toplevel
+
   path, _, _ = _official_checkpoint(tmp_path, 2)
   model, spec = loader.load(path, img_size=64)
   assert (model.backbone_name, model.num_aus, spec.au_names) == ("resnet18", 4, None)
@@ -190,8 +226,10 @@ def test_eval_transform_matches_the_tf_data_eval_pipeline(tmp_path):
     from megraph_jax.datasets import SplitData  # pylint: disable=import-outside-toplevel
   except ImportError:  # before the pipeline moved into the package
     from data_pipelines import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+
     SplitData = ip.SplitData  # noqa: N806
   from megraph_jax.transforms import eval_transform  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(0)
   (tmp_path / "img").mkdir()
   sizes = [(300, 280), (256, 256), (200, 333), (257, 301)]  # (H, W): portrait, square, landscape, odd offsets
@@ -202,8 +240,9 @@ def test_eval_transform_matches_the_tf_data_eval_pipeline(tmp_path):
     Image.fromarray(im).save(tmp_path / "img" / f"{i}.png")
     images.append(im)
   n = len(sizes)
-  data = SplitData(paths=tuple(f"{i}.png" for i in range(n)), labels=np.zeros((n, 2), np.int32),
-                   relations=np.zeros((n, 4), np.int32))
+  data = SplitData(
+    paths=tuple(f"{i}.png" for i in range(n)), labels=np.zeros((n, 2), np.int32), relations=np.zeros((n, 4), np.int32)
+  )
   ds = ip.create_eval_dataset(data, root=str(tmp_path), batch_size=n, image_size=256, crop_size=224)
   (batch,) = list(ds.as_numpy_iterator())
   std = np.array([0.229, 0.224, 0.225], np.float32)

@@ -29,21 +29,24 @@ KILLED = "seed1"
 
 
 def _sweep_file(tmp_path, cache) -> str:
-  return write_sweep(str(tmp_path / "sweep_ray.py"), "ray", tiny_overrides(cache, mode="stage1"),
-                     {"seed": [0, 1, 2]})
+  return write_sweep(str(tmp_path / "sweep_ray.py"), "ray", tiny_overrides(cache, mode="stage1"), {"seed": [0, 1, 2]})
 
 
 def _env(tmp) -> dict:
-  return sweep_env(JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return sweep_env(
+    JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
 
 
 def _final_params(workdir: str, cache: str, stage: int, seed: int) -> tuple[int, dict[str, np.ndarray]]:
   config = tiny_config(cache, seed=seed)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, stage)))
   del graphdef
-  step, state = checkpointing.restore_model_state(os.path.join(workdir, "fold1", f"stage{stage}"), state,
-                                                  which="latest")
+  step, state = checkpointing.restore_model_state(
+    os.path.join(workdir, "fold1", f"stage{stage}"), state, which="latest"
+  )
   return step, {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
 
 
@@ -59,15 +62,36 @@ def sweeps(tmp_path_factory, synthetic_cache):
   sweep = _sweep_file(tmp, synthetic_cache)
   ref, on_ray = str(tmp / "one_by_one"), str(tmp / "ray")
   t0 = time.time()
-  seq = subprocess.run([PYTHON, "-m", "megraph_jax.sweep", "run", sweep, f"--root={ref}"], env=_env(tmp),
-                       capture_output=True, text=True, timeout=600, check=False)
+  seq = subprocess.run(
+    [PYTHON, "-m", "megraph_jax.sweep", "run", sweep, f"--root={ref}"],
+    env=_env(tmp),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert seq.returncode == 0, seq.stderr[-3000:]
   t_seq = time.time() - t0
 
   t0 = time.time()
-  proc = subprocess.Popen([PYTHON, "-m", "megraph_jax.sweep", "run", sweep, f"--root={on_ray}", "--ray=local",
-                           "--ray_cpus=2", "--cpus=1", "--max_retries=2"], env=_env(tmp),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    [
+      PYTHON,
+      "-m",
+      "megraph_jax.sweep",
+      "run",
+      sweep,
+      f"--root={on_ray}",
+      "--ray=local",
+      "--ray_cpus=2",
+      "--cpus=1",
+      "--max_retries=2",
+    ],
+    env=_env(tmp),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   killed = None
   try:
     workdir = os.path.join(on_ray, KILLED)
@@ -75,8 +99,11 @@ def sweeps(tmp_path_factory, synthetic_cache):
     while killed is None and time.time() < deadline and proc.poll() is None:
       starts = [a for a in ray_sweep.read_attempts(workdir) if "checkpoints" in a]
       if starts and os.path.isdir(os.path.join(workdir, "fold1", "stage1", "checkpoints", "4")):
-        killed = {"pid": starts[0]["pid"], "time": time.time(),
-                  "results_existed": os.path.isfile(os.path.join(workdir, "results.json"))}
+        killed = {
+          "pid": starts[0]["pid"],
+          "time": time.time(),
+          "results_existed": os.path.isfile(os.path.join(workdir, "results.json")),
+        }
         os.kill(starts[0]["pid"], signal.SIGKILL)  # the Ray worker process training the run
       time.sleep(0.05)
     out, _ = proc.communicate(timeout=600)
@@ -86,8 +113,15 @@ def sweeps(tmp_path_factory, synthetic_cache):
       proc.wait()
   assert proc.returncode == 0, out[-4000:]
   print(f"one by one {t_seq:.0f} s, on Ray {time.time() - t0:.0f} s")
-  return {"ref": ref, "ray": on_ray, "killed": killed, "log": out, "t_seq": t_seq, "t_ray": time.time() - t0,
-          "sweep": sweep}
+  return {
+    "ref": ref,
+    "ray": on_ray,
+    "killed": killed,
+    "log": out,
+    "t_seq": t_seq,
+    "t_ray": time.time() - t0,
+    "sweep": sweep,
+  }
 
 
 def test_ray_sweep_matches_one_by_one(sweeps):
@@ -103,8 +137,9 @@ def test_ray_sweep_matches_one_by_one(sweeps):
     table = f.read()
   assert all(f"| {name} (fold 1, " in table for name in RUNS)
   # Side by side: some run started before another one had finished.
-  starts = {n: min(a["time"] for a in ray_sweep.read_attempts(os.path.join(on_ray, n)) if "checkpoints" in a)
-            for n in RUNS}
+  starts = {
+    n: min(a["time"] for a in ray_sweep.read_attempts(os.path.join(on_ray, n)) if "checkpoints" in a) for n in RUNS
+  }
   ends = {n: os.path.getmtime(os.path.join(on_ray, n, "results.json")) for n in RUNS}
   assert any(starts[m] < ends[n] for m in RUNS for n in RUNS if m != n)
   # A finished run is never redone: a second invocation starts no process.
@@ -116,6 +151,7 @@ def test_ray_sweep_matches_one_by_one(sweeps):
 
 def ray_sweep_runs(path: str) -> list:
   from megraph_jax import sweep  # pylint: disable=import-outside-toplevel
+
   return sweep.expand(sweep.load_module(path).get_sweep())
 
 
@@ -148,6 +184,7 @@ class _FakeRay:
     class Remote:
       def options(self, **opts):
         return type("Bound", (), {"remote": lambda _, *a: fake._call(fn, opts, a)})()
+
     return Remote()
 
   class Ref:
@@ -173,6 +210,7 @@ class _FakeRay:
 def test_tpu_slice_placement_and_coordinator(monkeypatch):
   """--tpu=v5e:4x4: a slice placement group of 4 hosts; one process per bundle, coordinator = TPU worker 0."""
   from ray.util import tpu as ray_tpu  # pylint: disable=import-outside-toplevel
+
   made, shut = [], []
 
   class Handle:

@@ -20,8 +20,10 @@ def _grads_and_state(model: nnx.Module, loss, remat: bool):
   model.set_attributes(remat=remat, raise_if_not_found=False)
   model.train()
   grads = nnx.grad(loss)(model)
-  return (dict(nnx.to_flat_state(nnx.state(grads, nnx.Param))),
-          dict(nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))))
+  return (
+    dict(nnx.to_flat_state(nnx.state(grads, nnx.Param))),
+    dict(nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))),
+  )
 
 
 def _assert_same(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-7) -> None:
@@ -52,14 +54,30 @@ def test_swin_remat_same_gradients_and_drop_path_draws():
   x = _images(2, 96, seed=1)
   out = {}
   for remat in (False, True):
-    m = SwinTransformer(img_size=96, window_size=6, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(1, 2),
-                        drop_path_rate=0.5, rngs=nnx.Rngs(0, dropout=3))
+    m = SwinTransformer(
+      img_size=96,
+      window_size=6,
+      patch_size=4,
+      embed_dim=16,
+      depths=(2, 2),
+      num_heads=(1, 2),
+      drop_path_rate=0.5,
+      rngs=nnx.Rngs(0, dropout=3),
+    )
     out[remat] = _grads_and_state(m, lambda m: jnp.sum(jnp.tanh(m(x))), remat)
   _assert_same(out[False][0], out[True][0])
   _assert_same(out[False][1], out[True][1])  # RNG counters advanced by one draw per block, as without remat
   # The recomputation must replay the same drop-path masks: a different mask would change gradients.
-  m = SwinTransformer(img_size=96, window_size=6, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(1, 2),
-                      drop_path_rate=0.5, rngs=nnx.Rngs(0, dropout=4))
+  m = SwinTransformer(
+    img_size=96,
+    window_size=6,
+    patch_size=4,
+    embed_dim=16,
+    depths=(2, 2),
+    num_heads=(1, 2),
+    drop_path_rate=0.5,
+    rngs=nnx.Rngs(0, dropout=4),
+  )
   other = _grads_and_state(m, lambda m: jnp.sum(jnp.tanh(m(x))), True)[0]
   assert any(not np.allclose(other[p][...], v[...]) for p, v in out[True][0].items())
 
@@ -72,6 +90,7 @@ def _temp_bytes(remat: bool) -> int:
 
   def grad(state, x):
     return nnx.grad(lambda m: jnp.sum(m(x)))(nnx.merge(graphdef, state))
+
   x = jax.ShapeDtypeStruct((8, 128, 128, 3), jnp.float32)
   return jax.jit(grad).lower(state, x).compile().memory_analysis().temp_size_in_bytes
 

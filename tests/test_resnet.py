@@ -163,9 +163,11 @@ def test_train_mode_batch_stats():
   for name, m in tv.named_modules():
     if isinstance(m, torch.nn.BatchNorm2d):
       bn = _resolve(model, name)
-      stat_diff = max(stat_diff,
-                      float(np.abs(np.asarray(bn.mean[...]) - m.running_mean.numpy()).max()),
-                      float(np.abs(np.asarray(bn.var[...]) - m.running_var.numpy()).max()))
+      stat_diff = max(
+        stat_diff,
+        float(np.abs(np.asarray(bn.mean[...]) - m.running_mean.numpy()).max()),
+        float(np.abs(np.asarray(bn.var[...]) - m.running_var.numpy()).max()),
+      )
       n += 1
   assert n == 20
   assert stat_diff <= _TOL, f"running stats max abs diff {stat_diff:.3g}"

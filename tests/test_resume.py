@@ -19,8 +19,9 @@ from megraph_jax.train import run
 
 def _final(workdir, config, stage):
   graphdef, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, stage)))
-  step, state = checkpointing.restore_model_state(os.path.join(workdir, "fold1", f"stage{stage}"), state,
-                                                  which="latest")
+  step, state = checkpointing.restore_model_state(
+    os.path.join(workdir, "fold1", f"stage{stage}"), state, which="latest"
+  )
   return step, {"/".join(map(str, p)): _numpy(v[...]) for p, v in nnx.to_flat_state(state)}
 
 
@@ -65,7 +66,8 @@ def test_interrupted_run_resumes_to_identical_parameters(straight, tmp_path, syn
   assert not done.get("preempted")
   _assert_same_final(straight[0], resumed, config)
   assert [h["mean_f1"] for h in done["folds"]["1"]["stage2"]["history"]] == [
-      h["mean_f1"] for h in straight[1]["folds"]["1"]["stage2"]["history"]]
+    h["mean_f1"] for h in straight[1]["folds"]["1"]["stage2"]["history"]
+  ]
 
 
 def test_stop_on_an_epochs_last_step_still_evaluates_every_epoch_once(straight, tmp_path, synthetic_cache):
@@ -104,14 +106,16 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(straight, t
   _damage(os.path.join(stage_dir, "checkpoints", "6"))
   done = run(config, workdir)  # resumes from step 4 with a warning, moves step 6 aside
   assert not done.get("preempted")
-  assert [os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(stage_dir, "unreadable_checkpoints", "*"))
-          ] == ["6"]
+  assert [
+    os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(stage_dir, "unreadable_checkpoints", "*"))
+  ] == ["6"]
   _assert_same_final(straight[0], workdir, config, stages=(1,))
   assert _history(workdir, 1) == _history(straight[0], 1)
 
 
 def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tmp_path, synthetic_cache):
   from megraph_jax.errors import CheckpointError  # pylint: disable=import-outside-toplevel
+
   workdir = str(tmp_path / "damaged")
   assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir)["preempted"]
   stage_dir = os.path.join(workdir, "fold1", "stage1")
@@ -124,6 +128,7 @@ def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tmp_path, synthet
 def _tiny_swin(monkeypatch):
   """Swin-T's code at toy size (2 stages, window 4, DropPath 0.3) so that it trains in seconds at 32 px."""
   from megraph_jax.models import swin  # pylint: disable=import-outside-toplevel
+
   real = swin.SwinTransformer
 
   def tiny(name, **kw):

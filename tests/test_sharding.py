@@ -59,12 +59,18 @@ WORKER = textwrap.dedent("""
 def _run(devices: int, tmp_path, cache: str, **extra):
   script = tmp_path / "worker.py"
   script.write_text(WORKER.format(repo=REPO, cache=cache))
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             JAX_ENABLE_X64="1")
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1"
+  )
   tag = f"{devices}_{len(extra)}"
   out = tmp_path / f"params_{tag}.npz"
-  proc = subprocess.run([sys.executable, str(script), str(tmp_path / f"work_{tag}"), str(out), json.dumps(extra)],
-                        env=env, capture_output=True, text=True, timeout=400)
+  proc = subprocess.run(
+    [sys.executable, str(script), str(tmp_path / f"work_{tag}"), str(out), json.dumps(extra)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.loads(proc.stdout.strip().splitlines()[-1])
   assert info["devices"] == devices

@@ -11,13 +11,22 @@ from megraph_jax import sweep
 
 def _tiny_sweep(cache: str) -> dict:
   return {
-      "name": "t", "config": "configs/synthetic.py",
-      # mode stage1 (stage 2 would need a stage 1 first): lambda only varies the stored config here
-      "overrides": {"mode": "stage1", "dataset.au_names": TINY_AUS, "dataset.synthetic.cache_dir": cache,
-                    "dataset.image_size": 36, "dataset.crop_size": 32,
-                    "batch_size": 8, "eval_batch_size": 8, "stage1.epochs": 1, "log_every_steps": 4,
-                    **{f"dataset.synthetic.{k}": v for k, v in TINY_SYNTHETIC.items()}},
-      "grid": {"dataset.fold": [1, 2], "stage2.lam": [0.01, 0.05]},
+    "name": "t",
+    "config": "configs/synthetic.py",
+    # mode stage1 (stage 2 would need a stage 1 first): lambda only varies the stored config here
+    "overrides": {
+      "mode": "stage1",
+      "dataset.au_names": TINY_AUS,
+      "dataset.synthetic.cache_dir": cache,
+      "dataset.image_size": 36,
+      "dataset.crop_size": 32,
+      "batch_size": 8,
+      "eval_batch_size": 8,
+      "stage1.epochs": 1,
+      "log_every_steps": 4,
+      **{f"dataset.synthetic.{k}": v for k, v in TINY_SYNTHETIC.items()},
+    },
+    "grid": {"dataset.fold": [1, 2], "stage2.lam": [0.01, 0.05]},
   }
 
 
@@ -32,8 +41,10 @@ def test_expand_names_overrides_and_errors():
     sweep.build_config({**runs[0], "overrides": {"stage2.lamda": 1.0}})
   with pytest.raises(ValueError, match="non-empty list"):
     sweep.expand({"name": "x", "config": "configs/synthetic.py", "grid": {"seed": 1}})
-  assert sweep.parse_sets(["stage2.lam=0.1", "model.backbone=resnet50"]) == {"stage2.lam": 0.1,
-                                                                             "model.backbone": "resnet50"}
+  assert sweep.parse_sets(["stage2.lam=0.1", "model.backbone=resnet50"]) == {
+    "stage2.lam": 0.1,
+    "model.backbone": "resnet50",
+  }
 
 
 def test_placement_flags_need_ray(capsys):
@@ -69,4 +80,5 @@ def test_sweep_runs_and_gathers_all_four(tmp_path, synthetic_cache, monkeypatch)
 
 def _synthetic_config():
   from configs import synthetic  # pylint: disable=import-outside-toplevel
+
   return synthetic.get_config()

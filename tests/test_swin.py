@@ -55,7 +55,8 @@ def _official_layout(model) -> dict[str, np.ndarray]:
 def _ours(img_size: int, window_size: int, **kw) -> SwinTransformer:
   """Our SMALL-config model with zero parameters (skips the slow CPU init; tests load weights)."""
   model = nnx.eval_shape(
-      lambda: SwinTransformer(img_size=img_size, window_size=window_size, rngs=nnx.Rngs(0), **SMALL, **kw))
+    lambda: SwinTransformer(img_size=img_size, window_size=window_size, rngs=nnx.Rngs(0), **SMALL, **kw)
+  )
   nnx.update(model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), nnx.state(model)))
   return model
 
@@ -210,8 +211,9 @@ def test_drop_path_train_vs_eval():
 
 
 def test_model_drop_path_toggles_with_train_eval():
-  model = SwinTransformer(img_size=56, embed_dim=16, depths=(2, 2), num_heads=(1, 2), drop_path_rate=0.5,
-                          rngs=nnx.Rngs(params=0, dropout=1))
+  model = SwinTransformer(
+    img_size=56, embed_dim=16, depths=(2, 2), num_heads=(1, 2), drop_path_rate=0.5, rngs=nnx.Rngs(params=0, dropout=1)
+  )
   x = jnp.asarray(_image(56, batch=4))
   rates = [b.drop_path.rate for layer in model.layers for b in layer.blocks]
   np.testing.assert_allclose(rates, np.linspace(0.0, 0.5, 4))
@@ -224,22 +226,27 @@ def test_model_drop_path_toggles_with_train_eval():
   np.testing.assert_array_equal(np.asarray(forward(model, x)), np.asarray(forward(model, x)))
 
 
-@pytest.mark.parametrize("name,dim,heads,depth3,rate,params", [
+@pytest.mark.parametrize(
+  "name,dim,heads,depth3,rate,params",
+  [
     ("swin_transformer_tiny", 768, 24, 6, 0.2, 27_519_354),
     ("swin_transformer_small", 768, 24, 18, 0.3, 48_837_258),
     ("swin_transformer_base", 1024, 32, 18, 0.5, 86_743_224),
-])
+  ],
+)
 def test_factories(name, dim, heads, depth3, rate, params):
   factory = getattr(swin_lib, name)
   model = nnx.eval_shape(lambda: factory(rngs=nnx.Rngs(0)))
   assert model.num_features == dim and model.num_tokens == 49
   assert model.layers[3].blocks[0].attn.num_heads == heads and len(model.layers[2].blocks) == depth3
-  assert model.layers[2].blocks[-1].drop_path.rate == pytest.approx(rate * (sum(model.depths) - 3)
-                                                                    / (sum(model.depths) - 1))
+  assert model.layers[2].blocks[-1].drop_path.rate == pytest.approx(
+    rate * (sum(model.depths) - 3) / (sum(model.depths) - 1)
+  )
   n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert n == params
-  assert swin_lib.swin(name, rngs=nnx.Rngs(0), img_size=56, depths=(2, 2), num_heads=(1, 2),
-                       embed_dim=8).num_features == 16
+  assert (
+    swin_lib.swin(name, rngs=nnx.Rngs(0), img_size=56, depths=(2, 2), num_heads=(1, 2), embed_dim=8).num_features == 16
+  )
 
 
 def test_unknown_name_raises():

@@ -42,8 +42,9 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(bp4d, tmp_path):
   match, mismatch, errors = filecmp.cmpfiles(bp4d, again, files, shallow=False)
   assert not mismatch and not errors and len(match) == 6 * 12 + 18 + 1
   other = synthetic.generate(str(tmp_path / "other"), **{**BP4D_KW, "seed": 4})
-  assert not filecmp.cmp(_list(bp4d, "BP4D_train_label_fold1.txt"), _list(other, "BP4D_train_label_fold1.txt"),
-                         shallow=False)
+  assert not filecmp.cmp(
+    _list(bp4d, "BP4D_train_label_fold1.txt"), _list(other, "BP4D_train_label_fold1.txt"), shallow=False
+  )
 
 
 def test_official_list_formats(bp4d):
@@ -76,8 +77,10 @@ def test_official_list_formats(bp4d):
 def test_folds_are_subject_independent_and_cover_all_subjects(bp4d):
   tests = []
   for k in (1, 2, 3):
-    subj = {split: {p.split("/")[0] for p in _read_paths(_list(bp4d, f"BP4D_{split}_img_path_fold{k}.txt"))}
-            for split in ("train", "test")}
+    subj = {
+      split: {p.split("/")[0] for p in _read_paths(_list(bp4d, f"BP4D_{split}_img_path_fold{k}.txt"))}
+      for split in ("train", "test")
+    }
     assert not subj["train"] & subj["test"]
     assert len(subj["train"] | subj["test"]) == 6
     tests.append(subj["test"])
@@ -93,8 +96,9 @@ def test_every_au_has_positives_in_every_fold(bp4d):
 
 
 def test_label_model_cooccurrence_and_imbalance():
-  scores = np.concatenate([synthetic.sample_subject_scores(np.random.default_rng([9, s]),
-                                                           synthetic._task_lengths(40, 8)) for s in range(150)])
+  scores = np.concatenate(
+    [synthetic.sample_subject_scores(np.random.default_rng([9, s]), synthetic._task_lengths(40, 8)) for s in range(150)]
+  )
   y = scores > 0
   col = {au: y[:, i] for i, au in enumerate(synthetic.ALL_AUS)}
 
@@ -134,8 +138,9 @@ def test_each_au_changes_its_own_region():
 
 
 def test_disfa_layout(tmp_path):
-  root = synthetic.generate(str(tmp_path / "d"), name="DISFA", num_subjects=3, frames_per_subject=6,
-                            image_size=48, seed=0)
+  root = synthetic.generate(
+    str(tmp_path / "d"), name="DISFA", num_subjects=3, frames_per_subject=6, image_size=48, seed=0
+  )
   paths = _read_paths(_list(root, "DISFA_train_img_path_fold1.txt"))
   assert len(paths) == 12 and all(re.fullmatch(r"SN\d{3}/\d+\.png", p) for p in paths)
   assert np.loadtxt(_list(root, "DISFA_test_label_fold1.txt")).shape == (6, 8)
@@ -144,8 +149,9 @@ def test_disfa_layout(tmp_path):
 
 
 def test_custom_aus_and_bad_arguments(tmp_path):
-  root = synthetic.generate(str(tmp_path / "c"), name="MINE", num_subjects=3, frames_per_subject=5,
-                            image_size=40, aus=[25, 12, 9])
+  root = synthetic.generate(
+    str(tmp_path / "c"), name="MINE", num_subjects=3, frames_per_subject=5, image_size=40, aus=[25, 12, 9]
+  )
   assert np.loadtxt(_list(root, "MINE_train_label_fold2.txt")).shape == (10, 3)
   with pytest.raises(ValueError, match="subset"):
     synthetic.generate(str(tmp_path / "x"), name="MINE")
@@ -167,6 +173,7 @@ def test_ensure_generated_caches_atomically(tmp_path):
 
 
 def test_cli(tmp_path):
-  synthetic_cli.main([str(tmp_path / "cli"), "--num-subjects", "3", "--frames-per-subject", "5", "--image-size", "40",
-                      "--aus", "1,2,12"])
+  synthetic_cli.main(
+    [str(tmp_path / "cli"), "--num-subjects", "3", "--frames-per-subject", "5", "--image-size", "40", "--aus", "1,2,12"]
+  )
   assert np.loadtxt(_list(str(tmp_path / "cli"), "BP4D_test_label_fold3.txt")).shape == (5, 3)

@@ -43,7 +43,8 @@ def test_train_mode_end_to_end(trained):
     assert 0.0 <= r["best"]["mean_f1"] <= 1.0
     assert r["best"]["mean_f1"] == max(h["mean_f1"] for h in r["history"])  # the best entry is an arg-max
     assert {"epoch": r["best"]["epoch"], "step": r["best"]["step"]} in [
-        {"epoch": h["epoch"], "step": h["step"]} for h in r["history"]]
+      {"epoch": h["epoch"], "step": h["step"]} for h in r["history"]
+    ]
     assert (r["last"]["epoch"], r["last"]["mean_f1"]) == (r["history"][-1]["epoch"], r["history"][-1]["mean_f1"])
     d = os.path.join(workdir, "fold1", stage)
     assert os.listdir(os.path.join(d, "best")) and os.listdir(os.path.join(d, "checkpoints"))
@@ -96,8 +97,9 @@ def test_stage2_from_best_is_labelled_as_selected_on_the_test_fold():
   config = tiny_config("", mode="train")
   f1 = {a: 0.5 for a in TINY_AUS}
   entry = lambda init: {"last": {"f1": f1, "epoch": 1}, "best": {"f1": f1, "epoch": 1}, "init": init}  # noqa: E731
-  table = results_table(config, {"1": {"stage1": entry(""), "stage2": entry("/w/fold1/stage1/best"),
-                                       "all_positive_f1": f1}})
+  table = results_table(
+    config, {"1": {"stage1": entry(""), "stage2": entry("/w/fold1/stage1/best"), "all_positive_f1": f1}}
+  )
   assert "| stage 2, fold 1, last epoch (1), from stage 1's best epoch (selected on the test fold) |" in table
   table = results_table(config, {"1": {"stage2": entry("/w/fold1/stage1/checkpoints"), "all_positive_f1": f1}})
   assert "| stage 2, fold 1, last epoch (1) |" in table
@@ -109,8 +111,9 @@ def test_main_eval_mode_cli(trained, synthetic_cache):
   workdir, _, results = trained
   with open(os.path.join(workdir, "results.json"), "rb") as f:
     training_results = f.read()
-  cmd = tiny_main_args(synthetic_cache, workdir, "--config.mode=eval",
-                       f"--config.checkpoint={os.path.join(workdir, 'fold1', 'stage2')}")
+  cmd = tiny_main_args(
+    synthetic_cache, workdir, "--config.mode=eval", f"--config.checkpoint={os.path.join(workdir, 'fold1', 'stage2')}"
+  )
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, "results.json"), "rb") as f:
@@ -140,8 +143,10 @@ def _tiny_model(cls, n=4):
 
 def _batch(b=8, n=4, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.normal(size=(b, IMG, IMG, 3)).astype(np.float32),
-          "label": (rng.random((b, n)) < 0.4).astype(np.float32)}
+  return {
+    "image": rng.normal(size=(b, IMG, IMG, 3)).astype(np.float32),
+    "label": (rng.random((b, n)) < 0.4).astype(np.float32),
+  }
 
 
 def _steps(model, tx, batch, num_steps, lam=0.05):
@@ -157,8 +162,9 @@ def _steps(model, tx, batch, num_steps, lam=0.05):
 
 def test_loss_decreases_on_a_fixed_batch():
   model = _tiny_model(Stage2Model)
-  tx, _ = optim.create_optimizer(nnx.state(model, nnx.Param), learning_rate=1e-3, total_steps=100,
-                                 weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8)
+  tx, _ = optim.create_optimizer(
+    nnx.state(model, nnx.Param), learning_rate=1e-3, total_steps=100, weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8
+  )
   _, losses = _steps(model, tx, _batch(), 6)
   assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
 
@@ -166,8 +172,16 @@ def test_loss_decreases_on_a_fixed_batch():
 def test_frozen_parameters_stay_unchanged():
   model = _tiny_model(Stage1Model)
   before = nnx.to_flat_state(nnx.state(model, nnx.Param))
-  tx, _ = optim.create_optimizer(nnx.state(model, nnx.Param), learning_rate=1e-2, total_steps=10,
-                                 weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8, trainable_params="(?!backbone/).*")
+  tx, _ = optim.create_optimizer(
+    nnx.state(model, nnx.Param),
+    learning_rate=1e-2,
+    total_steps=10,
+    weight_decay=5e-4,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    trainable_params="(?!backbone/).*",
+  )
   state, _ = _steps(model, tx, _batch(), 2, lam=0.0)
   after = dict(nnx.to_flat_state(nnx.filter_state(state, nnx.Param)))
   changed = {"/".join(map(str, p)): not np.array_equal(v[...], after[p][...]) for p, v in before}
@@ -199,18 +213,38 @@ def test_adamw_matches_torch_with_cosine_lr_and_decay_mask(tmp_path):
   """
   pytest.importorskip("torch")
   rng = np.random.default_rng(0)
-  params = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32),
-            "frozen": rng.normal(size=(2,)).astype(np.float32)}
+  params = {
+    "w": rng.normal(size=(3, 4)).astype(np.float32),
+    "b": rng.normal(size=(4,)).astype(np.float32),
+    "frozen": rng.normal(size=(2,)).astype(np.float32),
+  }
   grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(5)]
-  np.savez(tmp_path / "in.npz", w=params["w"], b=params["b"], **{f"g{k}{t}": g[k] for t, g in enumerate(grads)
-                                                                 for k in ("w", "b")})
+  np.savez(
+    tmp_path / "in.npz",
+    w=params["w"],
+    b=params["b"],
+    **{f"g{k}{t}": g[k] for t, g in enumerate(grads) for k in ("w", "b")},
+  )
   (tmp_path / "ref.py").write_text(TORCH_ADAMW)
-  proc = subprocess.run([sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   ref = np.load(tmp_path / "out.npz")
-  tx, _ = optim.create_optimizer(params, learning_rate=1e-2, total_steps=5, weight_decay=0.5, b1=0.9, b2=0.999,
-                                 eps=1e-8, trainable_params="w|b", decay_params="w")
+  tx, _ = optim.create_optimizer(
+    params,
+    learning_rate=1e-2,
+    total_steps=5,
+    weight_decay=0.5,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    trainable_params="w|b",
+    decay_params="w",
+  )
   p = jax.tree.map(jnp.asarray, params)
   s = tx.init(p)
   for g in grads:
@@ -223,8 +257,9 @@ def test_adamw_matches_torch_with_cosine_lr_and_decay_mask(tmp_path):
 
 def test_weight_decay_mask_with_zero_gradients():
   params = {"layer": {"kernel": jnp.full((2, 2), 2.0), "bias": jnp.full((2,), 2.0)}}
-  tx, _ = optim.create_optimizer(params, learning_rate=0.1, total_steps=10, weight_decay=0.5, b1=0.9, b2=0.999,
-                                 eps=1e-8, decay_params=".*kernel")
+  tx, _ = optim.create_optimizer(
+    params, learning_rate=0.1, total_steps=10, weight_decay=0.5, b1=0.9, b2=0.999, eps=1e-8, decay_params=".*kernel"
+  )
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   np.testing.assert_allclose(updates["layer"]["kernel"], -0.1 * 0.5 * 2.0, rtol=1e-6)  # -lr * wd * p
   np.testing.assert_array_equal(updates["layer"]["bias"], 0.0)
@@ -239,8 +274,17 @@ def test_cosine_schedule_is_the_official_formula(total):
 
 def test_bad_regex_names_the_config_key():
   with pytest.raises(ValueError, match="stage2.trainable_params"):
-    optim.create_optimizer({"a": jnp.ones(2)}, learning_rate=1.0, total_steps=1, weight_decay=0.0, b1=0.9,
-                           b2=0.999, eps=1e-8, trainable_params="nothing", stage_key="stage2")
+    optim.create_optimizer(
+      {"a": jnp.ones(2)},
+      learning_rate=1.0,
+      total_steps=1,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      trainable_params="nothing",
+      stage_key="stage2",
+    )
 
 
 def test_missing_dataset_names_the_folder(tmp_path):
@@ -259,10 +303,10 @@ def test_missing_dataset_names_the_folder(tmp_path):
 # files, except BP4D Swin-B's stage 2 (lr 1e-6, lambda 0.01): the README has no such command, so configs/bp4d_swin.py
 # infers them from the DISFA Swin-B command and the paper's text.
 EXPECTED = {
-    "bp4d_resnet50": ("resnet50", 12, 4, 1e-4, 1e-5, 0.05),
-    "bp4d_swin": ("swin_transformer_base", 12, 4, 1e-4, 1e-6, 0.01),  # stage 2: inferred
-    "disfa_resnet50": ("resnet50", 8, 3, 1e-4, 1e-5, 0.05),
-    "disfa_swin": ("swin_transformer_base", 8, 3, 1e-4, 1e-6, 0.01),
+  "bp4d_resnet50": ("resnet50", 12, 4, 1e-4, 1e-5, 0.05),
+  "bp4d_swin": ("swin_transformer_base", 12, 4, 1e-4, 1e-6, 0.01),  # stage 2: inferred
+  "disfa_resnet50": ("resnet50", 8, 3, 1e-4, 1e-5, 0.05),
+  "disfa_swin": ("swin_transformer_base", 8, 3, 1e-4, 1e-6, 0.01),
 }
 
 
@@ -288,8 +332,10 @@ def test_dataset_configs_build_their_models(name):
 def test_results_table_averages_folds():
   config = tiny_config("", mode="folds")
   f1 = lambda v: {a: v for a in TINY_AUS}  # noqa: E731
-  fold = lambda v: {"stage1": {"last": {"f1": f1(v), "epoch": 2}, "best": {"f1": f1(v), "epoch": 1}},  # noqa: E731
-                    "all_positive_f1": f1(0.5)}
+  fold = lambda v: {
+    "stage1": {"last": {"f1": f1(v), "epoch": 2}, "best": {"f1": f1(v), "epoch": 1}},  # noqa: E731
+    "all_positive_f1": f1(0.5),
+  }
   table = results_table(config, {"1": fold(0.6), "2": fold(0.8)})
   assert "| stage 1, last epoch, avg. over 2 folds | 70.0 | 70.0 | 70.0 | 70.0 | 70.0 |" in table
 
@@ -312,9 +358,21 @@ def test_baseline_head_trains_one_stage_and_refuses_stage2(tmp_path, synthetic_c
 
 def test_main_reports_a_missing_dataset_without_a_traceback(tmp_path):
   """`python main.py --config=configs/disfa_swin.py` without the data: exit 2 and one clear message."""
-  proc = subprocess.run([sys.executable, "main.py", "--config=configs/disfa_swin.py", f"--workdir={tmp_path / 'w'}",
-                         f"--config.dataset.root={tmp_path / 'DISFA'}"], capture_output=True, text=True, cwd=REPO,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300, check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "main.py",
+      "--config=configs/disfa_swin.py",
+      f"--workdir={tmp_path / 'w'}",
+      f"--config.dataset.root={tmp_path / 'DISFA'}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
   assert f"error: dataset 'DISFA' not found (config key 'dataset.root'): the folder {tmp_path / 'DISFA'}" in proc.stderr

@@ -62,11 +62,13 @@ def _code_map(model_factory, shapes: dict[str, tuple[int, ...]], stage: int):
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from megraph_jax import loader  # pylint: disable=import-outside-toplevel
+
   keys = sorted(k for k in shapes if not k.endswith("num_batches_tracked"))
-  scale = 2 ** 23
+  scale = 2**23
   assert max(int(np.prod(shapes[k])) for k in keys) < scale
-  codes = {k: (i * scale + np.arange(int(np.prod(shapes[k])), dtype=np.float64)).reshape(shapes[k])
-           for i, k in enumerate(keys)}
+  codes = {
+    k: (i * scale + np.arange(int(np.prod(shapes[k])), dtype=np.float64)).reshape(shapes[k]) for i, k in enumerate(keys)
+  }
   model = model_factory()
   loader.load_official_state_dict(model, codes, source="codes")
   where = {}  # our leaf path -> (key index, element index) per element
@@ -99,14 +101,21 @@ def _run_stage(model, g, tool, stage: int, first_step: int, lam: float):
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from megraph_jax import optim, sharding, train  # pylint: disable=import-outside-toplevel
+
   s = tool.STAGE1 if stage == 1 else tool.STAGE2
   steps = s["epochs"] * s["batches_per_epoch"]
   model.train()
   graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
-  tx, schedule = optim.create_optimizer(params, learning_rate=s["learning_rate"], total_steps=steps,
-                                        weight_decay=tool.WEIGHT_DECAY, b1=tool.BETAS[0], b2=tool.BETAS[1],
-                                        eps=tool.EPS)
+  tx, schedule = optim.create_optimizer(
+    params,
+    learning_rate=s["learning_rate"],
+    total_steps=steps,
+    weight_decay=tool.WEIGHT_DECAY,
+    b1=tool.BETAS[0],
+    b2=tool.BETAS[1],
+    eps=tool.EPS,
+  )
   opt_state = jax.jit(tx.init)(params)  # one compilation instead of one per parameter shape
   mesh = sharding.make_mesh()
   state, opt_state = sharding.put_replicated((state, opt_state), mesh)  # as train_stage places them
@@ -115,8 +124,10 @@ def _run_stage(model, g, tool, stage: int, first_step: int, lam: float):
   lr_at = jax.jit(schedule)
   for t in range(steps):
     i = first_step + t
-    batch = {"image": np.ascontiguousarray(g["images"][i].astype(np.float32).transpose(0, 2, 3, 1)),  # NHWC
-             "label": g["labels"][i].astype(np.float32)}  # stage 2: relations from our relation_labels
+    batch = {
+      "image": np.ascontiguousarray(g["images"][i].astype(np.float32).transpose(0, 2, 3, 1)),  # NHWC
+      "label": g["labels"][i].astype(np.float32),
+    }  # stage 2: relations from our relation_labels
     state, opt_state, metrics = step_fn(state, opt_state, sharding.put_batch(batch, sharding.data_sharded(mesh)))
     rec["loss"].append(float(metrics["total"]))
     rec["wa"].append(float(metrics["wa"]))
@@ -133,6 +144,7 @@ def _adjacency_is_float32() -> bool:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   from megraph_jax.models import fgg  # pylint: disable=import-outside-toplevel
+
   out = jax.eval_shape(lambda v: fgg.knn_adjacency(v, 2), jax.ShapeDtypeStruct((1, 3, 2), jnp.float64))
   return out.dtype == jnp.float32
 
@@ -143,15 +155,22 @@ def worker(out_path: str) -> None:
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from megraph_jax import initialization, loader, model_factory, task  # pylint: disable=import-outside-toplevel
+
   assert jax.config.jax_enable_x64
   tool = _tool()
   g = dict(np.load(GOLDEN))
   out = {"fgg_adjacency_float32": np.asarray(_adjacency_is_float32())}
   trained = {}
   for stage in (1, 2):
-    cfg = {"backbone": tool.BACKBONE, "num_aus": tool.NUM_AUS, "stage": stage, "img_size": tool.IMG,
-           "neighbor_num": tool.NEIGHBOR_NUM, "metric": "dots"}
-    shapes = {k[len(f"s{stage}/shape/"):]: tuple(int(x) for x in g[k]) for k in g if k.startswith(f"s{stage}/shape/")}
+    cfg = {
+      "backbone": tool.BACKBONE,
+      "num_aus": tool.NUM_AUS,
+      "stage": stage,
+      "img_size": tool.IMG,
+      "neighbor_num": tool.NEIGHBOR_NUM,
+      "metric": "dots",
+    }
+    shapes = {k[len(f"s{stage}/shape/") :]: tuple(int(x) for x in g[k]) for k in g if k.startswith(f"s{stage}/shape/")}
 
     def factory(cfg=cfg):  # abstract (no random initialisation to run): the loader sets every variable
       return nnx.eval_shape(lambda: model_factory.build(model_factory.ModelSpec.from_json({**cfg, "dtype": "float64"})))
@@ -185,8 +204,7 @@ def _run_worker(tmp_dir) -> dict[str, np.ndarray]:
   out = os.path.join(str(tmp_dir), "ours.npz")
   env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, __file__, out], env=env, capture_output=True, text=True,
-                        timeout=600, cwd=REPO)
+  proc = subprocess.run([sys.executable, __file__, out], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return dict(np.load(out))
 
@@ -232,8 +250,9 @@ def _check_state(gold, ours, prefix: str, stage: int, *, change: str | None = No
 def test_initial_weights_regenerate(runs):
   gold, ours = runs
   for stage in (1, 2):
-    assert str(ours[f"s{stage}/init_digest"]) == str(gold[f"s{stage}/init_digest"]), \
-        "tools/make_train_golden.initial_state no longer reproduces the golden initial weights"
+    assert str(ours[f"s{stage}/init_digest"]) == str(gold[f"s{stage}/init_digest"]), (
+      "tools/make_train_golden.initial_state no longer reproduces the golden initial weights"
+    )
 
 
 def test_stage1_matches_official(runs):
@@ -256,7 +275,7 @@ def test_stage2_starts_from_stage1(runs):
       k = f"s2/start/{sub}/{name}"
       if k in gold:
         np.testing.assert_array_equal(ours[k], gold[k], err_msg=k)
-  np.testing.assert_array_equal(ours["s2/relations"], gold["relations"][-ours["s2/relations"].shape[0]:])
+  np.testing.assert_array_equal(ours["s2/relations"], gold["relations"][-ours["s2/relations"].shape[0] :])
 
 
 def test_stage2_matches_official(runs):
@@ -301,8 +320,9 @@ print(worst)
 def test_float64_schedule_is_the_official_python_float():
   """A float64 model's lr is the official formula to 1e-15 (it was computed in float32: 5e-8 off)."""
   env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", SCHEDULE_CHECK], env=env, capture_output=True, text=True,
-                        timeout=120, cwd=REPO)
+  proc = subprocess.run(
+    [sys.executable, "-c", SCHEDULE_CHECK], env=env, capture_output=True, text=True, timeout=120, cwd=REPO
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 

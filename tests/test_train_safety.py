@@ -44,15 +44,17 @@ def test_imagenet_folder_gives_each_backbone_its_own_file(tmp_path):
     (tmp_path / name).write_bytes(b"x")
   assert initialization.imagenet_weights_file(str(tmp_path), "resnet50") == str(tmp_path / "resnet50-0676ba61.pth")
   assert initialization.imagenet_weights_file(str(tmp_path), "swin_transformer_base") == str(
-      tmp_path / "swin_base_patch4_window7_224.pth")
+    tmp_path / "swin_base_patch4_window7_224.pth"
+  )
   with pytest.raises(ImageNetWeightsError, match="resnet18-5c106cde.pth"):
     initialization.imagenet_weights_file(str(tmp_path), "resnet18")
   assert initialization.imagenet_weights_file(str(tmp_path / "resnet50-0676ba61.pth"), "resnet101").endswith("ba61.pth")
 
 
 def test_training_without_imagenet_weights_stops_before_writing_anything(tmp_path, synthetic_cache):
-  config = tiny_config(synthetic_cache, mode="train", **{"model.init": "imagenet",
-                                                           "model.imagenet_weights": str(tmp_path / "none")})
+  config = tiny_config(
+    synthetic_cache, mode="train", **{"model.init": "imagenet", "model.imagenet_weights": str(tmp_path / "none")}
+  )
   with pytest.raises(ImageNetWeightsError, match="resnet18-5c106cde.pth"):
     run(config, str(tmp_path / "work"))
   assert not checkpointing.has_checkpoints(str(tmp_path / "work" / "fold1" / "stage1"))
@@ -89,6 +91,7 @@ def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, synth
 def test_nan_stops_at_the_first_bad_step_and_never_saves_it(tmp_path, synthetic_cache, monkeypatch):
   """NaN images from the second epoch on: the epoch-1 checkpoint stays the newest, the error names step 5."""
   from megraph_jax import train  # pylint: disable=import-outside-toplevel
+
   real, calls = train._model_inputs, []  # pylint: disable=protected-access
 
   def poisoned(batch):
@@ -109,9 +112,15 @@ def test_nan_stops_at_the_first_bad_step_and_never_saves_it(tmp_path, synthetic_
 
 
 def test_main_exits_3_when_the_loss_diverges(tmp_path, synthetic_cache):
-  proc = subprocess.run(tiny_main_args(synthetic_cache, str(tmp_path / "w"), "--config.mode=stage1",
-                                       "--config.stage1.learning_rate=1e10"),
-                        cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600, check=False)
+  proc = subprocess.run(
+    tiny_main_args(synthetic_cache, str(tmp_path / "w"), "--config.mode=stage1", "--config.stage1.learning_rate=1e10"),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    env=ENV,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 3, proc.stderr[-3000:]
   assert "error: training diverged: fold 1 stage 1: non-finite values at step" in proc.stderr
   assert "Traceback" not in proc.stderr
@@ -151,8 +160,9 @@ def test_second_training_in_the_same_workdir_is_refused(tmp_path, synthetic_cach
 
 def test_main_exits_75_when_stopped_and_0_when_resumed_to_the_end(tmp_path, synthetic_cache):
   args = tiny_main_args(synthetic_cache, str(tmp_path / "w"), "--config.mode=stage1", "--config.stage1.epochs=1")
-  proc = subprocess.run(args + ["--config.stop_after_steps=2"], cwd=REPO, capture_output=True, text=True, env=ENV,
-                        timeout=600, check=False)
+  proc = subprocess.run(
+    args + ["--config.stop_after_steps=2"], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600, check=False
+  )
   assert proc.returncode == EXIT_PREEMPTED == 75, proc.stderr[-3000:]
   assert "stopped before the end (exit status 75)" in proc.stderr and "rerun the same command" in proc.stderr
   proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600, check=False)

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-TFDS_CLI_HINT = ("`tfds build` needs apache-beam and mlcroissant: pip install mlcroissant==1.1.1 && "
-                 "pip install --no-deps -r requirements-tfds-cli.txt")
+TFDS_CLI_HINT = (
+  "`tfds build` needs apache-beam and mlcroissant: pip install mlcroissant==1.1.1 && "
+  "pip install --no-deps -r requirements-tfds-cli.txt"
+)
 
 
 def build_command(kind: str, dataset: str) -> list[str]:
@@ -20,5 +22,11 @@ def build_command(kind: str, dataset: str) -> list[str]:
   if missing:
     pytest.skip(f"{', '.join(missing)} not installed; {TFDS_CLI_HINT}")
   # The `tfds` console script is tensorflow_datasets.scripts.cli.main:launch_cli.
-  return [sys.executable, "-c", "import sys; from tensorflow_datasets.scripts.cli.main import launch_cli; "
-          "sys.argv[0] = 'tfds'; sys.exit(launch_cli())", "build", f"data_pipelines/{dataset}.py"]
+  return [
+    sys.executable,
+    "-c",
+    "import sys; from tensorflow_datasets.scripts.cli.main import launch_cli; "
+    "sys.argv[0] = 'tfds'; sys.exit(launch_cli())",
+    "build",
+    f"data_pipelines/{dataset}.py",
+  ]

@@ -26,18 +26,20 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Base experime
 flags.mark_flags_as_required(["workdir"])
 
 ROWS = (
-    ("backbone only", "baseline", {"model.head": "baseline", "mode": "stage1"}, 1),
-    ("+ AFG", "afg", {"model.use_fgg": False, "mode": "stage1"}, 1),
-    ("+ AFG + FGG (ANFL, stage 1)", "anfl_mefl", {"mode": "train"}, 1),
-    ("+ AFG + FGG + MEFL (full, stage 2)", "anfl_mefl", {"mode": "train"}, 2),
+  ("backbone only", "baseline", {"model.head": "baseline", "mode": "stage1"}, 1),
+  ("+ AFG", "afg", {"model.use_fgg": False, "mode": "stage1"}, 1),
+  ("+ AFG + FGG (ANFL, stage 1)", "anfl_mefl", {"mode": "train"}, 1),
+  ("+ AFG + FGG + MEFL (full, stage 2)", "anfl_mefl", {"mode": "train"}, 2),
 )
 
 
 def main(argv):
   del argv
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   tf.config.set_visible_devices([], "GPU")
   from megraph_jax import reporting, task, train  # pylint: disable=import-outside-toplevel
+
   base = FLAGS.config
   workdir = os.path.abspath(FLAGS.workdir)
   if base.dataset.synthetic.enabled and not base.dataset.synthetic.cache_dir:
@@ -60,10 +62,12 @@ def main(argv):
   rows.append(("all-positive baseline (predict every AU)", baseline["all_positive_f1"]))
   names = task.au_names(base.dataset)
   table = reporting.f1_table(rows, names)
-  text = (f"# Ablation (paper's Table 3 layout): F1 (%) on fold {fold}'s test split, last epoch\n\n{table}\n\n"
-          f"Backbone {base.model.backbone}, {base.dataset.crop_size} px, stage 1 {base.stage1.epochs} epochs, "
-          f"stage 2 {base.stage2.epochs} epochs, batch {base.batch_size}, seed {base.seed}. "
-          f"Wall time per run (s): {json.dumps({k: round(v) for k, v in times.items()})}\n")
+  text = (
+    f"# Ablation (paper's Table 3 layout): F1 (%) on fold {fold}'s test split, last epoch\n\n{table}\n\n"
+    f"Backbone {base.model.backbone}, {base.dataset.crop_size} px, stage 1 {base.stage1.epochs} epochs, "
+    f"stage 2 {base.stage2.epochs} epochs, batch {base.batch_size}, seed {base.seed}. "
+    f"Wall time per run (s): {json.dumps({k: round(v) for k, v in times.items()})}\n"
+  )
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
     f.write(text)
   with open(os.path.join(workdir, "ablation.json"), "w") as f:

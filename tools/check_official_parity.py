@@ -27,6 +27,7 @@ from make_golden import _CpuAsDevice0  # pylint: disable=wrong-import-position
 def _official_model(official, stage, backbone, num_aus, neighbor_num):
   sys.path.insert(0, official)
   from model import ANFL, MEFL, resnet, swin_transformer  # pylint: disable=import-outside-toplevel
+
   mod = ANFL if stage == 1 else MEFL
   # The official factories load ImageNet files by default; build them without.
   for name in ("resnet18", "resnet50", "resnet101"):

@@ -63,9 +63,13 @@ def main(argv=None):
   gen = torch.Generator().manual_seed(0)
   out = {}
   # (name, stage, C_in, C, N, K, metric, B, D)
-  cases = [("s1_dots", 1, 24, 12, 5, 3, "dots", 4, 9), ("s1_cosine", 1, 24, 12, 6, 2, "cosine", 3, 9),
-           ("s1_l1", 1, 24, 12, 5, 4, "l1", 3, 4), ("s2", 2, 24, 12, 5, None, None, 4, 9),
-           ("s2_n8", 2, 16, 8, 8, None, None, 3, 4)]
+  cases = [
+    ("s1_dots", 1, 24, 12, 5, 3, "dots", 4, 9),
+    ("s1_cosine", 1, 24, 12, 6, 2, "cosine", 3, 9),
+    ("s1_l1", 1, 24, 12, 5, 4, "l1", 3, 4),
+    ("s2", 2, 24, 12, 5, None, None, 4, 9),
+    ("s2_n8", 2, 16, 8, 8, None, None, 3, 4),
+  ]
   for idx, (name, stage, c_in, c, n, k, metric, b, d) in enumerate(cases):
     torch.manual_seed(idx)
     gl = LinearBlock(c_in, c)

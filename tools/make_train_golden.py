@@ -79,7 +79,7 @@ def initial_state(shapes: dict[str, tuple[int, ...]], stage: int) -> dict[str, n
   Convolutions and linear weights ~ N(0, 2 / fan_in); BatchNorm weight 1 + N(0, 0.2^2), bias N(0, 0.1^2),
   running mean N(0, 0.3^2), running variance U(0.5, 1.5); other vectors (biases) N(0, 0.1^2).
   """
-  bns = {k[:-len(".running_mean")] for k in shapes if k.endswith(".running_mean")}
+  bns = {k[: -len(".running_mean")] for k in shapes if k.endswith(".running_mean")}
   out = {}
   for key, shape in shapes.items():
     if key.endswith("num_batches_tracked"):
@@ -166,8 +166,9 @@ def _official_commit(path: str, given: str | None) -> str:
   if given:
     return given
   try:
-    return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+      ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError) as e:
     raise SystemExit(f"{path} is not a git work tree; pass --commit <hash of the checkout>") from e
 
@@ -228,6 +229,7 @@ def _import_official(path: str):
   import train_stage2  # pylint: disable=import-outside-toplevel
   import utils  # pylint: disable=import-outside-toplevel
   from model import ANFL, MEFL  # pylint: disable=import-outside-toplevel
+
   for mod in (ANFL, MEFL):  # no ImageNet file needed: the weights are replaced by initial_state()
     orig = mod.resnet18
     mod.resnet18 = lambda orig=orig, **kw: orig(pretrained=False, **kw)
@@ -254,8 +256,19 @@ def main(argv: list[str] | None = None) -> None:
   train_weight = torch.from_numpy(data["class_weights"])
   out: dict[str, Any] = {k: v for k, v in data.items()}
   out["official_commit"] = np.asarray(commit)
-  cfg = dict(backbone=BACKBONE, num_aus=NUM_AUS, neighbor_num=NEIGHBOR_NUM, img=IMG, batch=BATCH,
-             weight_decay=WEIGHT_DECAY, b1=BETAS[0], b2=BETAS[1], eps=EPS, lam=LAM, seed=SEED)
+  cfg = dict(
+    backbone=BACKBONE,
+    num_aus=NUM_AUS,
+    neighbor_num=NEIGHBOR_NUM,
+    img=IMG,
+    batch=BATCH,
+    weight_decay=WEIGHT_DECAY,
+    b1=BETAS[0],
+    b2=BETAS[1],
+    eps=EPS,
+    lam=LAM,
+    seed=SEED,
+  )
   for stage, s in ((1, STAGE1), (2, STAGE2)):
     cfg.update({f"s{stage}_{k}": v for k, v in s.items()})
   for k, v in cfg.items():
@@ -293,8 +306,7 @@ def main(argv: list[str] | None = None) -> None:
   out.update({f"s2/shape/{k}": np.asarray(v.shape, np.int64) for k, v in net2.state_dict().items()})
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "cur_model_fold1.pth")
-    torch.save({"epoch": STAGE1["epochs"] - 1, "state_dict": net1.state_dict(), "optimizer": opt1.state_dict()},
-               path)
+    torch.save({"epoch": STAGE1["epochs"] - 1, "state_dict": net1.state_dict(), "optimizer": opt1.state_dict()}, path)
     net2 = utils.load_state_dict(net2, path)
   start2 = _state(net2)
   out["s2/shared_keys"] = np.asarray(sorted(k for k in start2 if k in final1))
@@ -303,8 +315,10 @@ def main(argv: list[str] | None = None) -> None:
   # ---- stage 2 (train_stage2.main / train)
   opt2 = torch.optim.AdamW(net2.parameters(), betas=BETAS, lr=STAGE2["learning_rate"], weight_decay=WEIGHT_DECAY)
   wa2, edge2, lrs2 = [], [], []
-  crit2 = [_Recorder(utils.WeightedAsymmetricLoss(weight=train_weight), opt2, wa2, lrs2),
-           _Recorder(torch.nn.CrossEntropyLoss(), opt2, edge2)]
+  crit2 = [
+    _Recorder(utils.WeightedAsymmetricLoss(weight=train_weight), opt2, wa2, lrs2),
+    _Recorder(torch.nn.CrossEntropyLoss(), opt2, edge2),
+  ]
   conf2 = types.SimpleNamespace(epochs=STAGE2["epochs"], learning_rate=STAGE2["learning_rate"], lam=LAM)
   with _CpuAsDevice0(torch), _Float64Masks(torch):
     for epoch in range(STAGE2["epochs"]):

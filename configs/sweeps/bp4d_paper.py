@@ -7,6 +7,7 @@ ImageNet weights: --set model.imagenet_weights=FOLDER, a folder holding the offi
 or torchvision's resnet50-0676ba61.pth, and swin_base_patch4_window7_224.pth): each backbone finds its own file.
 """
 
+
 def get_sweep() -> dict:
   sweep = {}
   sweep["name"] = "bp4d_paper"

@@ -20,15 +20,15 @@ class AFG(nnx.Module):
   channels, statistics over batch and tokens), computed with one einsum.
   """
 
-  def __init__(self, channels: int, num_aus: int, *, rngs: nnx.Rngs,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+  def __init__(
+    self, channels: int, num_aus: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+  ):
     self.num_aus = num_aus
     self.channels = channels
     self.dtype = dtype
     std = math.sqrt(2.0 / channels)
     self.kernel = nnx.Param(normal_init(std)(rngs.params(), (num_aus, channels, channels), param_dtype))
-    self.bias = nnx.Param(uniform_init(1.0 / math.sqrt(channels))(
-        rngs.params(), (num_aus, channels), param_dtype))
+    self.bias = nnx.Param(uniform_init(1.0 / math.sqrt(channels))(rngs.params(), (num_aus, channels), param_dtype))
     self.bn = BatchNorm((num_aus, channels), axis=(1, 3), dtype=dtype, param_dtype=param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:

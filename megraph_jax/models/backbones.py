@@ -12,14 +12,23 @@ SWINS = ("swin_transformer_tiny", "swin_transformer_small", "swin_transformer_ba
 BACKBONES = RESNETS + SWINS
 
 
-def build_backbone(name: str, *, rngs: nnx.Rngs, img_size: int = 224, drop_path_rate: float | None = None,
-                   dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> nnx.Module:
+def build_backbone(
+  name: str,
+  *,
+  rngs: nnx.Rngs,
+  img_size: int = 224,
+  drop_path_rate: float | None = None,
+  dtype: Any = jnp.float32,
+  param_dtype: Any = jnp.float32,
+) -> nnx.Module:
   """Builds backbone ``name``; the module has ``num_features`` (C of X)."""
   if name in RESNETS:
     from megraph_jax.models.resnet import resnet  # pylint: disable=import-outside-toplevel
+
     return resnet(name, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   if name in SWINS:
     from megraph_jax.models.swin import swin  # pylint: disable=import-outside-toplevel
+
     kw = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
     return swin(name, img_size=img_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
   raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")

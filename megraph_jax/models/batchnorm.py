@@ -23,16 +23,16 @@ class BatchNorm(nnx.Module):
   """
 
   def __init__(
-      self,
-      num_features: int | tuple[int, ...],
-      *,
-      axis: int | tuple[int, ...] = -1,
-      momentum: float = 0.1,
-      epsilon: float = 1e-5,
-      dtype: Any = None,
-      param_dtype: Any = jnp.float32,
-      use_running_average: bool = False,
-      rngs: nnx.Rngs | None = None,
+    self,
+    num_features: int | tuple[int, ...],
+    *,
+    axis: int | tuple[int, ...] = -1,
+    momentum: float = 0.1,
+    epsilon: float = 1e-5,
+    dtype: Any = None,
+    param_dtype: Any = jnp.float32,
+    use_running_average: bool = False,
+    rngs: nnx.Rngs | None = None,
   ):
     del rngs  # Deterministic initialisation (weight 1, bias 0), as the official bn_init.
     shape = (num_features,) if isinstance(num_features, int) else tuple(num_features)
@@ -76,8 +76,7 @@ class BatchNorm(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     axes, _ = self._bshape(x.ndim)
     if tuple(x.shape[a] for a in axes) != self.num_features:
-      raise ValueError(
-          f"BatchNorm expects {self.num_features} features on axes {self.axis}, got shape {x.shape}")
+      raise ValueError(f"BatchNorm expects {self.num_features} features on axes {self.axis}, got shape {x.shape}")
     if self.use_running_average:
       return self.normalize(x, self.mean[...], self.var[...])
     reduce_axes = tuple(a for a in range(x.ndim) if a not in axes)

@@ -44,8 +44,17 @@ def normalize_adjacency(adj: jax.Array) -> jax.Array:
 class FGG(nnx.Module):
   """v' = ReLU(v + BN(A_norm V(v) + U(v))) over the per-face kNN graph; BN normalises per node."""
 
-  def __init__(self, channels: int, num_aus: int, *, neighbor_num: int = 4, metric: str = "dots",
-               rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+  def __init__(
+    self,
+    channels: int,
+    num_aus: int,
+    *,
+    neighbor_num: int = 4,
+    metric: str = "dots",
+    rngs: nnx.Rngs,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+  ):
     if metric not in METRICS:
       raise ValueError(f"unknown FGG metric '{metric}'; choose one of {METRICS}")
     self.neighbor_num = neighbor_num

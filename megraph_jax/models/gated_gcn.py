@@ -23,8 +23,9 @@ class GatedGCNLayer(nnx.Module):
   with edges ordered p = i*N + j, BN_E per edge and BN_V per node (statistics over batch, channels).
   """
 
-  def __init__(self, channels: int, num_aus: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32):
+  def __init__(
+    self, channels: int, num_aus: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+  ):
     std = math.sqrt(2.0 / channels)
     kw = dict(use_bias=False, weight_std=std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.num_aus = num_aus
@@ -52,11 +53,19 @@ class GatedGCNLayer(nnx.Module):
 class GatedGCN(nnx.Module):
   """Two GatedGCN layers, as the official second stage; returns node ``[B, N, C]`` and edge ``[B, N*N, C]``."""
 
-  def __init__(self, channels: int, num_aus: int, *, num_layers: int = 2, rngs: nnx.Rngs,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
-    self.layers = nnx.List([
-        GatedGCNLayer(channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        for _ in range(num_layers)])
+  def __init__(
+    self,
+    channels: int,
+    num_aus: int,
+    *,
+    num_layers: int = 2,
+    rngs: nnx.Rngs,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+  ):
+    self.layers = nnx.List(
+      [GatedGCNLayer(channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(num_layers)]
+    )
 
   def __call__(self, x: jax.Array, edge: jax.Array) -> tuple[jax.Array, jax.Array]:
     for layer in self.layers:

@@ -15,24 +15,30 @@ from megraph_jax.models.remat import remat_call
 
 def normal_init(std: float):
   """N(0, std^2) initialiser (the official ``weight.data.normal_(0, std)``)."""
+
   def init(key, shape, dtype=jnp.float32):
     return std * jax.random.normal(key, shape, dtype)
+
   return init
 
 
 def uniform_init(bound: float):
   """U(-bound, bound) initialiser (torch's default Linear weight and bias init)."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
 def xavier_uniform_init():
   """Glorot uniform over the last two axes (torch ``nn.init.xavier_uniform_``; symmetric in fan-in/out)."""
+
   def init(key, shape, dtype=jnp.float32):
     fan_in, fan_out = shape[-2], shape[-1]
     bound = math.sqrt(6.0 / (fan_in + fan_out))
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 
@@ -55,16 +61,21 @@ class PointwiseConv(nnx.Conv):
 
   def _is_pointwise(self, x: jax.Array) -> bool:
     ones = (1,) * len(self.kernel_size)
-    return (tuple(self.kernel_size) == ones and x.ndim == len(self.kernel_size) + 2
-            and self.feature_group_count == 1 and self.mask is None
-            and self.padding in ("VALID", ((0, 0),) * len(ones), [(0, 0)] * len(ones))
-            and self.input_dilation in (None, 1, ones) and self.kernel_dilation in (None, 1, ones))
+    return (
+      tuple(self.kernel_size) == ones
+      and x.ndim == len(self.kernel_size) + 2
+      and self.feature_group_count == 1
+      and self.mask is None
+      and self.padding in ("VALID", ((0, 0),) * len(ones), [(0, 0)] * len(ones))
+      and self.input_dilation in (None, 1, ones)
+      and self.kernel_dilation in (None, 1, ones)
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if not self._is_pointwise(x):
       return super().__call__(x)
     strides = self.strides if isinstance(self.strides, (tuple, list)) else (self.strides or 1,) * 2
-    x = x[:, ::strides[0], ::strides[1], :]  # [B, H', W', C]: the output grid of a 1x1 kernel
+    x = x[:, :: strides[0], :: strides[1], :]  # [B, H', W', C]: the output grid of a 1x1 kernel
     kernel = self.kernel[...].reshape(self.in_features, self.out_features)
     bias = self.bias[...] if self.use_bias else None
     x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
@@ -74,15 +85,31 @@ class PointwiseConv(nnx.Conv):
     return y.reshape(*x.shape[:-1], self.out_features)  # [B, H', W', O]
 
 
-def torch_linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True,
-                 weight_std: float | None = None, kernel_init=None, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32) -> nnx.Linear:
+def torch_linear(
+  in_features: int,
+  out_features: int,
+  *,
+  rngs: nnx.Rngs,
+  use_bias: bool = True,
+  weight_std: float | None = None,
+  kernel_init=None,
+  dtype: Any = jnp.float32,
+  param_dtype: Any = jnp.float32,
+) -> nnx.Linear:
   """``nnx.Linear`` initialised as torch's ``nn.Linear`` (or with the official normal(0, std) weights)."""
   bound = 1.0 / math.sqrt(in_features)
   if kernel_init is None:
     kernel_init = normal_init(weight_std) if weight_std is not None else uniform_init(bound)
-  return FlatLinear(in_features, out_features, use_bias=use_bias, kernel_init=kernel_init,
-                    bias_init=uniform_init(bound), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  return FlatLinear(
+    in_features,
+    out_features,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    bias_init=uniform_init(bound),
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
 
 
 def apply_block(block: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
@@ -95,10 +122,23 @@ def apply_block(block: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
 class LinearBlock(nnx.Module):
   """Linear -> BatchNorm over channels (statistics over batch and tokens) -> ReLU, on ``[B, D, C]``."""
 
-  def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
-    self.fc = torch_linear(in_features, out_features, weight_std=math.sqrt(2.0 / out_features),
-                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+  ):
+    self.fc = torch_linear(
+      in_features,
+      out_features,
+      weight_std=math.sqrt(2.0 / out_features),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.bn = BatchNorm(out_features, axis=-1, dtype=dtype, param_dtype=param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -17,14 +17,13 @@ from megraph_jax.models.precision import acc_dtype
 class CrossAttention(nnx.Module):
   """softmax(A W_q (B W_k)^T / sqrt(d_k)) B W_v (Eq. 4), with d_k = C/2; holds FAM's or ARM's weights."""
 
-  def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32):
+  def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
     half = channels // 2
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.linear_q = torch_linear(channels, half, weight_std=math.sqrt(2.0 / half), **kw)
     self.linear_k = torch_linear(channels, half, weight_std=math.sqrt(2.0 / half), **kw)
     self.linear_v = torch_linear(channels, channels, weight_std=math.sqrt(2.0 / channels), **kw)
-    self.scale = half ** -0.5
+    self.scale = half**-0.5
 
   def attend(self, q: jax.Array, k: jax.Array, spec: str) -> jax.Array:
     """Scaled dot-product attention weights in float32; ``spec`` is the einsum of q and k."""
@@ -44,15 +43,24 @@ class MEFL(nnx.Module):
   (see :meth:`_streaming`); ``streaming=False`` is the direct form, kept as the reference.
   """
 
-  def __init__(self, channels: int, num_aus: int, *, streaming: bool = True, rngs: nnx.Rngs,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+  def __init__(
+    self,
+    channels: int,
+    num_aus: int,
+    *,
+    streaming: bool = True,
+    rngs: nnx.Rngs,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+  ):
     self.num_aus = num_aus
     self.streaming = streaming
     self.dtype = dtype
     self.FAM = CrossAttention(channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.ARM = CrossAttention(channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.edge_proj = torch_linear(channels, channels, weight_std=math.sqrt(2.0 / channels),
-                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.edge_proj = torch_linear(
+      channels, channels, weight_std=math.sqrt(2.0 / channels), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
     self.bn = BatchNorm(num_aus * num_aus, axis=1, dtype=dtype, param_dtype=param_dtype)
 
   def fam(self, u: jax.Array, x: jax.Array) -> jax.Array:
@@ -130,8 +138,12 @@ class MEFL(nnx.Module):
     s1 = jnp.einsum("bijk,bik->ij", jnp.sum(a, axis=3), rowsum)  # sum over (b, d, c) of z - c_i
     yy = jnp.einsum("bmc,blc->bml", y, y)  # [B, D, D]
     ayb = jnp.einsum("bikm,bmi->bik", a_fam, jnp.einsum("bmc,ic->bmi", y, beta))  # [B, N, D]
-    gram = (jnp.einsum("bikm,bml,bipl->bikp", a_fam, yy, a_fam) + ayb[:, :, :, None] + ayb[:, :, None, :]
-            + jnp.sum(beta * beta, axis=-1)[None, :, None, None])  # [B, N, D, D]
+    gram = (
+      jnp.einsum("bikm,bml,bipl->bikp", a_fam, yy, a_fam)
+      + ayb[:, :, :, None]
+      + ayb[:, :, None, :]
+      + jnp.sum(beta * beta, axis=-1)[None, :, None, None]
+    )  # [B, N, D, D]
     s2 = jnp.sum(jnp.einsum("bijqk,bikl->bijql", a, gram) * a, axis=(0, 3, 4))  # [N, N]
     count = b * d * c
     mean_c = s1 / count

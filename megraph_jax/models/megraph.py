@@ -23,17 +23,31 @@ NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label =
 class _MEGraphBase(nnx.Module):
   """Backbone, global_linear and AFG, shared by both stages."""
 
-  def __init__(self, *, backbone: str, num_aus: int, img_size: int, drop_path_rate: float | None,
-               dtype: Any, param_dtype: Any, rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
+  def __init__(
+    self,
+    *,
+    backbone: str,
+    num_aus: int,
+    img_size: int,
+    drop_path_rate: float | None,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
     if num_aus < 2:
       raise ValueError(f"num_aus must be at least 2, got {num_aus}")
     self.backbone_name = backbone
     self.num_aus = num_aus
     self.img_size = img_size
     self.dtype = dtype
-    self.backbone = backbone_module if backbone_module is not None else build_backbone(
-        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs)
+    self.backbone = (
+      backbone_module
+      if backbone_module is not None
+      else build_backbone(
+        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+      )
+    )
     c_in = self.backbone.num_features
     self.channels = global_linear_channels(backbone, c_in)
     self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -57,15 +71,45 @@ class Stage1Model(_MEGraphBase):
   ``use_fgg=False`` gives the "backbone + AFG" row of the paper's Table 3 (no graph).
   """
 
-  def __init__(self, backbone: str, num_aus: int, *, neighbor_num: int = 4, metric: str = "dots",
-               use_fgg: bool = True, img_size: int = 224, drop_path_rate: float | None = None,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs,
-               backbone_module: nnx.Module | None = None):
-    super().__init__(backbone=backbone, num_aus=num_aus, img_size=img_size, drop_path_rate=drop_path_rate,
-                     dtype=dtype, param_dtype=param_dtype, rngs=rngs, backbone_module=backbone_module)
+  def __init__(
+    self,
+    backbone: str,
+    num_aus: int,
+    *,
+    neighbor_num: int = 4,
+    metric: str = "dots",
+    use_fgg: bool = True,
+    img_size: int = 224,
+    drop_path_rate: float | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
+    super().__init__(
+      backbone=backbone,
+      num_aus=num_aus,
+      img_size=img_size,
+      drop_path_rate=drop_path_rate,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      backbone_module=backbone_module,
+    )
     self.use_fgg = use_fgg
-    self.fgg = FGG(self.channels, num_aus, neighbor_num=neighbor_num, metric=metric, dtype=dtype,
-                   param_dtype=param_dtype, rngs=rngs) if use_fgg else None
+    self.fgg = (
+      FGG(
+        self.channels,
+        num_aus,
+        neighbor_num=neighbor_num,
+        metric=metric,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+      )
+      if use_fgg
+      else None
+    )
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """ANFL on X ``[B, D, C]``."""
@@ -83,16 +127,36 @@ class Stage1Model(_MEGraphBase):
 class Stage2Model(_MEGraphBase):
   """Stage 2: backbone -> global_linear -> AFG -> MEFL -> GatedGCN -> SC head and edge FC (Sec. 2.2)."""
 
-  def __init__(self, backbone: str, num_aus: int, *, img_size: int = 224, drop_path_rate: float | None = None,
-               gnn_layers: int = 2, mefl_streaming: bool = True, dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32, rngs: nnx.Rngs, backbone_module: nnx.Module | None = None):
-    super().__init__(backbone=backbone, num_aus=num_aus, img_size=img_size, drop_path_rate=drop_path_rate,
-                     dtype=dtype, param_dtype=param_dtype, rngs=rngs, backbone_module=backbone_module)
+  def __init__(
+    self,
+    backbone: str,
+    num_aus: int,
+    *,
+    img_size: int = 224,
+    drop_path_rate: float | None = None,
+    gnn_layers: int = 2,
+    mefl_streaming: bool = True,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
+    super().__init__(
+      backbone=backbone,
+      num_aus=num_aus,
+      img_size=img_size,
+      drop_path_rate=drop_path_rate,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      backbone_module=backbone_module,
+    )
     c = self.channels
     self.mefl = MEFL(c, num_aus, streaming=mefl_streaming, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.gnn = GatedGCN(c, num_aus, num_layers=gnn_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.edge_fc = torch_linear(c, NUM_RELATION_CLASSES, kernel_init=xavier_uniform_init(), dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs)
+    self.edge_fc = torch_linear(
+      c, NUM_RELATION_CLASSES, kernel_init=xavier_uniform_init(), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """AFG + MEFL + GatedGCN on X ``[B, D, C]``."""
@@ -100,8 +164,12 @@ class Stage2Model(_MEGraphBase):
     v = jnp.mean(u, axis=2)  # [B, N, C]
     e = self.mefl(u, x)  # [B, N*N, C]
     v, e = self.gnn(v, e)
-    return {"au_probs": self.sc(v), "edge_logits": self.edge_fc(e).astype(acc_dtype(e.dtype)),
-            "node_features": v, "edge_features": e}
+    return {
+      "au_probs": self.sc(v),
+      "edge_logits": self.edge_fc(e).astype(acc_dtype(e.dtype)),
+      "node_features": v,
+      "edge_features": e,
+    }
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     return self.head(self.features(images))
@@ -110,16 +178,29 @@ class Stage2Model(_MEGraphBase):
 class BaselineModel(nnx.Module):
   """Backbone -> global_linear -> GAP -> FC -> sigmoid: the "backbone only" row of the paper's Table 3."""
 
-  def __init__(self, backbone: str, num_aus: int, *, img_size: int = 224, drop_path_rate: float | None = None,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs,
-               backbone_module: nnx.Module | None = None):
+  def __init__(
+    self,
+    backbone: str,
+    num_aus: int,
+    *,
+    img_size: int = 224,
+    drop_path_rate: float | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
     self.backbone_name = backbone
     self.num_aus = num_aus
     self.img_size = img_size
     self.dtype = dtype
-    self.backbone = backbone_module if backbone_module is not None else build_backbone(
-        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype,
-        rngs=rngs)
+    self.backbone = (
+      backbone_module
+      if backbone_module is not None
+      else build_backbone(
+        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+      )
+    )
     c_in = self.backbone.num_features
     self.channels = global_linear_channels(backbone, c_in)
     self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -142,11 +223,11 @@ def init_stage2_from_stage1(stage2: Stage2Model, stage1: Stage1Model) -> Stage2M
   The official second stage loads the stage-1 checkpoint with ``strict=False``, so every key the
   two models share by name is copied: these four sub-modules. Returns ``stage2`` updated in place.
   """
-  if (stage1.backbone_name, stage1.num_aus, stage1.channels) != (stage2.backbone_name, stage2.num_aus,
-                                                                stage2.channels):
+  if (stage1.backbone_name, stage1.num_aus, stage1.channels) != (stage2.backbone_name, stage2.num_aus, stage2.channels):
     raise ValueError(
-        f"stage-1 model ({stage1.backbone_name}, N={stage1.num_aus}) does not match stage 2 "
-        f"({stage2.backbone_name}, N={stage2.num_aus})")
+      f"stage-1 model ({stage1.backbone_name}, N={stage1.num_aus}) does not match stage 2 "
+      f"({stage2.backbone_name}, N={stage2.num_aus})"
+    )
   for name in SHARED_SUBMODULES:
     nnx.update(getattr(stage2, name), nnx.state(getattr(stage1, name)))
   return stage2

@@ -14,23 +14,30 @@ from megraph_jax.models.layers import PointwiseConv, apply_block
 
 # depth -> (block kind, blocks per stage), as torchvision's resnet{18,34,50,101}.
 _CONFIGS = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
+  18: ("basic", (2, 2, 2, 2)),
+  34: ("basic", (3, 4, 6, 3)),
+  50: ("bottleneck", (3, 4, 6, 3)),
+  101: ("bottleneck", (3, 4, 23, 3)),
 }
 _NAMES = {f"resnet{d}": d for d in _CONFIGS}
 
 
-def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, param_dtype: Any,
-          rngs: nnx.Rngs) -> PointwiseConv:
+def _conv(cin: int, cout: int, k: int, stride: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> PointwiseConv:
   """Bias-free k x k conv with torch's symmetric padding k // 2 and the official He-normal init."""
   p = k // 2
   std = math.sqrt(2.0 / (k * k * cout))  # Official ResNet init: normal(0, sqrt(2 / (k*k*out))).
   return PointwiseConv(
-      cin, cout, kernel_size=(k, k), strides=(stride, stride), padding=((p, p), (p, p)),
-      use_bias=False, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.initializers.normal(stddev=std), rngs=rngs)
+    cin,
+    cout,
+    kernel_size=(k, k),
+    strides=(stride, stride),
+    padding=((p, p), (p, p)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=nnx.initializers.normal(stddev=std),
+    rngs=rngs,
+  )
 
 
 def _bn(c: int, dtype: Any, param_dtype: Any) -> BatchNorm:
@@ -43,8 +50,7 @@ class BasicBlock(nnx.Module):
 
   expansion = 1
 
-  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
     cout = planes * self.expansion
     self.conv1 = _conv(cin, planes, 3, stride, dtype, param_dtype, rngs)
     self.bn1 = _bn(planes, dtype, param_dtype)
@@ -63,8 +69,7 @@ class Bottleneck(nnx.Module):
 
   expansion = 4
 
-  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
     cout = planes * self.expansion
     self.conv1 = _conv(cin, planes, 1, 1, dtype, param_dtype, rngs)
     self.bn1 = _bn(planes, dtype, param_dtype)
@@ -81,8 +86,7 @@ class Bottleneck(nnx.Module):
     return nnx.relu(y + _shortcut(self.downsample, x))
 
 
-def _downsample(cin: int, cout: int, stride: int, dtype: Any, param_dtype: Any,
-                rngs: nnx.Rngs) -> nnx.List | None:
+def _downsample(cin: int, cout: int, stride: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.List | None:
   """torchvision's ``downsample`` = [1x1 conv, BN] when the shape changes, else None."""
   if stride == 1 and cin == cout:
     return None
@@ -100,8 +104,7 @@ def _shortcut(downsample: nnx.List | None, x: jax.Array) -> jax.Array:
 class ResNet(nnx.Module):
   """torchvision-layout ResNet without avgpool/fc; ``__call__`` maps [B, H, W, 3] to [B, h*w, C]."""
 
-  def __init__(self, depth: int, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(self, depth: int, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
     if depth not in _CONFIGS:
       raise ValueError(f"unsupported ResNet depth {depth}; valid: {sorted(_CONFIGS)}")
     kind, counts = _CONFIGS[depth]
@@ -132,8 +135,7 @@ class ResNet(nnx.Module):
     return x.reshape(b, h * w, c)  # [B, D = h*w, C], row-major (h, w)
 
 
-def resnet(name: str, *, rngs: nnx.Rngs, dtype: Any = jnp.float32,
-           param_dtype: Any = jnp.float32) -> ResNet:
+def resnet(name: str, *, rngs: nnx.Rngs, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> ResNet:
   """Builds a ResNet from an official backbone name ('resnet18', 'resnet34', 'resnet50', 'resnet101')."""
   if name not in _NAMES:
     raise ValueError(f"unknown ResNet backbone '{name}'; valid names: {sorted(_NAMES, key=_NAMES.get)}")

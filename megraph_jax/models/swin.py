@@ -75,22 +75,34 @@ def window_merge(windows: jax.Array, window: int, height: int, width: int) -> ja
 
 def _layer_norm(dim: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """LayerNorm with torch's epsilon and exact variance; statistics are float32."""
-  return nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
-                       rngs=rngs)
+  return nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-def _linear(din: int, dout: int, use_bias: bool, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
-            ) -> nnx.Linear:
+def _linear(din: int, dout: int, use_bias: bool, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.Linear:
   """Linear with the Swin initialisation (trunc-normal std .02, zero bias)."""
-  return FlatLinear(din, dout, use_bias=use_bias, kernel_init=_LINEAR_INIT, bias_init=_ZEROS, dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs)
+  return FlatLinear(
+    din,
+    dout,
+    use_bias=use_bias,
+    kernel_init=_LINEAR_INIT,
+    bias_init=_ZEROS,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
 
 
 class DropPath(nnx.Module):
   """Stochastic depth: zeroes whole samples with probability ``rate`` and rescales the rest."""
 
-  def __init__(self, rate: float = 0.0, *, deterministic: bool = False, rng_collection: str = "dropout",
-               rngs: nnx.Rngs | nnx.RngStream | None = None):
+  def __init__(
+    self,
+    rate: float = 0.0,
+    *,
+    deterministic: bool = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
     if not 0.0 <= rate < 1.0:
       raise ValueError(f"DropPath rate must be in [0, 1), got {rate}")
     self.rate = float(rate)
@@ -108,14 +120,15 @@ class DropPath(nnx.Module):
     if deterministic is not None:
       self.deterministic = deterministic
 
-  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None
-               ) -> jax.Array:
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
     if self.deterministic or self.rate == 0.0:
       return x
     rngs = rngs if rngs is not None else self.rngs
     if rngs is None:
-      raise ValueError("DropPath is in training mode with rate > 0 but has no rngs: build the model with "
-                       "nnx.Rngs(..., dropout=...) or call model.eval()")
+      raise ValueError(
+        "DropPath is in training mode with rate > 0 but has no rngs: build the model with "
+        "nnx.Rngs(..., dropout=...) or call model.eval()"
+      )
     if isinstance(rngs, nnx.Rngs):
       key = rngs[self.rng_collection]()
     elif isinstance(rngs, nnx.RngStream):
@@ -141,8 +154,7 @@ class Mlp(nnx.Module):
 class WindowAttention(nnx.Module):
   """Multi-head self-attention inside windows with a learned relative position bias."""
 
-  def __init__(self, dim: int, window: int, num_heads: int, *, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, window: int, num_heads: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
     self.dim = dim
@@ -151,7 +163,8 @@ class WindowAttention(nnx.Module):
     self.scale = (dim // num_heads) ** -0.5
     self.dtype = dtype
     self.relative_position_bias_table = nnx.Param(
-        _LINEAR_INIT(rngs.params(), ((2 * window - 1) ** 2, num_heads), param_dtype))
+      _LINEAR_INIT(rngs.params(), ((2 * window - 1) ** 2, num_heads), param_dtype)
+    )
     relative_position_index(window)  # Builds (and caches) the NumPy constant now.
     self.qkv = _linear(dim, 3 * dim, True, dtype, param_dtype, rngs)
     self.proj = _linear(dim, dim, True, dtype, param_dtype, rngs)
@@ -162,8 +175,9 @@ class WindowAttention(nnx.Module):
     qkv = self.qkv(x).reshape(b, nw, n, 3, h, c // h)  # [B, nW, N, 3, h, d]
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]  # [B, nW, N, h, d]
     q = q * jnp.asarray(self.scale, q.dtype)
-    logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k,
-                        preferred_element_type=acc_dtype(q.dtype, k.dtype))  # [B, nW, h, N, N]
+    logits = jnp.einsum(
+      "bwqhd,bwkhd->bwhqk", q, k, preferred_element_type=acc_dtype(q.dtype, k.dtype)
+    )  # [B, nW, h, N, N]
     index = relative_position_index(self.window).reshape(-1)
     bias = self.relative_position_bias_table[...][index].astype(logits.dtype)  # [N*N, h]
     logits = logits + bias.reshape(n, n, h).transpose(2, 0, 1)  # + [h, N, N]
@@ -177,17 +191,30 @@ class WindowAttention(nnx.Module):
 class SwinTransformerBlock(nnx.Module):
   """(Shifted-)window attention and MLP, each pre-norm with a residual and stochastic depth."""
 
-  def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, *, window_size: int,
-               shift_size: int, mlp_ratio: float, drop_path: float, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    resolution: tuple[int, int],
+    num_heads: int,
+    *,
+    window_size: int,
+    shift_size: int,
+    mlp_ratio: float,
+    drop_path: float,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+  ):
     self.dim = dim
     self.resolution = resolution
     height, width = resolution
     if min(resolution) <= window_size:  # One window covers the map: no partition, no shift.
       window_size, shift_size = min(resolution), 0
     if height % window_size or width % window_size:
-      raise ValueError(f"feature map {height}x{width} is not divisible by the window size {window_size}; "
-                       "choose img_size so that each stage is a multiple of the window or at most one window")
+      raise ValueError(
+        f"feature map {height}x{width} is not divisible by the window size {window_size}; "
+        "choose img_size so that each stage is a multiple of the window or at most one window"
+      )
     self.window_size = window_size
     self.shift_size = shift_size
     if shift_size:
@@ -235,17 +262,41 @@ class PatchMerging(nnx.Module):
 class BasicLayer(nnx.Module):
   """One stage: ``depth`` blocks alternating plain and shifted windows, then optional patch merging."""
 
-  def __init__(self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, *, window_size: int,
-               mlp_ratio: float, drop_path: Sequence[float], downsample: bool, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs):
-    self.blocks = nnx.List([
-        SwinTransformerBlock(dim, resolution, num_heads, window_size=window_size,
-                             shift_size=0 if j % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio,
-                             drop_path=drop_path[j], dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  def __init__(
+    self,
+    dim: int,
+    resolution: tuple[int, int],
+    depth: int,
+    num_heads: int,
+    *,
+    window_size: int,
+    mlp_ratio: float,
+    drop_path: Sequence[float],
+    downsample: bool,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+  ):
+    self.blocks = nnx.List(
+      [
+        SwinTransformerBlock(
+          dim,
+          resolution,
+          num_heads,
+          window_size=window_size,
+          shift_size=0 if j % 2 == 0 else window_size // 2,
+          mlp_ratio=mlp_ratio,
+          drop_path=drop_path[j],
+          dtype=dtype,
+          param_dtype=param_dtype,
+          rngs=rngs,
+        )
         for j in range(depth)
-    ])
-    self.downsample = (PatchMerging(dim, resolution, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                       if downsample else None)
+      ]
+    )
+    self.downsample = (
+      PatchMerging(dim, resolution, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if downsample else None
+    )
     self.remat = False  # rematerialise each block in the backward pass (set_attributes(remat=...))
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -257,14 +308,21 @@ class BasicLayer(nnx.Module):
 class PatchEmbed(nnx.Module):
   """Non-overlapping patch projection (conv k=s=patch) followed by LayerNorm."""
 
-  def __init__(self, patch_size: int, in_chans: int, embed_dim: int, *, dtype: Any, param_dtype: Any,
-               rngs: nnx.Rngs):
+  def __init__(self, patch_size: int, in_chans: int, embed_dim: int, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs):
     fan_in = in_chans * patch_size * patch_size
     bound = 1.0 / np.sqrt(fan_in)
-    self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
-                         padding="VALID", kernel_init=_CONV_INIT,
-                         bias_init=lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound),
-                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.proj = nnx.Conv(
+      in_chans,
+      embed_dim,
+      (patch_size, patch_size),
+      strides=(patch_size, patch_size),
+      padding="VALID",
+      kernel_init=_CONV_INIT,
+      bias_init=lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.norm = _layer_norm(embed_dim, dtype, param_dtype, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -276,10 +334,21 @@ class PatchEmbed(nnx.Module):
 class SwinTransformer(nnx.Module):
   """Swin Transformer trunk: NHWC image ``[B, H, W, 3]`` -> normalised tokens ``[B, D, C]``."""
 
-  def __init__(self, *, img_size: int | Sequence[int] = 224, patch_size: int = 4, embed_dim: int,
-               depths: Sequence[int], num_heads: Sequence[int], window_size: int = 7, mlp_ratio: float = 4.0,
-               drop_path_rate: float = 0.0, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    img_size: int | Sequence[int] = 224,
+    patch_size: int = 4,
+    embed_dim: int,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    window_size: int = 7,
+    mlp_ratio: float = 4.0,
+    drop_path_rate: float = 0.0,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if len(depths) != len(num_heads):
       raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
     self.img_size = _pair(img_size)
@@ -287,9 +356,11 @@ class SwinTransformer(nnx.Module):
       raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {patch_size}")
     merge = patch_size * 2 ** (len(depths) - 1)  # each of the len(depths) - 1 patch mergings halves the grid
     if self.img_size[0] % merge or self.img_size[1] % merge:
-      raise ValueError(f"img_size {self.img_size} is not a multiple of {merge} (patch_size {patch_size} x 2 per patch "
-                       f"merging over {len(depths)} stages); e.g. "
-                       f"{merge * max(1, round(self.img_size[0] / merge))} works")
+      raise ValueError(
+        f"img_size {self.img_size} is not a multiple of {merge} (patch_size {patch_size} x 2 per patch "
+        f"merging over {len(depths)} stages); e.g. "
+        f"{merge * max(1, round(self.img_size[0] / merge))} works"
+      )
     self.patch_size = patch_size
     self.embed_dim = embed_dim
     self.depths = tuple(depths)
@@ -304,10 +375,21 @@ class SwinTransformer(nnx.Module):
     layers = []
     for i, depth in enumerate(depths):
       start = sum(depths[:i])
-      layers.append(BasicLayer(
-          embed_dim * 2 ** i, res, depth, num_heads[i], window_size=window_size, mlp_ratio=mlp_ratio,
-          drop_path=rates[start:start + depth], downsample=i < self.num_layers - 1, dtype=dtype,
-          param_dtype=param_dtype, rngs=rngs))
+      layers.append(
+        BasicLayer(
+          embed_dim * 2**i,
+          res,
+          depth,
+          num_heads[i],
+          window_size=window_size,
+          mlp_ratio=mlp_ratio,
+          drop_path=rates[start : start + depth],
+          downsample=i < self.num_layers - 1,
+          dtype=dtype,
+          param_dtype=param_dtype,
+          rngs=rngs,
+        )
+      )
       if i < self.num_layers - 1:
         res = (res[0] // 2, res[1] // 2)
     self.layers = nnx.List(layers)
@@ -316,8 +398,9 @@ class SwinTransformer(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4 or tuple(x.shape[1:3]) != self.img_size or x.shape[3] != 3:
-      raise ValueError(f"SwinTransformer expects NHWC input [B, {self.img_size[0]}, {self.img_size[1]}, 3], "
-                       f"got {tuple(x.shape)}")
+      raise ValueError(
+        f"SwinTransformer expects NHWC input [B, {self.img_size[0]}, {self.img_size[1]}, 3], got {tuple(x.shape)}"
+      )
     x = self.patch_embed(x.astype(self.dtype))  # [B, H/4 * W/4, C]
     for layer in self.layers:
       x = layer(x)  # [B, L_i, C_i] -> [B, L_i/4, 2 C_i] except the last stage
@@ -325,12 +408,9 @@ class SwinTransformer(nnx.Module):
 
 
 _CONFIGS = {
-    "swin_transformer_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                                  drop_path_rate=0.2),
-    "swin_transformer_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                                   drop_path_rate=0.3),
-    "swin_transformer_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
-                                  drop_path_rate=0.5),
+  "swin_transformer_tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
+  "swin_transformer_small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
+  "swin_transformer_base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
 }
 
 

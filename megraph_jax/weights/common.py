@@ -36,8 +36,10 @@ class StateDict:
   def check_all_used(self, prefix: str = "") -> None:
     left = self.unused(prefix)
     if left:
-      raise KeyError(f"{self.source}: {len(left)} unexpected key(s) not mapped to the model: {left[:20]}"
-                     + (" ..." if len(left) > 20 else ""))
+      raise KeyError(
+        f"{self.source}: {len(left)} unexpected key(s) not mapped to the model: {left[:20]}"
+        + (" ..." if len(left) > 20 else "")
+      )
 
 
 def assign(var: nnx.Variable, value: np.ndarray, key: str, source: str = "") -> None:

@@ -8,16 +8,16 @@ import numpy as np
 
 # (block kind, blocks per stage) -> name, as torchvision's ResNets.
 _RESNETS = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+  ("basic", (2, 2, 2, 2)): "resnet18",
+  ("basic", (3, 4, 6, 3)): "resnet34",
+  ("bottleneck", (3, 4, 6, 3)): "resnet50",
+  ("bottleneck", (3, 4, 23, 3)): "resnet101",
 }
 # (embed dim, blocks per stage) -> name, as the official Swin configs.
 _SWINS = {
-    (96, (2, 2, 6, 2)): "swin_transformer_tiny",
-    (96, (2, 2, 18, 2)): "swin_transformer_small",
-    (128, (2, 2, 18, 2)): "swin_transformer_base",
+  (96, (2, 2, 6, 2)): "swin_transformer_tiny",
+  (96, (2, 2, 18, 2)): "swin_transformer_small",
+  (128, (2, 2, 18, 2)): "swin_transformer_base",
 }
 
 
@@ -30,8 +30,7 @@ def _blocks_per_stage(tensors: dict[str, np.ndarray], pattern: str) -> tuple[int
   return tuple(len(counts[s]) for s in sorted(counts))
 
 
-def infer_backbone(tensors: dict[str, np.ndarray], *, prefix: str = "backbone.", source: str = "<state_dict>"
-                   ) -> str:
+def infer_backbone(tensors: dict[str, np.ndarray], *, prefix: str = "backbone.", source: str = "<state_dict>") -> str:
   """The backbone name (``resnet50``, ``swin_transformer_base``, ...) of an official state_dict."""
   p = re.escape(prefix)
   if prefix + "conv1.weight" in tensors:
@@ -45,8 +44,10 @@ def infer_backbone(tensors: dict[str, np.ndarray], *, prefix: str = "backbone.",
     name = _SWINS.get((dim, blocks))
     what = f"a Swin with embed dim {dim} and {blocks} blocks per stage"
   else:
-    raise ValueError(f"{source}: no '{prefix}conv1.weight' or '{prefix}patch_embed.proj.weight' key: not an "
-                     "ME-GraphAU checkpoint with a ResNet or Swin backbone; pass --backbone if it is one")
+    raise ValueError(
+      f"{source}: no '{prefix}conv1.weight' or '{prefix}patch_embed.proj.weight' key: not an "
+      "ME-GraphAU checkpoint with a ResNet or Swin backbone; pass --backbone if it is one"
+    )
   if name is None:
     known = ", ".join(list(_RESNETS.values()) + list(_SWINS.values()))
     raise ValueError(f"{source}: holds {what}, which is none of {known}; pass --backbone")

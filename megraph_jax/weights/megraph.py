@@ -22,11 +22,16 @@ def load_linear_block(sd: StateDict, prefix: str, block: LinearBlock) -> None:
 def load_afg(sd: StateDict, prefix: str, afg: AFG) -> None:
   """Stacks the N official ``{prefix}.{i}`` LinearBlocks into the batched AFG."""
   n = afg.num_aus
-  present = {int(k[len(prefix) + 1:].split(".")[0]) for k in sd.tensors
-             if k.startswith(prefix + ".") and k[len(prefix) + 1:].split(".")[0].isdigit()}
+  present = {
+    int(k[len(prefix) + 1 :].split(".")[0])
+    for k in sd.tensors
+    if k.startswith(prefix + ".") and k[len(prefix) + 1 :].split(".")[0].isdigit()
+  }
   if present != set(range(n)):
-    raise ValueError(f"{sd.source}: '{prefix}' holds AU blocks {sorted(present)}, the model has N={n} "
-                     f"(0..{n - 1}); pass the checkpoint's number of AUs as num_aus")
+    raise ValueError(
+      f"{sd.source}: '{prefix}' holds AU blocks {sorted(present)}, the model has N={n} "
+      f"(0..{n - 1}); pass the checkpoint's number of AUs as num_aus"
+    )
   take = lambda i, s: sd.take(f"{prefix}.{i}.{s}")
   stack = lambda s, f=lambda a: a: np.stack([f(take(i, s)) for i in range(n)])
   assign(afg.kernel, stack("fc.weight", lambda w: w.T), f"{prefix}.*.fc.weight", sd.source)

@@ -19,9 +19,11 @@ def _check_layout(sd: StateDict, p: str, model: SwinTransformer) -> None:
   timm = p + "layers.1.downsample.reduction.weight"
   last = p + f"layers.{model.num_layers - 1}.downsample.norm.weight"
   if ours not in sd.tensors and timm in sd.tensors and last in sd.tensors:
-    raise KeyError(f"{sd.source}: missing key '{ours}' but '{timm}' and a last-stage downsample exist: "
-                   "this looks like timm's Swin layout (downsample starts a stage); convert it to the "
-                   "official layout (layers.{i}.downsample -> layers.{i-1}.downsample) first")
+    raise KeyError(
+      f"{sd.source}: missing key '{ours}' but '{timm}' and a last-stage downsample exist: "
+      "this looks like timm's Swin layout (downsample starts a stage); convert it to the "
+      "official layout (layers.{i}.downsample -> layers.{i-1}.downsample) first"
+    )
 
 
 def load_swin(sd: StateDict, prefix: str, model: SwinTransformer) -> None:
@@ -46,8 +48,10 @@ def load_swin(sd: StateDict, prefix: str, model: SwinTransformer) -> None:
       if key in sd.tensors:
         theirs = sd.take(key)
         if not np.array_equal(np.asarray(theirs), relative_position_index(block.attn.window)):
-          raise ValueError(f"{sd.source}: key '{key}' (shape {tuple(theirs.shape)}) differs from the "
-                           f"relative position index of a {block.attn.window}x{block.attn.window} window")
+          raise ValueError(
+            f"{sd.source}: key '{key}' (shape {tuple(theirs.shape)}) differs from the "
+            f"relative position index of a {block.attn.window}x{block.attn.window} window"
+          )
       sd.skip([b + "attn_mask"])
       load_layernorm(sd, b + "norm2", block.norm2)
       load_linear(sd, b + "mlp.fc1", block.mlp.fc1)
@@ -57,11 +61,12 @@ def load_swin(sd: StateDict, prefix: str, model: SwinTransformer) -> None:
       load_layernorm(sd, d + "norm", layer.downsample.norm)
       load_linear(sd, d + "reduction", layer.downsample.reduction)
   load_layernorm(sd, p + "norm", model.norm)
-  left = [k for k in sd.unused(p)
-          if k[len(p):].startswith(("patch_embed.", "layers.", "norm.", "absolute_pos_embed"))]
+  left = [k for k in sd.unused(p) if k[len(p) :].startswith(("patch_embed.", "layers.", "norm.", "absolute_pos_embed"))]
   if left:
-    raise KeyError(f"{sd.source}: {len(left)} Swin key(s) not used by this model "
-                   f"(depths {model.depths}, embed_dim {model.embed_dim}): {left[:10]}")
+    raise KeyError(
+      f"{sd.source}: {len(left)} Swin key(s) not used by this model "
+      f"(depths {model.depths}, embed_dim {model.embed_dim}): {left[:10]}"
+    )
 
 
 def load_swin_imagenet(path: str | os.PathLike, model: SwinTransformer) -> None:
