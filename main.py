@@ -13,11 +13,15 @@ Rerunning the same command resumes from the latest checkpoint in ``--workdir``. 
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: its C++ INFO lines off
 
-# tf.data runs on the CPU only: keep TensorFlow off any accelerator JAX uses.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from megraph_jax import distributed, errors, experiment  # noqa: E402
+from megraph_jax.preemption import EXIT_PREEMPTED  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs, results.json and results.md.")
@@ -28,15 +32,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value for overrides")
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-  tf.config.set_visible_devices([], "GPU")
-
-  from megraph_jax import distributed, errors, train  # pylint: disable=import-outside-toplevel
-  from megraph_jax.preemption import EXIT_PREEMPTED  # pylint: disable=import-outside-toplevel
-
+  tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU only: keep TensorFlow off JAX's accelerators
   distributed.initialize()
-  import jax  # pylint: disable=import-outside-toplevel
 
   logging.info(
     "JAX process %d/%d, %d local / %d global devices (%s)",
@@ -47,15 +44,15 @@ def main(argv):
     jax.default_backend(),
   )
   try:
-    results = train.run(FLAGS.config, FLAGS.workdir)
+    results = experiment.run(FLAGS.config, FLAGS.workdir)
   except errors.UserError as e:  # the input (config, data, files), not the code: the message says what to do
     print(f"error: {e}", file=sys.stderr)
     sys.exit(errors.EXIT_USAGE)
   except errors.TrainingDiverged as e:
     print(f"error: training diverged: {e}", file=sys.stderr)
     sys.exit(errors.EXIT_DIVERGED)
-  if results.get("preempted"):
-    print(f"stopped before the end (exit status {EXIT_PREEMPTED}): {results['message']}", file=sys.stderr)
+  if results.preempted:
+    print(f"stopped before the end (exit status {EXIT_PREEMPTED}): {results.message}", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
 
 

@@ -25,6 +25,16 @@ import sys
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from megraph_jax import model_factory, sharding, tpu_topology, train
+from megraph_jax.train_state import TrainState
+
 EXIT_CONFIG_ERROR = 2
 EXIT_DOES_NOT_FIT = 3
 
@@ -128,38 +138,15 @@ def _flops(compiled) -> float:
 
 def abstract_steps(config, mesh, stage: int):
   """``train.py``'s steps on ``mesh``: (train jit, eval jit, abstract train args, abstract eval args, #params)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  from megraph_jax import model_factory, optim, sharding, train  # pylint: disable=import-outside-toplevel
 
   settings = config.stage1 if stage == 1 else config.stage2
   model = nnx.eval_shape(lambda: model_factory.build_from_config(config, stage))
-  model.eval()
-  eval_graphdef = nnx.graphdef(model)
-  model.train()
-  graphdef, state = nnx.split(model)
+  eval_graphdef = train.eval_graphdef(model)
   params = nnx.state(model, nnx.Param)
-  tx, _ = optim.create_optimizer(
-    params,
-    learning_rate=settings.learning_rate,
-    total_steps=1000,
-    weight_decay=config.optim.weight_decay,
-    b1=config.optim.b1,
-    b2=config.optim.b2,
-    eps=config.optim.eps,
-    clip_norm=config.optim.clip_norm,
-    trainable_params=settings.trainable_params,
-    decay_params=settings.decay_params,
-    stage_key=f"stage{stage}",
-  )
-  opt_state = jax.eval_shape(tx.init, params)
-
+  tx, _ = train.make_optimizer(config, stage, params, 1000)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda m: TrainState(m, tx), model))
   mode, min_size = config.sharding.params, config.sharding.fsdp_min_size
   state_sh = sharding.state_shardings(state, mesh, mode, min_size)
-  opt_sh = sharding.state_shardings(opt_state, mesh, mode, min_size)
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
 
   def spec(tree, shardings):
@@ -167,7 +154,9 @@ def abstract_steps(config, mesh, stage: int):
 
   crop = config.dataset.crop_size
   probe = jax.ShapeDtypeStruct((1, crop, crop, 3), jnp.float32)  # [1, H, W, 3]
-  n = jax.eval_shape(lambda st, x: nnx.merge(eval_graphdef, st)(x), state, probe)["au_probs"].shape[-1]  # N AUs
+  n = jax.eval_shape(lambda st, x: nnx.merge(eval_graphdef, st)(x), state["model"], probe)["au_probs"].shape[
+    -1
+  ]  # N AUs
   class_weights = np.ones((n,), np.float32)
   lam = float(settings.lam) if stage == 2 else 0.0
 
@@ -181,21 +170,21 @@ def abstract_steps(config, mesh, stage: int):
       out["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=data)  # [B]
     return out
 
-  # As train.jit_train_step / jit_eval_step, with the donation a TPU run gets (state and opt state in place).
+  # As train.jit_train_step / jit_eval_step, with the donation a TPU run gets (the train state in place).
   train_fn = jax.jit(
-    functools.partial(train.train_step, graphdef, tx=tx, class_weights=class_weights, lam=lam),
-    in_shardings=(state_sh, opt_sh, data),
-    out_shardings=(state_sh, opt_sh, repl),
-    donate_argnums=(0, 1),
+    functools.partial(train.train_step, graphdef, class_weights=class_weights, lam=lam),
+    in_shardings=(state_sh, data),
+    out_shardings=(state_sh, repl),
+    donate_argnums=(0,),
   )
   eval_fn = jax.jit(
     functools.partial(train.eval_step, eval_graphdef, class_weights=class_weights),
-    in_shardings=(state_sh, data),
+    in_shardings=(state_sh["model"], data),
     out_shardings=repl,
   )
   eval_batch = -(-config.eval_batch_size // mesh.devices.size) * mesh.devices.size
-  train_args = (spec(state, state_sh), spec(opt_state, opt_sh), batch(config.batch_size, False))
-  eval_args = (spec(state, state_sh), batch(eval_batch, True))
+  train_args = (spec(state, state_sh), batch(config.batch_size, False))
+  eval_args = (spec(state["model"], state_sh["model"]), batch(eval_batch, True))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   return train_fn, eval_fn, train_args, eval_args, n_params
 
@@ -210,7 +199,6 @@ def compile_report(
   num_slices: int = 1,
 ) -> dict[str, Any]:
   """Compiles the steps of ``config`` for ``topology``; returns the figures the table prints."""
-  from megraph_jax import sharding, tpu_topology  # pylint: disable=import-outside-toplevel
 
   tpu = tpu_topology.describe(topology, num_slices)
   per_chip = check_shapes(config.batch_size, tpu.chips, tpu.hosts)
@@ -339,7 +327,6 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:  # pylint: disable=unused-argument
-  from absl import flags  # pylint: disable=import-outside-toplevel
 
   flags_ = flags.FLAGS
   try:
@@ -363,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=unused-argume
 
 
 def _define_flags() -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
 
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
   flags.DEFINE_string("topology", None, "TPU slice: v5e:4x4, v4:2x2x2, v5p:2x2x1, v6e:2x4, or v4-8, v5e-64 ...")
@@ -377,9 +362,8 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; the TPU devices are compile-only
+  if "JAX_PLATFORMS" not in os.environ:  # the host compiles; the TPU devices are compile-only
+    jax.config.update("jax_platforms", "cpu")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  from absl import app  # pylint: disable=ungrouped-imports
-
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

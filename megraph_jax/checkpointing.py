@@ -14,12 +14,14 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from megraph_jax import sharding
 from megraph_jax.errors import CheckpointError, ConfigChangedError, WorkdirLockedError
 from megraph_jax.model_factory import MODEL_JSON  # the model spec next to its checkpoints, read by megraph_jax.loader
 
 STAGE_CONFIG = "config.json"  # the experiment config of the stage, written at its fresh start
+ITEM = "state"  # the one orbax item of a checkpoint: the train state in checkpoints/, the model state in best/
 UNREADABLE = "unreadable_checkpoints"  # where checkpoints that fail to restore are moved (never deleted)
 
 
@@ -30,7 +32,8 @@ def _abstract(tree: Any) -> Any:
 
 
 class StageCheckpoints:
-  """``<stage_dir>/checkpoints`` (model state + optimizer state, last ``keep``) and ``<stage_dir>/best``.
+  """``<stage_dir>/checkpoints`` (the train state: model + optimizer, last ``keep``) and ``<stage_dir>/best``
+  (the model state of the best epoch).
 
   The step number of a checkpoint is the global optimizer step, so it also gives the data position
   (epoch = step // steps_per_epoch, batch = step % steps_per_epoch).
@@ -40,12 +43,12 @@ class StageCheckpoints:
     self.stage_dir = os.path.abspath(stage_dir)
     self.latest = ocp.CheckpointManager(
       os.path.join(self.stage_dir, "checkpoints"),
-      item_names=("state", "opt_state"),
+      item_names=(ITEM,),
       options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
     )
     self.best = ocp.CheckpointManager(
       os.path.join(self.stage_dir, "best"),
-      item_names=("state",),
+      item_names=(ITEM,),
       options=ocp.CheckpointManagerOptions(
         max_to_keep=1,
         best_fn=lambda m: m["mean_f1"],
@@ -61,18 +64,14 @@ class StageCheckpoints:
   def checkpoint_dir(self, step: int) -> str:
     return os.path.join(self.stage_dir, "checkpoints", str(step))
 
-  def save(self, step: int, state: Any, opt_state: Any) -> None:
-    """Saves the training state at ``step`` (asynchronously; ``wait()`` before exiting)."""
+  def save(self, step: int, state: Any) -> None:
+    """Saves the train state at ``step`` (asynchronously; ``wait()`` before exiting)."""
     if step in self.latest.all_steps():
       return
-    self.latest.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), opt_state=ocp.args.StandardSave(opt_state)),
-      force=True,
-    )
+    self.latest.save(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardSave(state)}), force=True)
 
-  def restore(self, state: Any, opt_state: Any) -> tuple[int, Any, Any] | None:
-    """(step, state, opt_state) of the newest readable checkpoint shaped like the arguments, or None.
+  def restore(self, state: Any) -> tuple[int, Any] | None:
+    """(step, train state) of the newest readable checkpoint shaped like ``state``, or None.
 
     A checkpoint that fails to restore (truncated or partly deleted files) is skipped with a warning
     when an older one restores, and moved to ``<stage_dir>/unreadable_checkpoints`` so that training
@@ -81,12 +80,7 @@ class StageCheckpoints:
     failures = []
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
-        out = self.latest.restore(
-          step,
-          args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state)), opt_state=ocp.args.StandardRestore(_abstract(opt_state))
-          ),
-        )
+        out = self.latest.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(_abstract(state))}))
       except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         logging.warning(
@@ -96,7 +90,7 @@ class StageCheckpoints:
         continue
       if failures:
         self._set_aside([s for s, _ in failures], restored=step)
-      return step, out["state"], out["opt_state"]
+      return step, out[ITEM]
     if failures:
       listing = "; ".join(f"step {s}: {r}" for s, r in failures)
       raise CheckpointError(
@@ -118,8 +112,6 @@ class StageCheckpoints:
           "skipped unreadable checkpoint of step %d (moved to %s); resuming from step %d", step, target, restored
         )
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
       multihost_utils.sync_global_devices("unreadable checkpoints moved")
     self.latest.reload()
 
@@ -129,7 +121,7 @@ class StageCheckpoints:
       return
     self.best.save(
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+      args=ocp.args.Composite(**{ITEM: ocp.args.StandardSave(state)}),
       metrics={k: float(v) for k, v in metrics.items()},
     )
 
@@ -159,13 +151,22 @@ def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "be
   directory = os.path.join(os.path.abspath(stage_dir), sub)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints; train that stage first or point to another directory")
-  names = ("state",) if sub == "best" else ("state", "opt_state")
-  with ocp.CheckpointManager(directory, item_names=names, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
+  with ocp.CheckpointManager(
+    directory, item_names=(ITEM,), options=ocp.CheckpointManagerOptions(read_only=True)
+  ) as mgr:
     step = mgr.latest_step()  # the best manager keeps only the best one
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint saved yet")
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(abstract_state))))
-  return step, out["state"]
+    target = _abstract(abstract_state)
+    if sub == "best":
+      return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(target)}))[ITEM]
+    try:  # the model part of a train state {'model', 'optimizer'}
+      item = {"model": target}
+      restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+      partial = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+      return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: partial}))[ITEM]["model"]
+    except Exception:  # pylint: disable=broad-except  # workdirs of 2026-11-25 and before: the model state alone
+      return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(target)}))[ITEM]
 
 
 def latest_step(stage_dir: str) -> int | None:

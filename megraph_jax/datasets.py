@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from megraph_jax import synthetic, task
 from megraph_jax.errors import DatasetError, DatasetNotFoundError
@@ -367,8 +368,6 @@ def from_config(config: ml_collections.ConfigDict, workdir: str) -> Dataset:
     aus=[task.au_number(a) for a in names],
   )
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
     if jax.process_index() == 0:  # one writer; the others wait, then find it in the cache
       generate()
     multihost_utils.sync_global_devices("synthetic dataset generated")

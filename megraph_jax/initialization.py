@@ -15,6 +15,7 @@ from megraph_jax import loader
 from megraph_jax.errors import CheckpointError, ConfigError, ImageNetWeightsError
 from megraph_jax.model_factory import Model
 from megraph_jax.models.megraph import Stage1Model, Stage2Model, init_stage2_from_stage1
+from megraph_jax.torch_io import load_pth
 
 
 def checkpoint_hints(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -108,8 +109,6 @@ def checkpoint_aus(path: str) -> tuple[int | None, list[str] | None]:
   """(number of AUs, AU names or None) a checkpoint was trained for, read without building the model."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isfile(path):
-    from megraph_jax.torch_io import load_pth  # pylint: disable=import-outside-toplevel
-
     return loader.official_info(load_pth(path))["num_aus"], None
   spec = loader.stored_spec(path)
   return (None, None) if spec is None else (spec.num_aus, None if spec.au_names is None else list(spec.au_names))

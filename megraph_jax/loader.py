@@ -16,7 +16,7 @@ from flax import nnx
 
 from megraph_jax import checkpointing
 from megraph_jax.errors import CheckpointError, CheckpointNotFoundError
-from megraph_jax.model_factory import MODEL_JSON, Model, ModelSpec, build, dtype_name
+from megraph_jax.model_factory import MODEL_JSON, Model, ModelSpec, build, dtype_name, eval_view
 from megraph_jax.models.megraph import BaselineModel
 from megraph_jax.torch_io import load_pth
 from megraph_jax.weights.common import StateDict
@@ -222,5 +222,4 @@ def load(
   else:
     hint = f"{os.path.join(path, MODEL_JSON)}: missing; " if not os.path.isfile(os.path.join(path, MODEL_JSON)) else ""
     raise CheckpointNotFoundError(f"{path}: {hint}not a megraph-jax checkpoint; expected {KINDS}")
-  model.eval()
-  return model, spec
+  return eval_view(model), spec

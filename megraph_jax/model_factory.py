@@ -220,6 +220,11 @@ def build(spec: ModelSpec, *, seed: int = 0, drop_path_rate: float | None = None
   return model
 
 
+def eval_view(model: Model) -> Model:
+  """The eval view of ``model`` (running BatchNorm statistics, no DropPath), sharing its variables."""
+  return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
+
+
 def build_from_config(config: Any, stage: int) -> Model:
   """The model of ``stage`` as the training config describes it, randomly initialised from ``config.seed``."""
   return build(

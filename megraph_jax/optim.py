@@ -9,6 +9,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 TRAIN, FROZEN = "train", "frozen"
 
@@ -115,6 +116,7 @@ def create_optimizer(
   parameters train and all are decayed. The schedule computes in the parameters' dtype (float64 for float64
   models). Returns the transformation and the schedule.
   """
+  params = nnx.as_pure(params)  # masks over plain arrays, as nnx.Optimizer.update hands them to optax
   schedule = cosine_lr(learning_rate, total_steps, dtype=schedule_dtype(params))
   labels = param_labels(params, trainable_params, key=f"{stage_key}.trainable_params")
   decay_mask = path_mask(params, decay_params, key=f"{stage_key}.decay_params")

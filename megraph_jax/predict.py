@@ -25,7 +25,7 @@ from flax import nnx
 
 from megraph_jax import faces as facelib
 from megraph_jax import loader, media
-from megraph_jax.model_factory import Model, ModelSpec
+from megraph_jax.model_factory import Model, ModelSpec, eval_view
 from megraph_jax.models.fgg import knn_adjacency
 from megraph_jax.records import FacePrediction, RecordWriter, file_stem, plot_stem, smooth
 from megraph_jax.transforms import eval_transform
@@ -73,8 +73,7 @@ class Predictor:
     self.img_size, self.resize = self.spec.img_size, resize
     self.batch_size, self.threshold = max(1, int(batch_size)), float(threshold)
     self.align, self._aligner, self._min_face_size = align, aligner, min_face_size
-    model.eval()
-    self.model = model
+    self.model = model = eval_view(model)
     graphdef, self._state = nnx.split(model)
     self._fn = jax.jit(functools.partial(_forward, graphdef, k=self.knn_k))
     self._tracker = facelib.FaceTracker()

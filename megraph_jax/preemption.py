@@ -7,6 +7,7 @@ import threading
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped early after saving a checkpoint; rerun the same command to resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -57,7 +58,5 @@ class StopRequest:
     self.steps_run += 1
     stop = self.signalled or (self.stop_after_steps > 0 and self.steps_run >= self.stop_after_steps)
     if jax.process_count() > 1:  # every process must stop at the same step
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
       stop = stop or multihost_utils.reached_preemption_sync_point(step)
     return stop

@@ -5,14 +5,14 @@
 
 A run is ``Resources.hosts`` processes (one per host of its slice, or ``--hosts`` processes on CPU or
 GPU nodes), each a fresh Ray worker process (``max_calls=1``: JAX's devices and ``jax.distributed``
-are per process) that runs ``train.run`` on the run's config in ``ROOT/<run name>``. Several
+are per process) that runs ``experiment.run`` on the run's config in ``ROOT/<run name>``. Several
 processes join with ``jax.distributed`` through the ``MEGRAPH_*`` variables of
 ``megraph_jax.distributed``, the coordinator being the run's first host. Ray places runs as its
 resources allow (``--ray=local`` starts a one-machine cluster with ``--ray_cpus`` CPUs), so several
 runs go side by side.
 
 A run whose process fails, is killed or loses its host is stopped on every host and started again
-(up to ``max_retries`` times): ``train.run`` resumes from the run's latest checkpoint. A run that
+(up to ``max_retries`` times): ``experiment.run`` resumes from the run's latest checkpoint. A run that
 stopped early after saving a checkpoint (preemption: SIGTERM) starts again without counting as a
 failure. A finished run (``results.json``) is never started again; a config or data error is not
 retried. Every process appends one line to ``ROOT/<run>/attempts.jsonl`` when it starts: attempt,
@@ -30,6 +30,10 @@ import socket
 import time
 from typing import Any
 
+import jax
+import tensorflow as tf
+
+from megraph_jax import distributed, errors, experiment, optional, sweep_spec, tpu_topology
 from megraph_jax.preemption import EXIT_PREEMPTED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,73 +94,54 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
       "time": time.time(),
     },
   )
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
   tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
-
-  from megraph_jax import distributed, sweep  # pylint: disable=import-outside-toplevel
-
   try:
-    config = sweep.build_config(run)
+    config = sweep_spec.build_config(run)
   except (KeyError, ValueError, FileNotFoundError) as e:  # the sweep file, not the cluster: no retry
     return {"status": "error", "message": f"{run['name']}: {e}"}
   if config.dataset.synthetic.enabled and not config.dataset.synthetic.cache_dir:
     config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
   distributed.initialize()
-  from megraph_jax import train  # pylint: disable=import-outside-toplevel
 
   try:
-    result = train.run(config, workdir)
+    result = experiment.run(config, workdir)
   except _not_retried() as e:  # main.py's exit statuses 2 (input errors) and 3 (diverged): not retried
     if type(e).__name__ == "WorkdirLockedError":  # the previous attempt's process may still be exiting: retry
       raise
     return {"status": "error", "message": f"{run['name']}: {type(e).__name__}: {e}"}
-  import jax  # pylint: disable=import-outside-toplevel
-
   _append_attempt(
     workdir,
     {
       "attempt": attempt,
       "process": process,
-      "end": "preempted" if result.get("preempted") else "done",
+      "end": "preempted" if result.preempted else "done",
       "processes": jax.process_count(),
       "devices": jax.device_count(),
       "local_devices": jax.local_device_count(),
-      "mean_f1": _mean_f1(result),
+      "mean_f1": result.mean_f1,
       "time": time.time(),
     },
   )
-  if result.get("preempted"):  # main.py's EXIT_PREEMPTED: saved, rerun to resume
-    return {"status": "preempted", "exit": EXIT_PREEMPTED, "message": result.get("message", "")}
-  return {"status": "done", "mean_f1": _mean_f1(result)}
+  if result.preempted:  # main.py's EXIT_PREEMPTED: saved, rerun to resume
+    return {"status": "preempted", "exit": EXIT_PREEMPTED, "message": result.message}
+  return {"status": "done", "mean_f1": result.mean_f1}
 
 
 def _not_retried() -> tuple[type[BaseException], ...]:
   """Errors that another attempt would meet again: the config, the data, files, a diverged training."""
-  from megraph_jax import errors  # pylint: disable=import-outside-toplevel
-
   return (errors.UserError, errors.TrainingDiverged)
-
-
-def _mean_f1(result: dict[str, Any]) -> float | None:
-  for fold in result.get("folds", {}).values():
-    for stage in ("stage2", "stage1"):
-      if stage in fold:
-        return fold[stage]["last"]["mean_f1"]
-  return None
 
 
 def _coordinator_probe() -> dict[str, Any]:
   """This host's address, a free port on it and its TPU worker number (if any): who coordinates."""
-  import ray  # pylint: disable=import-outside-toplevel
+  ray = optional.require("ray")
 
   with socket.socket() as s:
     s.bind(("", 0))
     port = s.getsockname()[1]
   worker = None
   try:
-    from ray._private.accelerators import TPUAcceleratorManager  # pylint: disable=import-outside-toplevel
+    TPUAcceleratorManager = optional.require("ray._private.accelerators").TPUAcceleratorManager  # noqa: N806
 
     worker = TPUAcceleratorManager.get_current_node_tpu_worker_id()
   except Exception:  # pylint: disable=broad-except
@@ -175,9 +160,7 @@ class _Group:
     self.hosts = res.hosts
     self.task_resources: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
     if res.tpu:
-      from ray.util import tpu as ray_tpu  # pylint: disable=import-outside-toplevel
-
-      from megraph_jax import tpu_topology  # pylint: disable=import-outside-toplevel
+      ray_tpu = optional.require("ray.util.tpu")
 
       chip, bounds = tpu_topology.parse(res.tpu)
       topo, version = "x".join(map(str, bounds)), chip.ray_name or chip.version
@@ -190,7 +173,7 @@ class _Group:
       bundle = dict(self.handle.bundle_resources)
       self.task_resources = {"num_cpus": bundle.pop("CPU", 0), "resources": bundle}
     elif res.hosts > 1:
-      from ray.util.placement_group import placement_group  # pylint: disable=import-outside-toplevel
+      placement_group = optional.require("ray.util.placement_group").placement_group
 
       bundle = {"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}
       # GPU hosts: one process per node; CPU processes may share a node (the local test cluster).
@@ -203,7 +186,7 @@ class _Group:
   def options(self, process: int) -> dict[str, Any]:
     if self.pg is None:
       return dict(self.task_resources)
-    from ray.util import scheduling_strategies  # pylint: disable=import-outside-toplevel
+    scheduling_strategies = optional.require("ray.util.scheduling_strategies")
 
     return {
       **self.task_resources,
@@ -216,7 +199,7 @@ class _Group:
     if self.handle is not None:
       self.handle.shutdown()
     elif self.pg is not None:
-      from ray.util.placement_group import remove_placement_group  # pylint: disable=import-outside-toplevel
+      remove_placement_group = optional.require("ray.util.placement_group").remove_placement_group
 
       remove_placement_group(self.pg)
 
@@ -320,7 +303,7 @@ def init_ray(address: str, num_cpus: int | None = None):
   it must be installed on every node or shipped by ``ray job submit --working-dir .``.
   Returns (ray, whether this call started the connection).
   """
-  import ray  # pylint: disable=import-outside-toplevel
+  ray = optional.require("ray")
 
   if ray.is_initialized():
     return ray, False

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging as absl_logging
 
 
 def all_positive_f1(labels: np.ndarray) -> np.ndarray:
@@ -56,10 +58,6 @@ class _DropLibraryInfo:
 
 def quiet_library_logs(parts: Sequence[str] = ("/orbax/",)) -> None:
   """Keeps the console to our progress lines: INFO logs of orbax are dropped."""
-  import logging as std_logging  # pylint: disable=import-outside-toplevel
-
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
     handler.addFilter(_DropLibraryInfo(parts))

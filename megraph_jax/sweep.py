@@ -1,10 +1,6 @@
 """Experiment sweeps: expand a grid into runs with their own workdirs, run them (here or on Ray), gather them.
 
-A sweep file (``configs/sweeps/*.py``) defines ``get_sweep()`` returning a dict with
-``name``, ``config`` (the base config file, relative to the repository root), ``overrides``
-({key: value} applied to every run) and ``grid`` ({key: [values]}; the key ``config`` varies the
-base config file itself, e.g. over datasets and backbones). Every combination is one run, named by
-its grid values, in ``ROOT/<run name>``.
+The sweep file format is described in ``megraph_jax.sweep_spec``; every run lives in ``ROOT/<run name>``.
 
   python -m megraph_jax.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep     # one after another
   python -m megraph_jax.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep --ray=local --ray_cpus=2
@@ -20,146 +16,29 @@ one process per host of a run, failed runs retried from their checkpoints.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
-import itertools
 import json
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-import ml_collections
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_module(path: str):
-  """Imports a config or sweep file by path (absolute, or relative to the cwd or the repository)."""
-  for candidate in (path, os.path.join(REPO, path)):
-    if os.path.isfile(candidate):
-      spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(candidate))[0], candidate)
-      module = importlib.util.module_from_spec(spec)
-      if REPO not in sys.path:
-        sys.path.insert(0, REPO)
-      spec.loader.exec_module(module)
-      return module
-  raise FileNotFoundError(f"{path}: no such config or sweep file (looked in {os.getcwd()} and {REPO})")
-
-
-def parse_value(text: str) -> Any:
-  """'0.05' -> 0.05, '(1, 2)' -> (1, 2), 'True' -> True, anything else stays a string."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, Any]:
-  out = {}
-  for item in items:
-    if "=" not in item:
-      raise ValueError(f"--set {item!r}: expected key=value, e.g. --set stage2.epochs=2")
-    key, value = item.split("=", 1)
-    out[key.strip()] = parse_value(value.strip())
-  return out
-
-
-def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-  """``config.a.b = value`` for key 'a.b'; unknown keys are an error naming the key."""
-  node = config
-  *parents, leaf = key.split(".")
-  for i, p in enumerate(parents):
-    if p not in node:
-      raise KeyError(f"sweep key {key!r}: the config has no {'.'.join(parents[: i + 1])!r}")
-    node = node[p]
-  if leaf not in node:
-    raise KeyError(f"sweep key {key!r}: the config has no such field")
-  current = node[leaf]
-  if isinstance(current, tuple) and isinstance(value, list):
-    value = tuple(value)
-  setattr(node, leaf, value)
-
-
-def _short(key: str) -> str:
-  return {
-    "dataset.fold": "fold",
-    "stage2.lam": "lam",
-    "model.neighbor_num": "K",
-    "model.backbone": "backbone",
-    "config": "config",
-  }.get(key, key.split(".")[-1])
-
-
-def _fmt(value: Any) -> str:
-  if isinstance(value, str):
-    return os.path.splitext(os.path.basename(value))[0]
-  return str(value)
-
-
-def expand(sweep: dict[str, Any], extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-  """The runs of a sweep: [{'name', 'config' (file), 'overrides' {key: value}, 'grid' {key: value}}]."""
-  grid = dict(sweep.get("grid", {}) or {})
-  for key, values in grid.items():
-    if not isinstance(values, (list, tuple)) or not values:
-      raise ValueError(f"sweep {sweep['name']!r}: grid[{key!r}] must be a non-empty list of values")
-  for key in ("name", "config"):
-    if key not in sweep:
-      raise ValueError(f"sweep file: get_sweep() must give {key!r} (and 'grid', optionally 'overrides')")
-  keys = list(grid)
-  runs = []
-  for combo in itertools.product(*(grid[k] for k in keys)):
-    point = dict(zip(keys, combo))
-    name = "_".join(f"{_short(k)}{_fmt(v)}" for k, v in point.items()) or "run"
-    overrides = {
-      **dict(sweep.get("overrides", {}) or {}),
-      **{k: v for k, v in point.items() if k != "config"},
-      **(extra or {}),
-    }
-    runs.append({"name": name, "config": point.get("config", sweep['config']), "overrides": overrides, "grid": point})
-  names = [r["name"] for r in runs]
-  if len(set(names)) != len(names):
-    raise ValueError(f"sweep {sweep['name']!r}: two runs share a name; make the grid values distinct")
-  return runs
-
-
-def build_config(run: dict[str, Any]) -> ml_collections.ConfigDict:
-  config = load_module(run["config"]).get_config()
-  for key, value in run["overrides"].items():
-    set_key(config, key, value)
-  return config
-
-
-def command(run: dict[str, Any], root: str, python: str = "python") -> str:
-  """The main.py command line of one run."""
-  parts = [python, "main.py", f"--config={run['config']}", f"--workdir={os.path.join(root, run['name'])}"]
-  parts += [f"--config.{k}={_cli_value(v)}" for k, v in run["overrides"].items()]
-  return " ".join(shlex.quote(p) for p in parts)
-
-
-def _cli_value(v: Any) -> str:
-  if isinstance(v, (list, tuple)):
-    return repr(tuple(v))  # config_flags parses Python literals: ('AU1', 'AU2')
-  return str(v)
+from megraph_jax import experiment, ray_sweep, reporting, sweep_spec
+from megraph_jax.results import RunResult
 
 
 def run_all(runs: list[dict[str, Any]], root: str) -> list[str]:
   """Runs every unfinished run in this process, one after another; returns the names run."""
-  from megraph_jax import train  # pylint: disable=import-outside-toplevel
-
   done = []
   for i, r in enumerate(runs):
     workdir = os.path.join(root, r["name"])
     if os.path.isfile(os.path.join(workdir, "results.json")):
       print(f"[{i + 1}/{len(runs)}] {r['name']}: finished earlier, skipped", flush=True)
       continue
-    print(f"[{i + 1}/{len(runs)}] {r['name']}: {command(r, root)}", flush=True)
-    config = build_config(r)
+    print(f"[{i + 1}/{len(runs)}] {r['name']}: {sweep_spec.command(r, root)}", flush=True)
+    config = sweep_spec.build_config(r)
     if config.dataset.synthetic.enabled and not config.dataset.synthetic.cache_dir:
       config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
-    result = train.run(config, workdir)
-    if result.get("preempted"):
+    if experiment.run(config, workdir).preempted:
       print(f"{r['name']}: stopped before the end; rerun the sweep to resume", flush=True)
       break
     done.append(r["name"])
@@ -167,10 +46,9 @@ def run_all(runs: list[dict[str, Any]], root: str) -> list[str]:
 
 
 def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, Any]]]:
-  """One Markdown table over the finished runs: per run (and fold), then averaged over folds."""
-  from megraph_jax import reporting  # pylint: disable=import-outside-toplevel
-
-  rows, records, missing = [], [], []
+  """One Markdown table over the finished runs' last epochs: per run, fold and stage, then each group of runs
+  that differ only in the fold averaged over its folds, then the all-positive baseline of each fold."""
+  rows, records, missing, baselines = [], [], [], {}
   au_names = None
   groups: dict[str, list[dict[str, float]]] = {}
   for r in runs:
@@ -178,32 +56,27 @@ def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, A
     if not os.path.isfile(path):
       missing.append(r["name"])
       continue
-    with open(path) as f:
-      res = json.load(f)
-    for fold, fr in sorted(res["folds"].items()):
-      stage = "stage2" if "stage2" in fr else "stage1"
-      f1 = fr[stage]["last"]["f1"]
-      au_names = au_names or list(f1)
-      rows.append((f"{r['name']} (fold {fold}, {stage})", f1))
-      records.append(
-        {
-          "run": r["name"],
-          "fold": int(fold),
-          "stage": stage,
-          "grid": r["grid"],
-          "mean_f1": fr[stage]["last"]["mean_f1"],
-          "f1": f1,
-        }
-      )
-      group = ", ".join(f"{_short(k)}={_fmt(v)}" for k, v in r["grid"].items() if k != "dataset.fold") or "all"
-      groups.setdefault(f"{group} [{stage}]", []).append(f1)
+    res = RunResult.read(path)
+    if au_names is not None and tuple(res.au_names) != tuple(au_names):
+      raise ValueError(f"{path}: AUs {res.au_names} differ from the other runs' {au_names}; gather one AU set")
+    au_names = res.au_names
+    point = {k: v for k, v in r["grid"].items() if k != "dataset.fold"}
+    group = ", ".join(f"{sweep_spec.short_key(k)}={sweep_spec.fmt_value(v)}" for k, v in point.items()) or "all"
+    for fold, fr in sorted(res.folds.items()):
+      baselines.setdefault(fold, fr.all_positive_f1)
+      for stage, sr in sorted(fr.stages.items()):
+        rows.append((f"{r['name']} (fold {fold}, stage {stage})", sr.last.f1))
+        records.append({"run": r["name"], "fold": fold, "stage": f"stage{stage}", "grid": r["grid"],
+                        "mean_f1": sr.last.mean_f1, "f1": sr.last.f1})  # fmt: skip
+        groups.setdefault(f"{group} [stage {stage}]", []).append(sr.last.f1)
   if not rows:
     raise FileNotFoundError(
       f"no finished run under {root} (expected {root}/<run>/results.json for {[r['name'] for r in runs][:4]}...)"
     )
   for group, f1s in groups.items():
-    if len(f1s) > 1:
+    if len(f1s) > 1 and len(baselines) > 1:
       rows.append((f"{group}, avg. over {len(f1s)} folds", reporting.mean_f1_dicts(f1s)))
+  rows += [(f"all-positive baseline, fold {k}", f1) for k, f1 in sorted(baselines.items())]
   text = reporting.f1_table(rows, au_names)
   if missing:
     text += f"\n\nNot finished ({len(missing)}): {', '.join(missing)}"
@@ -239,18 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   if (a.tpu or a.tpu_subslice or a.gpus or a.hosts != 1 or a.cpu_devices) and not a.ray:
     p.error("--tpu, --tpu_subslice, --gpus, --hosts and --cpu_devices place runs on a Ray cluster: add --ray=ADDRESS")
   failed: list = []
-  module = load_module(a.sweep)
+  module = sweep_spec.load_module(a.sweep)
   if not hasattr(module, "get_sweep"):
     p.error(f"{a.sweep}: a sweep file must define get_sweep() (see configs/sweeps/)")
   sweep = module.get_sweep()
-  runs = expand(sweep, parse_sets(a.set))
+  runs = sweep_spec.expand(sweep, sweep_spec.parse_sets(a.set))
   root = a.root if "://" in a.root else os.path.abspath(a.root)
   if a.action == "list":
     for r in runs:
       print(r["name"], json.dumps(r["overrides"]))
   elif a.action == "run" and a.ray:
-    from megraph_jax import ray_sweep  # pylint: disable=import-outside-toplevel
-
     res = ray_sweep.Resources(
       hosts=a.hosts, cpus=a.cpus, gpus=a.gpus, cpu_devices=a.cpu_devices, tpu=a.tpu, tpu_subslice=a.tpu_subslice
     )

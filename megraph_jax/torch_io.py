@@ -7,13 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-
-def _import_torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("Reading .pth files needs PyTorch, an optional extra: pip install -e '.[torch]'") from e
-  return torch
+from megraph_jax import optional
 
 
 def load_pth(path: str | os.PathLike, *, unwrap: tuple[str, ...] = ("state_dict", "model")) -> dict[str, np.ndarray]:
@@ -24,7 +18,7 @@ def load_pth(path: str | os.PathLike, *, unwrap: tuple[str, ...] = ("state_dict"
   ``{'state_dict': ...}`` or ``{'model': ...}`` wrapper is unwrapped and a ``module.`` prefix
   (DataParallel) stripped.
   """
-  torch = _import_torch()
+  torch = optional.require("torch")
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such checkpoint file")

@@ -14,6 +14,8 @@ import os
 import re
 from typing import Any
 
+from jax.experimental import topologies
+
 GIB = 2**30
 
 
@@ -129,7 +131,6 @@ def describe(name: str, num_slices: int = 1) -> Slice:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip is opened, others may compile too
   if importlib.util.find_spec("libtpu") is None:
     raise RuntimeError(f"compiling for {topology} needs libtpu: pip install -e '.[tpu]'")
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
 
   kwargs = {"chip_config_name": "megacore"} if chip.megacore else {}
   desc = topologies.get_topology_desc(

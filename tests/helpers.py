@@ -5,6 +5,10 @@ import os
 import sys
 
 import ml_collections
+import numpy as np
+from PIL import Image
+
+from megraph_jax import task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,3 +58,32 @@ def tiny_main_args(cache_dir: str, workdir: str, *overrides: str) -> list[str]:
     "--config.log_every_steps=2",
     *overrides,
   ]
+
+
+def write_lists(root, name, split, paths, labels, fold=1):
+  """The official list files of one split: ``{name}_{split}_img_path_fold{fold}.txt`` and its labels."""
+  os.makedirs(os.path.join(root, "list"), exist_ok=True)
+  with open(os.path.join(root, "list", f"{name}_{split}_img_path_fold{fold}.txt"), "w") as f:
+    f.write("".join(p + "\n" for p in paths))
+  np.savetxt(os.path.join(root, "list", f"{name}_{split}_label_fold{fold}.txt"), labels, fmt="%d")
+
+
+def id_dataset(root, n, num_aus=3):
+  """Constant-colour PNGs whose red value encodes the index (crop/flip/resize keep it)."""
+  paths = []
+  for k in range(n):
+    p = f"S1/{k}.png"
+    os.makedirs(os.path.join(root, "img", "S1"), exist_ok=True)
+    Image.fromarray(np.full((40, 48, 3), (10 + 20 * k, 50, 90), np.uint8)).save(os.path.join(root, "img", p))
+    paths.append(p)
+  labels = (np.arange(n)[:, None] + np.arange(num_aus)[None]) % 2
+  write_lists(str(root), "X", "train", paths, labels)
+  write_lists(str(root), "X", "test", paths, labels)
+  return str(root)
+
+
+def batch_ids(batch):
+  """The indices ``id_dataset`` encoded in a batch's images (after ImageNet normalisation)."""
+  red = batch["image"][:, :, :, 0] * task.IMAGENET_STD[0] + task.IMAGENET_MEAN[0]  # [B, H, W] in [0, 1]
+  v = red.reshape(red.shape[0], -1).mean(1) * 255
+  return np.rint((v - 10) / 20).astype(int).tolist()

@@ -41,8 +41,8 @@ def test_evaluate_equals_sklearn_on_every_example(synthetic_cache, tmp_path, eva
       probs.append(np.asarray(model(jnp.asarray(b["image"]))["au_probs"])[0])
       labels.append(b["label"][0])
   probs, labels = np.stack(probs), np.stack(labels)
-  assert len(labels) == len(test.paths) == result["num_examples"]
+  assert len(labels) == len(test.paths) == result.num_examples
   for j, name in enumerate(config.dataset.au_names):
     want = sk.f1_score(labels[:, j], probs[:, j] >= 0.5, zero_division=0.0)
-    assert result["f1"][name] == pytest.approx(want, abs=1e-6), name
-  assert result["mean_f1"] == pytest.approx(np.mean(list(result["f1"].values())), abs=1e-9)
+    assert result.f1[name] == pytest.approx(want, abs=1e-6), name
+  assert result.mean_f1 == pytest.approx(np.mean(list(result.f1.values())), abs=1e-9)

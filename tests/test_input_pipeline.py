@@ -1,17 +1,16 @@
 """tf.data pipeline over the official layout: parsing and errors, batches, sharding, determinism, eval padding."""
 
 import os
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import batch_ids, id_dataset, write_lists
 from PIL import Image
 
 from megraph_jax import datasets, synthetic, task
 from megraph_jax import input_pipeline as ip
-from megraph_jax.errors import DatasetError
 
 MEAN = np.array(task.IMAGENET_MEAN)
 STD = np.array(task.IMAGENET_STD)
@@ -23,33 +22,6 @@ def synth(tmp_path_factory):
   return synthetic.generate(
     str(tmp_path_factory.mktemp("synth")), num_subjects=3, frames_per_subject=8, image_size=64, seed=0
   )
-
-
-def _write_lists(root, name, split, paths, labels, fold=1):
-  os.makedirs(os.path.join(root, "list"), exist_ok=True)
-  with open(os.path.join(root, "list", f"{name}_{split}_img_path_fold{fold}.txt"), "w") as f:
-    f.write("".join(p + "\n" for p in paths))
-  np.savetxt(os.path.join(root, "list", f"{name}_{split}_label_fold{fold}.txt"), labels, fmt="%d")
-
-
-def _id_dataset(root, n, num_aus=3):
-  """Constant-colour PNGs whose red value encodes the index (crop/flip/resize keep it)."""
-  paths = []
-  for k in range(n):
-    p = f"S1/{k}.png"
-    os.makedirs(os.path.join(root, "img", "S1"), exist_ok=True)
-    Image.fromarray(np.full((40, 48, 3), (10 + 20 * k, 50, 90), np.uint8)).save(os.path.join(root, "img", p))
-    paths.append(p)
-  labels = (np.arange(n)[:, None] + np.arange(num_aus)[None]) % 2
-  _write_lists(str(root), "X", "train", paths, labels)
-  _write_lists(str(root), "X", "test", paths, labels)
-  return str(root)
-
-
-def _ids(batch):
-  red = batch["image"][:, :, :, 0] * STD[0] + MEAN[0]  # [B, H, W] in [0, 1]
-  v = red.reshape(red.shape[0], -1).mean(1) * 255
-  return np.rint((v - 10) / 20).astype(int).tolist()
 
 
 def test_read_split_and_relations(synth):
@@ -112,17 +84,17 @@ def test_same_seed_epoch_same_batches_other_epoch_differs(synth):
 
 
 def test_process_shards_are_disjoint_and_match_one_process(tmp_path):
-  root = _id_dataset(tmp_path, 11)
+  root = id_dataset(tmp_path, 11)
   d = datasets.read_split(root, "X", 1, "train")
   kw = dict(root=root, image_size=SIZE, crop_size=CROP, seed=2, epoch=3, color_jitter=False)
   shards = [
     [
-      _ids(b)
+      batch_ids(b)
       for b in ip.create_train_dataset(d, batch_size=2, process_index=p, process_count=2, **kw).as_numpy_iterator()
     ]
     for p in (0, 1)
   ]
-  single = [_ids(b) for b in ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator()]
+  single = [batch_ids(b) for b in ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator()]
   assert len(shards[0]) == len(shards[1]) == len(single) == 2  # 11 // 4, remainder dropped.
   flat = [sum(s, []) for s in shards]
   assert not set(flat[0]) & set(flat[1])
@@ -131,13 +103,13 @@ def test_process_shards_are_disjoint_and_match_one_process(tmp_path):
     assert shards[0][g] + shards[1][g] == single[g]
   labels = next(ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator())["label"]
   np.testing.assert_array_equal(labels, d.labels[single[0]])
-  resumed = [_ids(b) for b in ip.create_train_dataset(d, batch_size=4, start_step=1, **kw).as_numpy_iterator()]
+  resumed = [batch_ids(b) for b in ip.create_train_dataset(d, batch_size=4, start_step=1, **kw).as_numpy_iterator()]
   assert resumed == single[1:]
 
 
 @pytest.mark.parametrize("count,batch", [(1, 4), (2, 3)])
 def test_eval_covers_every_image_once_with_mask(tmp_path, count, batch):
-  root = _id_dataset(tmp_path, 11)
+  root = id_dataset(tmp_path, 11)
   d = datasets.read_split(root, "X", 1, "test")
   seen = []
   steps = []
@@ -151,7 +123,7 @@ def test_eval_covers_every_image_once_with_mask(tmp_path, count, batch):
     for b in out:
       assert b["image"].shape == (batch, CROP, CROP, 3) and b["mask"].shape == (batch,)
       real = b["mask"] == 1
-      ids = np.array(_ids(b))
+      ids = np.array(batch_ids(b))
       np.testing.assert_array_equal(ids[real], b["index"][real])
       np.testing.assert_array_equal(b["label"][real], d.labels[b["index"][real]])
       assert np.all(b["index"][~real] == -1)
@@ -166,7 +138,7 @@ def test_normalisation_and_centre_crop_exact(tmp_path):
   img[:, :5] = 255  # Left border: cropped away by the centre crop (resize 64 -> 64x80, crop 56 at x=12).
   os.makedirs(tmp_path / "img")
   Image.fromarray(img).save(tmp_path / "img" / "a.png")
-  _write_lists(str(tmp_path), "X", "test", ["a.png"], np.array([[1, 0]]))
+  write_lists(str(tmp_path), "X", "test", ["a.png"], np.array([[1, 0]]))
   d = datasets.read_split(str(tmp_path), "X", 1, "test")
   b = next(
     ip.create_eval_dataset(d, root=str(tmp_path), batch_size=1, image_size=SIZE, crop_size=CROP).as_numpy_iterator()
@@ -190,7 +162,7 @@ def test_grayscale_jpeg_and_rgba_png_decode(tmp_path):
   os.makedirs(tmp_path / "img")
   Image.fromarray(np.full((30, 30), 128, np.uint8), "L").save(tmp_path / "img" / "g.jpg")
   Image.fromarray(np.full((30, 30, 4), 200, np.uint8), "RGBA").save(tmp_path / "img" / "c.png")
-  _write_lists(str(tmp_path), "X", "train", ["g.jpg", "c.png"], np.array([[1, 0], [0, 1]]))
+  write_lists(str(tmp_path), "X", "train", ["g.jpg", "c.png"], np.array([[1, 0], [0, 1]]))
   d = datasets.read_split(str(tmp_path), "X", 1, "train")
   b = next(
     ip.create_train_dataset(
@@ -202,185 +174,6 @@ def test_grayscale_jpeg_and_rgba_png_decode(tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # Bad inputs: each error names the file and the line (or the expected path and how to prepare it).
-
-
-@pytest.fixture()
-def small(tmp_path):
-  root = _id_dataset(tmp_path, 5)
-  return root, os.path.join(root, "list")
-
-
-def _rewrite(path, lines):
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-
-
-def test_missing_list_dir_says_where_and_how(tmp_path):
-  with pytest.raises(FileNotFoundError) as e:
-    datasets.read_split(str(tmp_path), "BP4D", 1, "train")
-  msg = str(e.value)
-  assert os.path.join(str(tmp_path), "list", "BP4D_train_img_path_fold1.txt") in msg
-  assert "python -m data_pipelines.synthetic" in msg and "does not exist" in msg
-  with pytest.raises(FileNotFoundError, match="dataset root"):
-    datasets.read_split(str(tmp_path / "nope"), "BP4D", 1, "train")
-
-
-def test_wrong_column_count_names_file_and_line(small):
-  root, lst = small
-  _rewrite(os.path.join(lst, "X_train_label_fold1.txt"), ["0 1 0", "1 0 1", "0 1", "1 0 1", "0 1 0"])
-  with pytest.raises(DatasetError, match=r"X_train_label_fold1\.txt line 3: expected 3 AU label values, found 2"):
-    datasets.read_split(root, "X", 1, "train")
-
-
-def test_bad_label_values_name_file_and_line(small):
-  root, lst = small
-  path = os.path.join(lst, "X_train_label_fold1.txt")
-  _rewrite(path, ["0 1 0", "1 x 1", "0 1 0", "1 0 1", "0 1 0"])
-  with pytest.raises(DatasetError, match=r"X_train_label_fold1\.txt line 2, column 2: non-numeric value 'x'"):
-    datasets.read_split(root, "X", 1, "train")
-  _rewrite(path, ["0 1 0", "1 0 1", "0 1 0", "1 0 2", "0 1 0"])
-  with pytest.raises(DatasetError, match=r"line 4, column 3: unknown AU label value '2'"):
-    datasets.read_split(root, "X", 1, "train")
-
-
-def test_unlabelled_value_9_is_kept_and_its_pairs_marked(small):
-  """BP4D's 9 (not coded) reads as 9; its relation pairs are -1, the other pairs 2*y_j + y_k."""
-  root, lst = small
-  _rewrite(os.path.join(lst, "X_train_label_fold1.txt"), ["0 1 0", "1 0 1", "0 9 0", "1 0 1", "0 1 0"])
-  d = datasets.read_split(root, "X", 1, "train")
-  assert d.labels[2].tolist() == [0, 9, 0]
-  rel = d.relations[2].reshape(3, 3)
-  assert rel[1].tolist() == [-1, -1, -1] and rel[:, 1].tolist() == [-1, -1, -1]
-  assert rel[0, 2] == 0 and rel[2, 0] == 0
-  np.testing.assert_array_equal(
-    d.relations[[0, 1, 3, 4]].reshape(4, 3, 3), 2 * d.labels[[0, 1, 3, 4], :, None] + d.labels[[0, 1, 3, 4], None, :]
-  )
-
-
-def test_length_mismatch_names_both_files(small):
-  root, lst = small
-  _rewrite(os.path.join(lst, "X_test_label_fold1.txt"), ["0 1 0"] * 4)
-  with pytest.raises(
-    DatasetError,
-    match=r"X_test_img_path_fold1\.txt lists 5 images but X_test_label_fold1\.txt "
-    r"has 4 label rows",
-  ):
-    datasets.read_split(root, "X", 1, "test")
-
-
-def test_missing_image_is_named(small):
-  """read_split names it (a DatasetError: main.py exits 2 with the message); so does reading its batch."""
-  root, _ = small
-  os.remove(os.path.join(root, "img", "S1", "3.png"))
-  with pytest.raises(DatasetError, match=r"1 of 5 images .* missing .*S1/3\.png \(line 4\)") as e:
-    datasets.read_split(root, "X", 1, "train")
-  assert isinstance(e.value, FileNotFoundError)
-  d = datasets.read_split(root, "X", 1, "test", check_images=False)
-  ds = ip.create_eval_dataset(d, root=root, batch_size=2, image_size=SIZE, crop_size=CROP)
-  with pytest.raises(
-    DatasetError,
-    match=r"X_test_img_path_fold1\.txt line 4: image "
-    + re.escape(os.path.join(root, "img", "S1", "3.png"))
-    + " does not exist",
-  ) as e:
-    list(ds.as_numpy_iterator())
-  assert os.path.join(root, "list", "X_test_img_path_fold1.txt") in str(e.value)
-
-
-def _bad_image(path, kind):
-  """Overwrites ``path`` with a truncated JPEG, bytes that are no image, or nothing."""
-  if kind == "truncated_jpeg":
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3)).astype(np.uint8)).save(path, "JPEG")
-    data = open(path, "rb").read()
-    data = data[: len(data) // 2]
-  else:
-    data = {"not_an_image": b"this is not an image\n", "empty": b""}[kind]
-  with open(path, "wb") as f:
-    f.write(data)
-
-
-def _with_jpeg(root, split, k):
-  """Relists image ``k`` of the _id_dataset as S1/k.jpg (line k + 1); returns that file's path."""
-  lst = os.path.join(root, "list", f"X_{split}_img_path_fold1.txt")
-  lines = [line.strip() for line in open(lst)]
-  lines[k] = f"S1/{k}.jpg"
-  _rewrite(lst, lines)
-  return os.path.join(root, "img", "S1", f"{k}.jpg")
-
-
-@pytest.mark.parametrize("kind", ["truncated_jpeg", "not_an_image", "empty"])
-def test_bad_image_in_train_list_names_file_and_line(tmp_path, kind):
-  """A bad image fails the batch holding it (mid-epoch) with a DatasetError naming it, the list and the line."""
-  root = _id_dataset(tmp_path, 10)
-  path = _with_jpeg(root, "train", 6)
-  _bad_image(path, kind)
-  d = datasets.read_split(root, "X", 1, "train")
-  kw = dict(root=root, batch_size=2, image_size=SIZE, crop_size=CROP, seed=3, epoch=1)
-  batch_of_bad = ip.epoch_order(10, 3, 1).tolist().index(6) // 2
-  seen = 0
-  with pytest.raises(
-    DatasetError,
-    match=r"X_train_img_path_fold1\.txt line 7: image " + re.escape(path) + r" cannot be read as an image \(.+\)",
-  ) as e:
-    for _ in ip.create_train_dataset(d, **kw).as_numpy_iterator():
-      seen += 1
-  assert seen == batch_of_bad  # The batches before it are delivered.
-  assert os.path.join(root, "list", "X_train_img_path_fold1.txt") in str(e.value)
-  if batch_of_bad > 0:  # A resume past it does not read it.
-    assert (
-      len(list(ip.create_train_dataset(d, start_step=batch_of_bad + 1, **kw).as_numpy_iterator()))
-      == 5 - batch_of_bad - 1
-    )
-
-
-@pytest.mark.parametrize("kind", ["truncated_jpeg", "not_an_image"])
-def test_bad_image_in_test_list_names_file_and_line(tmp_path, kind):
-  root = _id_dataset(tmp_path, 7)
-  path = _with_jpeg(root, "test", 4)
-  _bad_image(path, kind)
-  d = datasets.read_split(root, "X", 1, "test")
-  ds = ip.create_eval_dataset(d, root=root, batch_size=3, image_size=SIZE, crop_size=CROP)
-  it = ds.as_numpy_iterator()
-  assert next(it)["index"].tolist() == [0, 1, 2]
-  with pytest.raises(
-    DatasetError, match=r"X_test_img_path_fold1\.txt line 5: image " + re.escape(path) + " cannot be read as an image"
-  ) as e:
-    next(it)
-  assert os.path.join(root, "list", "X_test_img_path_fold1.txt") in str(e.value)
-
-
-def test_dataset_object_keeps_the_tf_data_interface(small):
-  root, _ = small
-  d = datasets.read_split(root, "X", 1, "test")
-  ds = ip.create_eval_dataset(d, root=root, batch_size=2, image_size=SIZE, crop_size=CROP)
-  assert len(ds) == 3 and ds.element_spec["image"].shape.as_list() == [2, CROP, CROP, 3]
-  assert [b["index"].numpy().tolist() for b in ds] == [[0, 1], [2, 3], [4, -1]]
-
-
-@pytest.mark.parametrize("which", ["img_path", "label"])
-def test_non_utf8_list_names_file_and_line(small, which):
-  root, lst = small
-  path = os.path.join(lst, f"X_train_{which}_fold1.txt")
-  lines = open(path, "rb").read().split(b"\n")
-  lines[2] = b"S1/\xe9t\xe9.png" if which == "img_path" else b"0 1 \xe90"
-  open(path, "wb").write(b"\n".join(lines))
-  byte = 4 if which == "img_path" else 5
-  with pytest.raises(
-    DatasetError,
-    match=rf"X_train_{which}_fold1\.txt line 3, byte {byte}: not UTF-8 text "
-    rf"\(byte 0xe9\) in {re.escape(path)}",
-  ):
-    datasets.read_split(root, "X", 1, "train")
-
-
-def test_inconsistent_relation_file_names_line(small):
-  root, lst = small
-  d = datasets.read_split(root, "X", 1, "train")
-  rel = task.relation_labels(d.labels)
-  rel[2, 4] = 3 - rel[2, 4]
-  np.savetxt(os.path.join(lst, "X_train_AU_relation_fold1.txt"), rel, fmt="%d")
-  with pytest.raises(DatasetError, match=r"X_train_AU_relation_fold1\.txt line 3: relation labels disagree"):
-    datasets.read_split(root, "X", 1, "train")
 
 
 def test_bad_arguments(synth):

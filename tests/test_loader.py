@@ -6,13 +6,15 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from PIL import Image
 
 from megraph_jax import checkpointing, convert, loader, predict
-from megraph_jax.model_factory import ModelSpec, build
+from megraph_jax.model_factory import ModelSpec, build, eval_view
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
+from megraph_jax.train_state import TrainState
 
 IMG = 64
 SPECS = [
@@ -88,15 +90,13 @@ def _stage_dir(tmp_path, spec, model_json):
   stage_dir = str(tmp_path / "fold1" / f"stage{spec.stage}")
   a, b = build(spec, seed=1), build(spec, seed=2)
   ckpt = checkpointing.StageCheckpoints(stage_dir)
-  ckpt.save(1, nnx.state(a), {"mu": jnp.zeros(2)})
+  ckpt.save(1, nnx.state(TrainState(a, optax.adamw(1e-3))))  # as training writes them: model + optimizer
   ckpt.save_best(1, nnx.state(a), {"mean_f1": 0.5})
-  ckpt.save(2, nnx.state(b), {"mu": jnp.zeros(2)})
+  ckpt.save(2, nnx.state(TrainState(b, optax.adamw(1e-3))))
   ckpt.wait()
   ckpt.close()
   checkpointing.write_model_json(stage_dir, model_json)
-  a.eval()
-  b.eval()
-  return stage_dir, a, b
+  return stage_dir, eval_view(a), eval_view(b)
 
 
 def test_stage_dir_best_latest_and_float64(tmp_path):

@@ -1,6 +1,6 @@
 """Two processes x two CPU devices (gloo over loopback), launched through Ray, train like one process with four.
 
-Both runs train stage 2 of the tiny synthetic config for one epoch (4 steps) through ``train.run``.
+Both runs train stage 2 of the tiny synthetic config for one epoch (4 steps) through ``experiment.run``.
 The two-process run is a one-run sweep on a real local Ray cluster (``python -m megraph_jax.sweep run
 --ray=local --hosts=2 --cpu_devices=2``): one Ray worker process per "host", joined by
 ``jax.distributed`` with the first process as coordinator. Each process reads its own half of every
@@ -30,14 +30,14 @@ TRAIN = textwrap.dedent("""
     distributed.initialize()
     import jax
     from helpers import tiny_config
-    from megraph_jax.train import run
+    from megraph_jax.experiment import run
     config = tiny_config({cache!r}, mode="stage2", log_every_steps=1, **{{"model.dtype": "float64",
                                                                          "stage2.init": "none"}})
     config.stage2.epochs = 1
     results = run(config, sys.argv[1])
     print(json.dumps({{"process": jax.process_index(), "processes": jax.process_count(),
                       "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-                      "f1": results["folds"]["1"]["stage2"]["last"]["f1"]}}))
+                      "f1": results.folds[1].stages[2].last.f1}}))
 """)
 
 READ = textwrap.dedent("""

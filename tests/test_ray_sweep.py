@@ -20,7 +20,7 @@ from flax import nnx
 from helpers import tiny_config
 from sweep_files import PYTHON, sweep_env, tiny_overrides, write_sweep
 
-from megraph_jax import checkpointing, model_factory, ray_sweep
+from megraph_jax import checkpointing, model_factory, ray_sweep, sweep_spec
 
 pytest.importorskip("ray")
 
@@ -150,9 +150,8 @@ def test_ray_sweep_matches_one_by_one(sweeps):
 
 
 def ray_sweep_runs(path: str) -> list:
-  from megraph_jax import sweep  # pylint: disable=import-outside-toplevel
 
-  return sweep.expand(sweep.load_module(path).get_sweep())
+  return sweep_spec.expand(sweep_spec.load_module(path).get_sweep())
 
 
 def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweeps, synthetic_cache):

@@ -13,8 +13,8 @@ from flax import nnx
 from helpers import tiny_config
 
 from megraph_jax import checkpointing, model_factory
+from megraph_jax.experiment import run
 from megraph_jax.preemption import StopRequest
-from megraph_jax.train import run
 
 
 def _final(workdir, config, stage):
@@ -58,15 +58,15 @@ def test_interrupted_run_resumes_to_identical_parameters(straight, tmp_path, syn
   config = tiny_config(synthetic_cache, mode="train")
   resumed = str(tmp_path / "resumed")
   first = run(tiny_config(synthetic_cache, mode="train", stop_after_steps=3), resumed)  # stage 1, epoch 1, batch 3
-  assert first["preempted"] and "step 3" in first["message"]
+  assert first.preempted and "step 3" in first.message
   assert checkpointing.StageCheckpoints(os.path.join(resumed, "fold1", "stage1")).latest_step() == 3
   second = run(tiny_config(synthetic_cache, mode="train", stop_after_steps=7), resumed)  # stage 1 to 8, stage 2 to 2
-  assert second["preempted"] and "stage 2: stopped at step 2" in second["message"]
+  assert second.preempted and "stage 2: stopped at step 2" in second.message
   done = run(config, resumed)  # the same command again finishes
-  assert not done.get("preempted")
+  assert not done.preempted
   _assert_same_final(straight[0], resumed, config)
-  assert [h["mean_f1"] for h in done["folds"]["1"]["stage2"]["history"]] == [
-    h["mean_f1"] for h in straight[1]["folds"]["1"]["stage2"]["history"]
+  assert [h.mean_f1 for h in done.folds[1].stages[2].history] == [
+    h.mean_f1 for h in straight[1].folds[1].stages[2].history
   ]
 
 
@@ -75,15 +75,15 @@ def test_stop_on_an_epochs_last_step_still_evaluates_every_epoch_once(straight, 
   config = tiny_config(synthetic_cache, mode="train")
   workdir = str(tmp_path / "resumed")
   first = run(tiny_config(synthetic_cache, mode="train", stop_after_steps=4), workdir)
-  assert first["preempted"] and "stage 1: stopped at step 4" in first["message"]
+  assert first.preempted and "stage 1: stopped at step 4" in first.message
   second = run(tiny_config(synthetic_cache, mode="train", stop_after_steps=8), workdir)  # 4 of stage 1, 4 of stage 2
-  assert second["preempted"] and "stage 2: stopped at step 4" in second["message"]
+  assert second.preempted and "stage 2: stopped at step 4" in second.message
   done = run(config, workdir)
-  assert not done.get("preempted")
+  assert not done.preempted
   for stage in (1, 2):
     assert _history(workdir, stage) == _history(straight[0], stage)  # each epoch once, same numbers
-  assert [h["epoch"] for h in done["folds"]["1"]["stage1"]["history"]] == [1, 2]
-  assert [h["epoch"] for h in done["folds"]["1"]["stage2"]["history"]] == [1]
+  assert [h.epoch for h in done.folds[1].stages[1].history] == [1, 2]
+  assert [h.epoch for h in done.folds[1].stages[2].history] == [1]
   _assert_same_final(straight[0], workdir, config)
 
 
@@ -99,13 +99,13 @@ def _damage(checkpoint_dir):
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(straight, tmp_path, synthetic_cache):
   config = tiny_config(synthetic_cache, mode="stage1")
   workdir = str(tmp_path / "damaged")
-  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=4), workdir)["preempted"]
-  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir)["preempted"]
+  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=4), workdir).preempted
+  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir).preempted
   stage_dir = os.path.join(workdir, "fold1", "stage1")
   assert checkpointing.StageCheckpoints(stage_dir).latest.all_steps() == [4, 6]
   _damage(os.path.join(stage_dir, "checkpoints", "6"))
   done = run(config, workdir)  # resumes from step 4 with a warning, moves step 6 aside
-  assert not done.get("preempted")
+  assert not done.preempted
   assert [
     os.path.basename(p).split("-")[0] for p in glob.glob(os.path.join(stage_dir, "unreadable_checkpoints", "*"))
   ] == ["6"]
@@ -117,7 +117,7 @@ def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tmp_path, synthet
   from megraph_jax.errors import CheckpointError  # pylint: disable=import-outside-toplevel
 
   workdir = str(tmp_path / "damaged")
-  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir)["preempted"]
+  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir).preempted
   stage_dir = os.path.join(workdir, "fold1", "stage1")
   damaged = _damage(os.path.join(stage_dir, "checkpoints", "2"))
   with pytest.raises(CheckpointError, match="no checkpoint can be restored.*step 2"):
@@ -146,8 +146,8 @@ def test_swin_kill_and_resume_is_bit_identical(monkeypatch, tmp_path, synthetic_
   config = tiny_config(synthetic_cache, mode="stage1", **kw)
   straight_dir, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   run(config, straight_dir)
-  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2, **kw), resumed)["preempted"]
-  assert not run(config, resumed).get("preempted")
+  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2, **kw), resumed).preempted
+  assert not run(config, resumed).preempted
   _, state = _final(resumed, config, 1)
   assert any("rngs" in k or "key" in k for k in state), sorted(state)[:20]  # the RNG state was checkpointed
   _assert_same_final(straight_dir, resumed, config, stages=(1,))

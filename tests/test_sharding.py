@@ -26,7 +26,7 @@ WORKER = textwrap.dedent("""
     from flax import nnx
     from helpers import tiny_config
     from megraph_jax import checkpointing, model_factory
-    from megraph_jax.train import run
+    from megraph_jax.experiment import run
     workdir, out, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     config = tiny_config({cache!r}, mode="stage2", log_every_steps=1,
                          **{{"model.dtype": "float64", "stage2.init": "none"}}, **extra)
@@ -52,7 +52,7 @@ WORKER = textwrap.dedent("""
               losses[e.step] = float(tf.make_ndarray(v.tensor))
     np.savez(out, **flat)
     print(json.dumps({{"devices": jax.device_count(), "losses": [losses[k] for k in sorted(losses)],
-                      "f1": results["folds"]["1"]["stage2"]["last"]["f1"]}}))
+                      "f1": results.folds[1].stages[2].last.f1}}))
 """)
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 from helpers import TINY_AUS, TINY_SYNTHETIC
 
-from megraph_jax import sweep
+from megraph_jax import sweep, sweep_spec
 
 
 def _tiny_sweep(cache: str) -> dict:
@@ -31,20 +31,35 @@ def _tiny_sweep(cache: str) -> dict:
 
 
 def test_expand_names_overrides_and_errors():
-  runs = sweep.expand(_tiny_sweep("/c"), {"seed": 3})
+  runs = sweep_spec.expand(_tiny_sweep("/c"), {"seed": 3})
   assert [r["name"] for r in runs] == ["fold1_lam0.01", "fold1_lam0.05", "fold2_lam0.01", "fold2_lam0.05"]
   assert runs[3]["overrides"]["stage2.lam"] == 0.05 and runs[3]["overrides"]["dataset.fold"] == 2
   assert all(r["overrides"]["seed"] == 3 for r in runs)
-  config = sweep.build_config(runs[2])
+  config = sweep_spec.build_config(runs[2])
   assert (config.dataset.fold, config.stage2.lam, config.seed, config.dataset.au_names) == (2, 0.01, 3, TINY_AUS)
   with pytest.raises(KeyError, match="stage2.lamda"):
-    sweep.build_config({**runs[0], "overrides": {"stage2.lamda": 1.0}})
+    sweep_spec.build_config({**runs[0], "overrides": {"stage2.lamda": 1.0}})
   with pytest.raises(ValueError, match="non-empty list"):
-    sweep.expand({"name": "x", "config": "configs/synthetic.py", "grid": {"seed": 1}})
-  assert sweep.parse_sets(["stage2.lam=0.1", "model.backbone=resnet50"]) == {
+    sweep_spec.expand({"name": "x", "config": "configs/synthetic.py", "grid": {"seed": 1}})
+  with pytest.raises(KeyError, match="'stage2.epochs'.*cannot be casted"):
+    sweep_spec.build_config({**runs[0], "overrides": {"stage2.epochs": "two"}})
+  assert sweep_spec.parse_sets(["stage2.lam=0.1", "model.backbone=resnet50"]) == {
     "stage2.lam": 0.1,
     "model.backbone": "resnet50",
   }
+
+
+def test_table3_ablation_is_a_sweep_of_named_variants():
+  spec = sweep_spec.load_module("configs/sweeps/table3_ablation.py").get_sweep()
+  runs = sweep_spec.expand({**spec, "grid": {"seed": [0, 1]}})
+  assert [r["name"] for r in runs] == [
+    "backbone_only_seed0", "backbone_only_seed1", "afg_seed0", "afg_seed1", "anfl_mefl_seed0", "anfl_mefl_seed1",
+  ]  # fmt: skip
+  configs = {r["name"]: sweep_spec.build_config(r) for r in runs}
+  assert (configs["backbone_only_seed1"].model.head, configs["backbone_only_seed1"].seed) == ("baseline", 1)
+  assert configs["afg_seed0"].model.use_fgg is False and configs["afg_seed0"].mode == "stage1"
+  assert configs["anfl_mefl_seed0"].mode == "train" and configs["anfl_mefl_seed0"].model.use_fgg is True
+  assert runs[2]["grid"] == {"variant": "afg", "seed": 0}
 
 
 def test_placement_flags_need_ray(capsys):
@@ -59,7 +74,7 @@ def test_placement_flags_need_ray(capsys):
 def test_sweep_runs_and_gathers_all_four(tmp_path, synthetic_cache, monkeypatch):
   spec = _tiny_sweep(synthetic_cache)
   module = type("M", (), {"get_sweep": staticmethod(lambda: spec), "get_config": staticmethod(_synthetic_config)})
-  monkeypatch.setattr(sweep, "load_module", lambda path: module())
+  monkeypatch.setattr(sweep_spec, "load_module", lambda path: module())
   root = str(tmp_path / "sweep")
   assert sweep.main(["run", "any.py", f"--root={root}"]) == 0
   for name in ("fold1_lam0.01", "fold1_lam0.05", "fold2_lam0.01", "fold2_lam0.05"):
@@ -71,11 +86,12 @@ def test_sweep_runs_and_gathers_all_four(tmp_path, synthetic_cache, monkeypatch)
   with open(os.path.join(root, "sweep.md")) as f:
     table = f.read()
   for name in ("fold1_lam0.01", "fold1_lam0.05", "fold2_lam0.01", "fold2_lam0.05"):
-    assert f"| {name} (fold {name[4]}, stage1) |" in table
-  assert "| lam=0.01 [stage1], avg. over 2 folds |" in table and "| lam=0.05 [stage1], avg. over 2 folds |" in table
+    assert f"| {name} (fold {name[4]}, stage 1) |" in table
+  assert "| lam=0.01 [stage 1], avg. over 2 folds |" in table and "| lam=0.05 [stage 1], avg. over 2 folds |" in table
+  assert "| all-positive baseline, fold 1 |" in table and "| all-positive baseline, fold 2 |" in table
   with open(os.path.join(root, "sweep.json")) as f:
     assert len(json.load(f)["runs"]) == 4
-  assert sweep.run_all(sweep.expand(spec), root) == []  # finished runs are skipped
+  assert sweep.run_all(sweep_spec.expand(spec), root) == []  # finished runs are skipped
 
 
 def _synthetic_config():

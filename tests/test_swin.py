@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from megraph_jax.models import swin as swin_lib
-from megraph_jax.models.swin import DropPath, SwinTransformer
+from megraph_jax.models.layers import DropPath
+from megraph_jax.models.swin import SwinTransformer
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.swin import load_swin, load_swin_imagenet
 

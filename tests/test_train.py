@@ -16,8 +16,11 @@ from helpers import REPO, TINY_AUS, tiny_config, tiny_main_args
 
 from megraph_jax import loader, model_factory, optim, sharding, task
 from megraph_jax.errors import CheckpointError, ConfigError
+from megraph_jax.experiment import run
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
-from megraph_jax.train import jit_train_step, results_table, run
+from megraph_jax.results import EvalResult, FoldResult, RunResult, StageResult, table
+from megraph_jax.train import jit_train_step
+from megraph_jax.train_state import TrainState
 
 IMG = 32
 
@@ -57,7 +60,9 @@ def test_train_mode_end_to_end(trained):
   assert header == "| Method | " + " | ".join(TINY_AUS) + " | Avg. |"
   assert "stage 2, fold 1, last epoch (1) |" in md and "all-positive baseline, fold 1" in md
   assert "stage 1, fold 1, best epoch (" in md and "(selected on the test fold)" in md
-  assert results["folds"]["1"]["stage2"]["last"]["mean_f1"] == fold["stage2"]["last"]["mean_f1"]
+  assert results.folds[1].stages[2].last.mean_f1 == fold["stage2"]["last"]["mean_f1"]
+  stored = RunResult.read(os.path.join(workdir, "results.json"))
+  assert stored.folds[1].stages[2].best == results.folds[1].stages[2].best
 
 
 def test_stage2_starts_from_stage1_last_epoch(tmp_path, synthetic_cache):
@@ -69,7 +74,7 @@ def test_stage2_starts_from_stage1_last_epoch(tmp_path, synthetic_cache):
   config = tiny_config(synthetic_cache, mode="train", **{"stage2.learning_rate": 0.0})
   workdir = str(tmp_path / "work")
   results = run(config, workdir)
-  assert results["folds"]["1"]["stage2"]["init"] == os.path.join(workdir, "fold1", "stage1", "checkpoints")
+  assert results.folds[1].stages[2].init == os.path.join(workdir, "fold1", "stage1", "checkpoints")
   last = loader.load(os.path.join(workdir, "fold1", "stage1", "checkpoints"))[0]
   best = loader.load(os.path.join(workdir, "fold1", "stage1", "best"))[0]
   stage2 = loader.load(os.path.join(workdir, "fold1", "stage2", "checkpoints"))[0]
@@ -79,8 +84,8 @@ def test_stage2_starts_from_stage1_last_epoch(tmp_path, synthetic_cache):
     want = dict(nnx.to_flat_state(nnx.state(getattr(last, name), nnx.Param)))
     for path, v in got:
       np.testing.assert_array_equal(v[...], want[path][...], err_msg=f"{name}/{path}")
-  history = results["folds"]["1"]["stage1"]["history"]
-  if results["folds"]["1"]["stage1"]["best"]["step"] != history[-1]["step"]:  # then best/ differs from the last
+  history = results.folds[1].stages[1].history
+  if results.folds[1].stages[1].best.step != history[-1].step:  # then best/ differs from the last
     got = dict(nnx.to_flat_state(nnx.state(stage2.backbone, nnx.Param)))
     best_params = nnx.to_flat_state(nnx.state(best.backbone, nnx.Param))
     assert any(not np.array_equal(v[...], got[p][...]) for p, v in best_params)
@@ -93,16 +98,23 @@ def test_mode_stage2_without_stage1_is_an_error(tmp_path, synthetic_cache):
   assert not os.path.exists(tmp_path / "work" / "fold1" / "stage2")
 
 
+def _eval(v: float, epoch: int = 1) -> EvalResult:
+  f1 = {a: v for a in TINY_AUS}
+  return EvalResult(f1=f1, accuracy=f1, mean_f1=v, mean_accuracy=v, loss=0.0, epoch=epoch, step=epoch)
+
+
+def _run(mode: str, folds: dict[int, FoldResult]) -> RunResult:
+  return RunResult(mode, "/w", folds=folds, au_names=TINY_AUS)
+
+
 def test_stage2_from_best_is_labelled_as_selected_on_the_test_fold():
-  config = tiny_config("", mode="train")
   f1 = {a: 0.5 for a in TINY_AUS}
-  entry = lambda init: {"last": {"f1": f1, "epoch": 1}, "best": {"f1": f1, "epoch": 1}, "init": init}  # noqa: E731
-  table = results_table(
-    config, {"1": {"stage1": entry(""), "stage2": entry("/w/fold1/stage1/best"), "all_positive_f1": f1}}
-  )
-  assert "| stage 2, fold 1, last epoch (1), from stage 1's best epoch (selected on the test fold) |" in table
-  table = results_table(config, {"1": {"stage2": entry("/w/fold1/stage1/checkpoints"), "all_positive_f1": f1}})
-  assert "| stage 2, fold 1, last epoch (1) |" in table
+  entry = lambda s, init: StageResult(s, 1, last=_eval(0.5), best=_eval(0.5), init=init)  # noqa: E731
+  fold = FoldResult(1, "", 0, 0, f1, stages={1: entry(1, ""), 2: entry(2, "/w/fold1/stage1/best")})
+  text = table({"run": _run("train", {1: fold})})
+  assert "| stage 2, fold 1, last epoch (1), from stage 1's best epoch (selected on the test fold) |" in text
+  fold = FoldResult(1, "", 0, 0, f1, stages={2: entry(2, "/w/fold1/stage1/checkpoints")})
+  assert "| stage 2, fold 1, last epoch (1) |" in table({"run": _run("train", {1: fold})})
 
 
 def test_main_eval_mode_cli(trained, synthetic_cache):
@@ -121,8 +133,8 @@ def test_main_eval_mode_cli(trained, synthetic_cache):
   with open(os.path.join(workdir, "results_eval.json")) as f:
     evaluated = json.load(f)["folds"]["1"]["stage2"]["last"]
   assert os.path.isfile(os.path.join(workdir, "results_eval.md"))
-  best = results["folds"]["1"]["stage2"]["best"]  # the stage dir's best checkpoint is what eval loads
-  assert evaluated["f1"] == pytest.approx(best["f1"], abs=1e-6)
+  best = results.folds[1].stages[2].best  # the stage dir's best checkpoint is what eval loads
+  assert evaluated["f1"] == pytest.approx(best.f1, abs=1e-6)
   assert "| Method | AU1 | AU2 | AU6 | AU12 | Avg. |" in proc.stdout
 
 
@@ -150,14 +162,13 @@ def _batch(b=8, n=4, seed=0):
 
 
 def _steps(model, tx, batch, num_steps, lam=0.05):
-  graphdef, state = nnx.split(model)
-  opt_state = tx.init(nnx.state(model, nnx.Param))
-  step = jit_train_step(graphdef, tx, jnp.ones(batch["label"].shape[1]), lam, sharding.make_mesh())
+  graphdef, state = nnx.split(TrainState(model, tx))
+  step = jit_train_step(graphdef, jnp.ones(batch["label"].shape[1]), lam, sharding.make_mesh())
   losses = []
   for _ in range(num_steps):
-    state, opt_state, metrics = step(state, opt_state, batch)
+    state, metrics = step(state, batch)
     losses.append(float(metrics["total"]))
-  return state, losses
+  return state["model"], losses
 
 
 def test_loss_decreases_on_a_fixed_batch():
@@ -330,22 +341,18 @@ def test_dataset_configs_build_their_models(name):
 
 
 def test_results_table_averages_folds():
-  config = tiny_config("", mode="folds")
-  f1 = lambda v: {a: v for a in TINY_AUS}  # noqa: E731
-  fold = lambda v: {
-    "stage1": {"last": {"f1": f1(v), "epoch": 2}, "best": {"f1": f1(v), "epoch": 1}},  # noqa: E731
-    "all_positive_f1": f1(0.5),
-  }
-  table = results_table(config, {"1": fold(0.6), "2": fold(0.8)})
-  assert "| stage 1, last epoch, avg. over 2 folds | 70.0 | 70.0 | 70.0 | 70.0 | 70.0 |" in table
+  f1 = {a: 0.5 for a in TINY_AUS}
+  fold = lambda k, v: FoldResult(k, "", 0, 0, f1, stages={1: StageResult(1, k, last=_eval(v, 2), best=_eval(v))})  # noqa: E731
+  text = table({"run": _run("folds", {1: fold(1, 0.6), 2: fold(2, 0.8)})})
+  assert "| stage 1, last epoch, avg. over 2 folds | 70.0 | 70.0 | 70.0 | 70.0 | 70.0 |" in text
 
 
 def test_baseline_head_trains_one_stage_and_refuses_stage2(tmp_path, synthetic_cache):
   """model.head='baseline' (Table 3's "backbone only" row): mode 'train' runs its single stage."""
   config = tiny_config(synthetic_cache, mode="train", **{"model.head": "baseline", "stage1.epochs": 1})
   results = run(config, str(tmp_path / "work"))
-  fold = results["folds"]["1"]
-  assert "stage2" not in fold and set(fold["stage1"]["last"]["f1"]) == set(TINY_AUS)
+  fold = results.folds[1]
+  assert 2 not in fold.stages and set(fold.stages[1].last.f1) == set(TINY_AUS)
   model = loader.load(str(tmp_path / "work" / "fold1" / "stage1"))[0]
   assert type(model).__name__ == "BaselineModel" and model.fc.kernel.shape[-1] == len(TINY_AUS)
   config.mode = "stage2"

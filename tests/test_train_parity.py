@@ -101,11 +101,10 @@ def _run_stage(model, g, tool, stage: int, first_step: int, lam: float):
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from megraph_jax import optim, sharding, train  # pylint: disable=import-outside-toplevel
+  from megraph_jax.train_state import TrainState  # pylint: disable=import-outside-toplevel
 
   s = tool.STAGE1 if stage == 1 else tool.STAGE2
   steps = s["epochs"] * s["batches_per_epoch"]
-  model.train()
-  graphdef, state = nnx.split(model)
   params = nnx.state(model, nnx.Param)
   tx, schedule = optim.create_optimizer(
     params,
@@ -116,10 +115,10 @@ def _run_stage(model, g, tool, stage: int, first_step: int, lam: float):
     b2=tool.BETAS[1],
     eps=tool.EPS,
   )
-  opt_state = jax.jit(tx.init)(params)  # one compilation instead of one per parameter shape
+  graphdef, state = nnx.split(TrainState(model, tx))
   mesh = sharding.make_mesh()
-  state, opt_state = sharding.put_replicated((state, opt_state), mesh)  # as train_stage places them
-  step_fn = train.jit_train_step(graphdef, tx, jnp.asarray(g["class_weights"], jnp.float64), lam, mesh)
+  state = sharding.put_replicated(state, mesh)  # as train_stage places it
+  step_fn = train.jit_train_step(graphdef, jnp.asarray(g["class_weights"], jnp.float64), lam, mesh)
   rec = {"loss": [], "wa": [], "edge": [], "lr": []}
   lr_at = jax.jit(schedule)
   for t in range(steps):
@@ -128,14 +127,14 @@ def _run_stage(model, g, tool, stage: int, first_step: int, lam: float):
       "image": np.ascontiguousarray(g["images"][i].astype(np.float32).transpose(0, 2, 3, 1)),  # NHWC
       "label": g["labels"][i].astype(np.float32),
     }  # stage 2: relations from our relation_labels
-    state, opt_state, metrics = step_fn(state, opt_state, sharding.put_batch(batch, sharding.data_sharded(mesh)))
+    state, metrics = step_fn(state, sharding.put_batch(batch, sharding.data_sharded(mesh)))
     rec["loss"].append(float(metrics["total"]))
     rec["wa"].append(float(metrics["wa"]))
     rec["edge"].append(float(metrics.get("edge", np.nan)))
     lr = lr_at(jnp.asarray(t, jnp.int32))  # the lr of step t (optax counts from 0)
     rec["lr"].append(float(lr))
     assert lr.dtype == jnp.float64
-  return nnx.merge(graphdef, state), {k: np.asarray(v) for k, v in rec.items()}
+  return nnx.merge(graphdef, state).model, {k: np.asarray(v) for k, v in rec.items()}
 
 
 def _adjacency_is_float32() -> bool:

@@ -12,8 +12,8 @@ from helpers import REPO, TINY_AUS, TINY_SYNTHETIC, tiny_config, tiny_main_args
 
 from megraph_jax import checkpointing, initialization, synthetic
 from megraph_jax.errors import ConfigChangedError, ImageNetWeightsError, TrainingDiverged, WorkdirLockedError
+from megraph_jax.experiment import run
 from megraph_jax.preemption import EXIT_PREEMPTED
-from megraph_jax.train import run
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -66,7 +66,7 @@ def test_training_without_imagenet_weights_stops_before_writing_anything(tmp_pat
 
 def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, synthetic_cache):
   workdir = str(tmp_path / "work")
-  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir)["preempted"]
+  assert run(tiny_config(synthetic_cache, mode="stage1", stop_after_steps=2), workdir).preempted
   stage_dir = os.path.join(workdir, "fold1", "stage1")
   before = {n: os.path.getmtime(os.path.join(stage_dir, n)) for n in ("config.json", "model.json")}
   files_before = sorted(os.listdir(stage_dir))
@@ -82,7 +82,7 @@ def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, synth
   assert sorted(os.listdir(stage_dir)) == files_before
   # Keys that do not change the experiment (logging, mode, stage-2 settings for stage 1) may change.
   done = run(tiny_config(synthetic_cache, mode="train", log_every_steps=3, **{"stage2.lam": 0.1}), workdir)
-  assert done["folds"]["1"]["stage1"]["steps"] == 8
+  assert done.folds[1].stages[1].steps == 8
 
 
 # ----------------------------------------------------------------------------- divergence

@@ -7,6 +7,9 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from megraph_jax.models.resnet import resnet
+from megraph_jax.models.swin import swin
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 SWINS = ("swin_transformer_tiny", "swin_transformer_small", "swin_transformer_base")
 BACKBONES = RESNETS + SWINS
@@ -23,12 +26,8 @@ def build_backbone(
 ) -> nnx.Module:
   """Builds backbone ``name``; the module has ``num_features`` (C of X)."""
   if name in RESNETS:
-    from megraph_jax.models.resnet import resnet  # pylint: disable=import-outside-toplevel
-
     return resnet(name, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   if name in SWINS:
-    from megraph_jax.models.swin import swin  # pylint: disable=import-outside-toplevel
-
     kw = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
     return swin(name, img_size=img_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
   raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")

@@ -58,6 +58,11 @@ class BatchNorm(nnx.Module):
       bshape[a] = n
     return axes, bshape
 
+  def set_view(self, use_running_average: bool | None = None):
+    """Hook for ``nnx.view(model, use_running_average=...)`` (the eval view of a training model)."""
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
   def update_running_stats(self, mean: jax.Array, var: jax.Array, count: int) -> None:
     """Moves the running averages towards batch moments (``var`` biased; stored unbiased, as torch)."""
     unbiased = var * (count / max(count - 1, 1))

@@ -1,4 +1,4 @@
-"""Small shared layers: torch-initialised Linear and the official LinearBlock (Linear -> BN -> ReLU)."""
+"""Small shared layers: torch-initialised Linear, the official LinearBlock (Linear -> BN -> ReLU), DropPath."""
 
 from __future__ import annotations
 
@@ -143,3 +143,51 @@ class LinearBlock(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return jax.nn.relu(self.bn(self.fc(x)))  # [B, D, C_in] -> [B, D, C_out]
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: zeroes whole samples with probability ``rate`` and rescales the rest."""
+
+  def __init__(
+    self,
+    rate: float = 0.0,
+    *,
+    deterministic: bool = False,
+    rng_collection: str = "dropout",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+  ):
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"DropPath rate must be in [0, 1), got {rate}")
+    self.rate = float(rate)
+    self.deterministic = deterministic
+    self.rng_collection = rng_collection
+    if isinstance(rngs, nnx.Rngs):
+      self.rngs = rngs[rng_collection].fork() if self.rate > 0 else nnx.data(None)
+    elif isinstance(rngs, nnx.RngStream):
+      self.rngs = rngs.fork() if self.rate > 0 else nnx.data(None)
+    else:
+      self.rngs = nnx.data(None)
+
+  def set_view(self, deterministic: bool | None = None):
+    """Hook for ``nnx.view(model, deterministic=...)``."""
+    if deterministic is not None:
+      self.deterministic = deterministic
+
+  def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    rngs = rngs if rngs is not None else self.rngs
+    if rngs is None:
+      raise ValueError(
+        "DropPath is in training mode with rate > 0 but has no rngs: build the model with "
+        "nnx.Rngs(..., dropout=...) or call model.eval()"
+      )
+    if isinstance(rngs, nnx.Rngs):
+      key = rngs[self.rng_collection]()
+    elif isinstance(rngs, nnx.RngStream):
+      key = rngs()
+    else:
+      key = rngs
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))  # [B, 1, ...]
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))

@@ -1,0 +1,154 @@
+"""One run of an experiment config (``config.mode``): train one fold's stages, the multi-fold protocol, or
+evaluate a checkpoint; typed results (``megraph_jax.results``), ``results.json`` and the F1 table.
+
+Sweeps (``megraph_jax.sweep``, including the paper's Table 3 ablation, ``configs/sweeps/table3_ablation.py``)
+are sets of such runs, and build their tables from the same results.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from megraph_jax import checkpointing, datasets, initialization, input_pipeline, model_factory, reporting, sharding
+from megraph_jax import train as trainer
+from megraph_jax.errors import CheckpointError, ConfigError
+from megraph_jax.models.megraph import Stage2Model
+from megraph_jax.preemption import Preempted, StopRequest
+from megraph_jax.results import FoldResult, RunResult, StageResult, table
+
+MODES = ("train", "stage1", "stage2", "eval", "folds")
+STAGES = {"train": (1, 2), "folds": (1, 2), "stage1": (1,), "stage2": (2,)}
+
+
+def stage_dir(workdir: str, fold: int, stage: int) -> str:
+  return os.path.join(workdir, f"fold{fold}", f"stage{stage}")
+
+
+def _stage2_init(config, workdir: str, fold: int, train_data) -> str:
+  """Stage 1 of this fold in ``workdir`` that a fresh stage 2 starts from: its last checkpoint, or its best."""
+  stage1_dir = stage_dir(workdir, fold, 1)
+  if config.stage2.init not in ("last", "best", "none"):
+    raise ConfigError(f"config key 'stage2.init' = {config.stage2.init!r}; choose 'last', 'best' or 'none'")
+  done = config.stage1.epochs * input_pipeline.num_train_steps_per_epoch(len(train_data.paths), config.batch_size)
+  latest = checkpointing.latest_step(stage1_dir)
+  if latest is None:
+    raise ConfigError(
+      f"stage 2 of fold {fold} starts from stage 1, but {stage1_dir} holds no stage-1 checkpoint: "
+      "train stage 1 first (--config.mode=train or stage1 with this --workdir), or name the "
+      "weights to start from with --config.init_from=<stage-1 dir or official .pth>"
+    )
+  if latest < done:
+    raise ConfigError(
+      f"stage 1 in {stage1_dir} stopped at step {latest} of {done}: finish it first (rerun with "
+      "--config.mode=stage1 or train), or start stage 2 from other weights with --config.init_from"
+    )
+  return os.path.join(stage1_dir, "checkpoints" if config.stage2.init == "last" else "best")
+
+
+def _fold_result(dataset: datasets.Dataset, fold: int, train_data, test_data, checkpoint: str = "") -> FoldResult:
+  baseline = reporting.all_positive_f1(np.asarray(test_data.labels))
+  return FoldResult(fold=fold, dataset_root=dataset.root, num_train=len(train_data.paths),
+                    num_test=len(test_data.paths), all_positive_f1=dict(zip(dataset.au_names, baseline.tolist())),
+                    checkpoint=checkpoint)  # fmt: skip
+
+
+def run_fold(config, workdir: str, fold: int, stages: tuple[int, ...], stop: StopRequest) -> FoldResult:
+  """Trains ``stages`` of one fold; a fresh stage 2 starts from stage 1 of the same workdir (``stage2.init``)."""
+  dataset = datasets.from_config(config, workdir)
+  dataset.check([fold])
+  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, "test")
+  out = _fold_result(dataset, fold, train_data, test_data)
+  for i, stage in enumerate(stages):
+    sdir = stage_dir(workdir, fold, stage)
+    init = config.init_from if i == 0 and config.init_from else None
+    if stage == 2 and init is None and not checkpointing.has_checkpoints(sdir):
+      init = _stage2_init(config, workdir, fold, train_data) if config.stage2.init != "none" else None
+    result = trainer.train_stage(config, sdir, stage=stage, fold=fold, root=dataset.root, train_data=train_data,
+                                 test_data=test_data, stop=stop, init_from=init)  # fmt: skip
+    out = out.with_stage(result)
+  return out
+
+
+def _check_checkpoint_aus(config, dataset: datasets.Dataset) -> None:
+  num_aus, au_names = initialization.checkpoint_aus(config.checkpoint)
+  want = list(dataset.au_names)
+  if (num_aus is not None and num_aus != len(want)) or (au_names is not None and list(au_names) != want):
+    names = f" ({', '.join(au_names)})" if au_names else ""
+    raise CheckpointError(
+      f"{config.checkpoint}: a model of {num_aus} AUs{names}, but "
+      f"dataset {config.dataset.name!r} has {len(want)} ({', '.join(want)}); evaluate it on the dataset it was "
+      "trained for (e.g. --config=configs/bp4d_resnet50.py for 12 BP4D AUs, configs/disfa_resnet50.py for 8 "
+      "DISFA AUs)"
+    )
+
+
+def evaluate_checkpoint(config, workdir: str) -> FoldResult:
+  """Mode 'eval': ``config.checkpoint`` on the test split of ``config.dataset.fold``."""
+  if not config.checkpoint:
+    raise ConfigError("mode 'eval' needs --config.checkpoint=<stage dir, best/ dir, convert dir or official .pth>")
+  if not os.path.exists(os.path.expanduser(config.checkpoint)):
+    raise CheckpointError(f"config key 'checkpoint' = {config.checkpoint!r}: no such file or folder")
+  fold = config.dataset.fold
+  dataset = datasets.from_config(config, workdir)
+  dataset.check([fold])
+  _check_checkpoint_aus(config, dataset)
+  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, "test")
+  model = model_factory.eval_view(initialization.load_for_config(config.checkpoint, config))
+  graphdef, state = nnx.split(model)
+  mesh = sharding.make_mesh()
+  class_weights = jnp.asarray(trainer.stage_class_weights(config, dataset.root, fold, train_data))
+  state = sharding.put_replicated(state, mesh)
+  p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh)
+  result = trainer.evaluate(p_eval, state, test_data, root=dataset.root, config=config, mesh=mesh)
+  stage = 2 if isinstance(model, Stage2Model) else 1
+  out = _fold_result(dataset, fold, train_data, test_data, checkpoint=config.checkpoint)
+  return out.with_stage(StageResult(stage, fold, last=result, best=result))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """Runs ``config.mode``; returns the results and writes them to ``workdir``.
+
+  Training modes write results.json / results.md and hold the workdir's lock; mode 'eval' writes
+  results_eval.json / results_eval.md beside them. A stop request returns a result with ``preempted``.
+  """
+  if config.mode not in MODES:
+    raise ConfigError(f"config key 'mode' = {config.mode!r}; choose one of {MODES}")
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  reporting.quiet_library_logs()
+  t0 = time.time()
+  stop = StopRequest(config.stop_after_steps).install()
+  try:
+    if config.mode == "eval":
+      folds = {config.dataset.fold: evaluate_checkpoint(config, workdir)}
+    else:
+      stages = STAGES[config.mode]
+      if config.model.head == "baseline":
+        stages = (1,)  # one model, no graph stage (ModelSpec.from_config rejects mode 'stage2')
+        if config.mode == "stage2":
+          model_factory.ModelSpec.from_config(config, 2)
+      fold_list = list(config.dataset.folds) if config.mode == "folds" else [config.dataset.fold]
+      with checkpointing.WorkdirLock(workdir):
+        folds = {k: run_fold(config, workdir, k, stages, stop) for k in fold_list}
+  except Preempted as e:
+    logging.warning("%s", e)
+    return RunResult(config.mode, workdir, preempted=True, message=str(e))
+  finally:
+    stop.uninstall()
+  names = tuple(next(iter(folds.values())).all_positive_f1)
+  result = RunResult(config.mode, workdir, folds=folds, au_names=names, wall_time_s=time.time() - t0,
+                     config=config.to_dict())  # fmt: skip
+  if jax.process_index() == 0:
+    text = table({"run": result})
+    name = "results_eval" if config.mode == "eval" else "results"
+    reporting.write_results(workdir, result.to_json(), f"# F1 (%) on the test split\n\n{text}", name=name)
+    print(text, flush=True)
+  return result

@@ -1,0 +1,37 @@
+"""Optional dependencies, imported in one place: a missing one is an error that names the pip extra to install.
+
+Everything else is imported at module top. Optional here means: PyTorch (reading ``.pth`` files; extra
+``torch``), Ray (sweeps on a cluster; extra ``ray``), and the heavy detectors and codecs that only some
+commands use (MTCNN and its TensorFlow graph, OpenCV), so that importing the package stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+# top-level module -> (pip extra or package, what needs it)
+EXTRAS = {
+  "torch": ("pip install -e '.[torch]'", "reading PyTorch .pth files"),
+  "ray": ("pip install -e '.[ray]'", "sweeps on a Ray cluster (--ray=...)"),
+  "mtcnn": ("pip install mtcnn (a dependency of this package)", "face detection and alignment"),
+  "cv2": ("pip install opencv-python-headless (a dependency of this package)", "reading videos"),
+}
+
+
+class MissingDependencyError(ImportError):
+  """An optional dependency a command needs is not installed; the message says how to install it."""
+
+  def __init__(self, module: str, cause: BaseException):
+    install, purpose = EXTRAS.get(module.split(".")[0], (f"pip install {module.split('.')[0]}", module))
+    super().__init__(f"{purpose} needs {module.split('.')[0]}, which is not installed ({cause}): {install}")
+
+
+def require(module: str) -> types.ModuleType:
+  """``import module`` (e.g. 'torch', 'ray.util.tpu'), or a MissingDependencyError naming the extra."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    if isinstance(e, MissingDependencyError):
+      raise
+    raise MissingDependencyError(module, e) from e
