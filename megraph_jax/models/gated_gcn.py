@@ -14,6 +14,13 @@ from megraph_jax.models.layers import torch_linear
 from megraph_jax.models.precision import acc_dtype
 
 
+def edge_gates(edge: jax.Array, n: int) -> jax.Array:
+  """g_ij = softmax_j(sigmoid(e_ij)) per channel: ``[B, N*N, C]`` -> ``[B, N, N, C]``, how much node j feeds node i."""
+  b, _, c = edge.shape
+  gate = jax.nn.sigmoid(edge.astype(acc_dtype(edge.dtype))).reshape(b, n, n, c)
+  return jax.nn.softmax(gate, axis=2)  # normalised over neighbours j
+
+
 class GatedGCNLayer(nnx.Module):
   """One residual gated layer on the complete directed AU graph with multi-dimensional edges.
 
@@ -52,8 +59,7 @@ class GatedGCNLayer(nnx.Module):
     ax, bx = self.A(x), self.B(x)
     msg = (ax[:, :, None, :] + bx[:, None, :, :]).reshape(b, n * n, c)  # A v_i + B v_j at p = i*N + j
     edge = edge + jax.nn.relu(self.bne(msg + self.E(edge)))  # [B, N*N, C]
-    gate = jax.nn.sigmoid(edge.astype(acc_dtype(edge.dtype))).reshape(b, n, n, c)
-    gate = jax.nn.softmax(gate, axis=2).astype(x.dtype)  # normalised over neighbours j
+    gate = edge_gates(edge, n).astype(x.dtype)  # [B, N, N, C]
     agg = jnp.einsum("bijc,bjc->bic", gate, self.V(x)) / n  # [B, N, C]
     h = self.bnv(self.U(x) + agg)
     x = x + jax.nn.relu(h) if self.relu_in_residual else jax.nn.relu(x + h)  # [B, N, C]
