@@ -9,6 +9,7 @@ of it is copied: this script imports it from the given path and records, all at 
   statistics, every FGG metric, in eval and train mode (state_dicts stored: a few kB);
 - ``full/*``: whole models (ResNet-18/50, Swin-T/B, MAE ViT-B) whose weights come from
   ``tests/helpers.seeded_state_dict`` (seeded by key name), so only key names, shapes and outputs are stored;
+- ``loss/*``: the official ``WeightedAsymmetricLoss`` with labels -1 (not annotated);
 - ``demo/*``: the official demo path (``pil_loader`` + ``image_eval`` + model) on PNG photos of odd sizes drawn by
   ``tests/helpers.seeded_photo``, for OpenGraphAU and (with ``--megraph``) ME-GraphAU.
 The official stage-2 ResNet-50 loads ImageNet weights in its constructor; here it is built with pretrained=False.
@@ -126,6 +127,17 @@ def _heads(anfl, mefl, torch, out: dict) -> None:
         out[f"head/{name}/train_sd/{kk}"] = vv.numpy().copy()
 
 
+def _loss(utils, torch, out: dict) -> None:
+  """The official WeightedAsymmetricLoss on scores with labels 0/1/-1 (not annotated), with and without weights."""
+  gen = torch.Generator().manual_seed(1)
+  probs = torch.rand(6, 41, generator=gen, dtype=torch.float64) * 1.2 - 0.1  # cosine scores may leave [0, 1]
+  labels = torch.randint(-1, 2, (6, 41), generator=gen).double()
+  weights = torch.rand(41, generator=gen, dtype=torch.float64) + 0.5
+  out["loss/probs"], out["loss/labels"], out["loss/weights"] = probs.numpy(), labels.numpy(), weights.numpy()
+  out["loss/weighted"] = utils.WeightedAsymmetricLoss(weight=weights)(probs, labels).numpy()
+  out["loss/unweighted"] = utils.WeightedAsymmetricLoss()(probs, labels).numpy()
+
+
 def _build(anfl, mefl, backbone: str, stage: int):
   if stage == 1:
     return anfl.MEFARG(num_main_classes=27, num_sub_classes=14, backbone=backbone, neighbor_num=4, metric="dots")
@@ -188,6 +200,7 @@ def main(argv=None):
   anfl, mefl, utils, dataset = _import_official(args.official)
   _no_pretrained(anfl), _no_pretrained(mefl)
   _heads(anfl, mefl, torch, out)
+  _loss(utils, torch, out)
   _full(anfl, mefl, torch, out, args.only)
   _demo(lambda b, s: _build(anfl, mefl, b, s), utils, dataset, torch, DEMO, "demo", out)
   if args.megraph:
