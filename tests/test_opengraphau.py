@@ -160,3 +160,14 @@ def test_unmapped_or_missing_tensors_are_errors(golden, tmp_path):
   bad = {**tensors, "head.main_sc": np.zeros((27, 64), np.float32)}
   with pytest.raises(ValueError, match="head.main_sc"):
     loader.load_official_state_dict(build(ModelSpec("resnet18", 41, 1, head="opengraphau", img_size=64)), bad)
+
+
+def test_spec_json_round_trip_and_errors():
+  spec = ModelSpec("mae_base_patch16_224", 41, 2, head="opengraphau")
+  assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+  assert spec.to_json()["family"] == "vit" and spec.names == OPENGRAPHAU_AUS
+  assert ModelSpec.of(nnx.eval_shape(lambda: build(spec))) == spec
+  with pytest.raises(ValueError, match="41 outputs"):
+    ModelSpec("resnet50", 27, 1, head="opengraphau")
+  with pytest.raises(ValueError, match="FGG"):
+    ModelSpec("resnet50", 41, 1, head="opengraphau", use_fgg=False)
