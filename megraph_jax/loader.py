@@ -1,9 +1,9 @@
 """One loader for every checkpoint the project knows: :func:`load` ``(path, dtype=...) -> (model, spec)``.
 
-Readable: an official ME-GraphAU ``.pth`` (spec read from its tensor names: backbone, stage, number of AUs,
-FGG or not), a training stage directory ``<workdir>/fold<k>/stage<s>`` (its ``best/`` by default), its
-``best/`` or ``checkpoints/`` (the latest) folder, and a directory written by :func:`save` (``model.json`` +
-``state/``, what ``python -m megraph_jax.convert`` writes). ImageNet backbone weights load here too.
+Readable: an official ME-GraphAU or OpenGraphAU ``.pth`` (spec read from its tensor names: model family, backbone,
+stage, number of AUs, FGG or not), a training stage directory ``<workdir>/fold<k>/stage<s>`` (its ``best/`` by
+default), its ``best/`` or ``checkpoints/`` (the latest) folder, and a directory written by :func:`save`
+(``model.json`` + ``state/``, what ``python -m megraph_jax.convert`` writes). ImageNet backbone weights load here too.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -21,6 +23,7 @@ from megraph_jax.models.megraph import BaselineModel
 from megraph_jax.torch_io import load_pth
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.megraph import load_head
+from megraph_jax.weights.opengraphau import load_mae, load_opengraphau_head
 
 STATE = "state"  # orbax folder of a saved model, beside its model.json
 KINDS = (
@@ -33,14 +36,21 @@ KINDS = (
 
 
 def official_info(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
-  """What an official state_dict holds, from its key names: ``stage``, ``num_aus``, ``family``, ``use_fgg``.
+  """What an official state_dict holds, from its key names: ``head``, ``stage``, ``num_aus``, ``family``, ``use_fgg``.
 
-  Stage 2 has ``head.edge_extractor.*`` / ``head.edge_fc``; stage 1 has ``head.gnn.U`` (the FGG) or, trained
-  with ``use_fgg=False``, only ``head.class_linears`` + ``head.sc``. Unknown entries are None.
+  OpenGraphAU (``head='opengraphau'``) has ``head.main_sc`` + ``head.sub_sc`` (41 outputs), ME-GraphAU ``head.sc``.
+  Stage 2 has ``head.edge_extractor.*`` (and, for ME-GraphAU, ``head.edge_fc``); stage 1 has ``head.gnn.U`` (the
+  FGG) or, ME-GraphAU trained with ``use_fgg=False``, only ``head.class_linears`` + ``head.sc``. The backbone
+  family: ``backbone.conv1`` (ResNet), ``backbone.patch_embed`` (Swin), ``backbone.encoder`` (MAE ViT). Unknown
+  entries are None.
   """
-  info: dict[str, Any] = {"stage": None, "num_aus": None, "family": None, "use_fgg": None}
+  info: dict[str, Any] = {"head": None, "stage": None, "num_aus": None, "family": None, "use_fgg": None}
   if "head.sc" in tensors:
-    info["num_aus"] = int(tensors["head.sc"].shape[0])
+    info["head"], info["num_aus"] = "megraph", int(tensors["head.sc"].shape[0])
+  elif "head.main_sc" in tensors:
+    sub = tensors.get("head.sub_sc")
+    info["head"] = "opengraphau"
+    info["num_aus"] = int(tensors["head.main_sc"].shape[0]) + (0 if sub is None else int(sub.shape[0]))
   if "head.edge_fc.weight" in tensors or any(k.startswith("head.edge_extractor.") for k in tensors):
     info["stage"] = 2
   elif "head.gnn.U.weight" in tensors:
@@ -51,6 +61,8 @@ def official_info(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     info["family"] = "swin"
   elif "backbone.conv1.weight" in tensors:
     info["family"] = "resnet"
+  elif "backbone.encoder.patch_embed.proj.weight" in tensors:
+    info["family"] = "vit"
   return info
 
 
@@ -69,13 +81,17 @@ def spec_from_official(
 ) -> ModelSpec:
   """The spec of an official state_dict; given fields must agree with the tensors, the rest are read from them.
 
-  The FGG's ``neighbor_num`` is not in the tensors: default 3 for 8 AUs (DISFA's yaml), else 4 (BP4D's).
+  The FGG's ``neighbor_num`` is not in the tensors: default 3 for 8 AUs (DISFA's yaml), else 4 (BP4D's and
+  OpenGraphAU's yaml); ``metric`` defaults to ``'dots'`` (both official configs).
   """
   from megraph_jax.weights.inspect import infer_backbone  # pylint: disable=import-outside-toplevel
 
   info = official_info(tensors)
   if info["num_aus"] is None or info["stage"] is None:
-    raise CheckpointError(f"{source}: no 'head.sc' / head keys: not an ME-GraphAU checkpoint (stage 1 or 2)")
+    raise CheckpointError(
+      f"{source}: no 'head.sc' / 'head.main_sc' or graph keys: not an ME-GraphAU or OpenGraphAU checkpoint "
+      "(stage 1 or 2)"
+    )
   problems = []
   if stage is not None and info["stage"] != stage:
     problems.append(f"it is a stage-{info['stage']} checkpoint but stage={stage} was asked for")
@@ -88,10 +104,13 @@ def spec_from_official(
   if problems:
     raise CheckpointError(f"{source}: " + "; ".join(problems))
   n = info["num_aus"]
+  if info["head"] == "opengraphau" and "head.sub_sc" not in tensors:
+    raise CheckpointError(f"{source}: an OpenGraphAU checkpoint (head.main_sc) without 'head.sub_sc': truncated?")
   return ModelSpec(
     backbone=backbone or infer_backbone(tensors, source=source),
     num_aus=n,
     stage=info["stage"],
+    head=info["head"],
     au_names=au_names,
     neighbor_num=neighbor_num or (3 if n == 8 else 4),
     metric=metric or "dots",
@@ -107,6 +126,9 @@ def load_official_state_dict(model: Model, tensors: dict[str, np.ndarray], *, so
     raise CheckpointError(f"{source}: the official code has no baseline model; load a megraph-jax checkpoint")
   spec = ModelSpec.of(model)
   spec_from_official(tensors, source=source, backbone=spec.backbone, num_aus=spec.num_aus, stage=spec.stage)
+  head = official_info(tensors)["head"]
+  if head != spec.head:
+    raise CheckpointError(f"{source}: it is a {head} checkpoint but the model is a {spec.head} model")
   if spec.stage == 1 and official_info(tensors)["use_fgg"] != spec.use_fgg:
     raise CheckpointError(
       f"{source}: the checkpoint {'has' if not spec.use_fgg else 'has no'} FGG (head.gnn) but "
@@ -117,12 +139,31 @@ def load_official_state_dict(model: Model, tensors: dict[str, np.ndarray], *, so
     from megraph_jax.weights.resnet import load_resnet  # pylint: disable=import-outside-toplevel
 
     load_resnet(sd, "backbone.", model.backbone)
-  else:
+  elif spec.family == "swin":
     from megraph_jax.weights.swin import load_swin  # pylint: disable=import-outside-toplevel
 
     load_swin(sd, "backbone.", model.backbone)
-  load_head(sd, model, spec.stage)
+  else:
+    load_mae(sd, "backbone.encoder.", model.backbone)
+  if spec.head == "opengraphau":
+    load_opengraphau_head(sd, model)
+  else:
+    load_head(sd, model, spec.stage)
   sd.check_all_used()
+
+
+def _concrete_rng_state(model: Model, seed: int = 0) -> None:
+  """Gives the RNG streams (drop path) left abstract in an ``nnx.eval_shape`` model concrete keys and counts."""
+  for i, (path, var) in enumerate(nnx.to_flat_state(nnx.state(model))):
+    value = var.get_value()
+    if not isinstance(value, jax.ShapeDtypeStruct):
+      continue
+    if isinstance(var, nnx.RngKey):
+      var.set_value(jax.random.fold_in(jax.random.key(seed), i))
+    elif isinstance(var, nnx.RngCount):
+      var.set_value(jnp.zeros(value.shape, value.dtype))
+    else:
+      raise CheckpointError(f"{'.'.join(map(str, path))}: not set by the checkpoint (a loader bug)")
 
 
 def init_backbone_from_imagenet(model: Model, path: str | os.PathLike) -> None:
@@ -202,8 +243,9 @@ def load(
   if os.path.isfile(path):
     tensors = load_pth(path)
     spec = spec_from_official(tensors, source=path, dtype=dtype, **official)
-    model = build(spec)
+    model = nnx.eval_shape(lambda: build(spec))  # no random init: every weight comes from the file
     load_official_state_dict(model, tensors, source=path)
+    _concrete_rng_state(model)
   elif is_saved_model(path):
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 

@@ -45,6 +45,33 @@ def weighted_asymmetric_loss(
   return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def opengraphau_wa_loss(
+  probs: jax.Array,
+  labels: jax.Array,
+  weights: jax.Array | None = None,
+  *,
+  eps: float = 1e-8,
+  mask: jax.Array | None = None,
+) -> jax.Array:
+  """L_WA as OpenGraphAU's training (its ``WeightedAsymmetricLoss``): label -1 = "not annotated".
+
+  The per-entry terms of :func:`weighted_asymmetric_loss`, averaged over the annotated (0/1) entries of the whole
+  batch: -sum_{b,i annotated} w_i [...] / #annotated (ME-GraphAU averages over all N AUs, then over examples).
+  Entries that are not 0/1 (-1, BP4D's 9) add nothing. ``probs``/``labels``: ``[B, N]``; ``weights``: ``[N]``;
+  ``mask``: optional ``[B]`` (1 = real example) for padded batches.
+  """
+  f = acc_dtype(probs.dtype)
+  p = probs.astype(f)
+  known = ((labels >= 0) & (labels <= 1)).astype(f)  # [B, N]
+  if mask is not None:
+    known = known * mask.astype(f)[:, None]
+  y = jnp.where(known > 0, labels, 0).astype(f)
+  loss = y * jnp.log(jnp.maximum(p, eps)) + jax.lax.stop_gradient(p) * (1.0 - y) * jnp.log(jnp.maximum(1.0 - p, eps))
+  if weights is not None:
+    loss = loss * jnp.asarray(weights, f)[None, :]
+  return -jnp.sum(loss * known) / jnp.maximum(jnp.sum(known), 1.0)
+
+
 def weighted_bce_loss(
   probs: jax.Array,
   labels: jax.Array,

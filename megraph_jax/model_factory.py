@@ -17,16 +17,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from megraph_jax.models.backbones import BACKBONES, RESNETS
+from megraph_jax.models.backbones import BACKBONES, backbone_family
+from megraph_jax.models.fgg import METRICS
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
-from megraph_jax.task import BP4D_AUS, DISFA_AUS
+from megraph_jax.models.opengraphau import OpenGraphAUStage1, OpenGraphAUStage2
+from megraph_jax.task import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_AUS
 from megraph_jax.task import au_names as dataset_au_names
 
-Model = Stage1Model | Stage2Model | BaselineModel
+Model = Stage1Model | Stage2Model | BaselineModel | OpenGraphAUStage1 | OpenGraphAUStage2
 MODEL_JSON = "model.json"  # the spec as JSON, next to a model's weights (training stage dirs, convert dirs)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
-HEADS = ("megraph", "baseline")  # ME-GraphAU, or Table 3's "backbone only" (BaselineModel)
-METRICS = ("dots", "cosine", "l1")  # FGG similarity (Eq. 1)
+# ME-GraphAU, Table 3's "backbone only" (BaselineModel), or OpenGraphAU (27 main + 14 left/right AUs, 41 outputs)
+HEADS = ("megraph", "baseline", "opengraphau")
 
 
 def default_au_names(num_aus: int) -> tuple[str, ...]:
@@ -50,6 +52,8 @@ class ModelSpec:
   stage 2 adds MEFL (Eqs. 3-5) and a ``gnn_layers``-layer GatedGCN. ``head='baseline'`` is backbone + linear
   classifier (stage 1 only). ``dtype`` is the compute dtype; parameters are float64 for ``'float64'``, else
   float32. Inputs are ``[B, img_size, img_size, 3]``; ``au_probs`` is ``[B, num_aus]``.
+  ``head='opengraphau'``: OpenGraphAU's stage 1 or 2 (``num_aus`` = its 41 outputs; the graph has 27 nodes);
+  ``metric`` is ours (``models.opengraphau.OFFICIAL_METRICS`` translates the official OpenGraphAU names).
   """
 
   backbone: str
@@ -74,11 +78,15 @@ class ModelSpec:
     if self.stage not in (1, 2):
       problems.append(f"stage must be 1 or 2, got {self.stage!r}")
     if self.head not in HEADS:
-      problems.append(f"head {self.head!r}; choose 'megraph' or 'baseline'")
+      problems.append(f"head {self.head!r}; choose one of {', '.join(HEADS)}")
     elif self.head == "baseline" and self.stage != 1:
       problems.append("head 'baseline' (backbone + linear classifier) has only one stage")
+    elif self.head == "opengraphau" and not self.use_fgg:
+      problems.append("head 'opengraphau' always has its FGG (the official code has no use_fgg=False variant)")
     if not isinstance(self.num_aus, int) or self.num_aus < 2:
       problems.append(f"num_aus must be an integer >= 2, got {self.num_aus!r}")
+    elif self.head == "opengraphau" and self.num_aus != len(OPENGRAPHAU_AUS):
+      problems.append(f"head 'opengraphau' has {len(OPENGRAPHAU_AUS)} outputs, got num_aus={self.num_aus}")
     elif self.au_names is not None and len(self.au_names) != self.num_aus:
       problems.append(f"{len(self.au_names)} AU names ({', '.join(self.au_names)}) for {self.num_aus} AUs")
     if self.metric not in METRICS:
@@ -88,13 +96,15 @@ class ModelSpec:
 
   @property
   def family(self) -> str:
-    """``'resnet'`` or ``'swin'``."""
-    return "resnet" if self.backbone in RESNETS else "swin"
+    """The backbone's family: ``'resnet'``, ``'swin'`` or ``'vit'``."""
+    return backbone_family(self.backbone)
 
   @property
   def names(self) -> tuple[str, ...]:
-    """The AU names, or the benchmark's by ``num_aus`` when none are stored."""
-    return self.au_names or default_au_names(self.num_aus)
+    """The AU names, or the benchmark's (OpenGraphAU's 41) when none are stored."""
+    if self.au_names:
+      return self.au_names
+    return OPENGRAPHAU_AUS if self.head == "opengraphau" else default_au_names(self.num_aus)
 
   def replace(self, **changes: Any) -> ModelSpec:
     return dataclasses.replace(self, **changes)
@@ -147,7 +157,7 @@ class ModelSpec:
     """The model of ``stage`` that a training config (``configs/default.py``) describes."""
     m, data = config.model, config.dataset
     if m.head not in HEADS:
-      raise ValueError(f"config key 'model.head' = {m.head!r}; choose 'megraph' or 'baseline'")
+      raise ValueError(f"config key 'model.head' = {m.head!r}; choose one of {', '.join(HEADS)}")
     if m.head == "baseline" and stage != 1:
       raise ValueError(
         "config key 'model.head' = 'baseline' (backbone + linear classifier) has only one stage; "
@@ -182,6 +192,11 @@ class ModelSpec:
       dtype=dtype_name(model.dtype),
       au_names=au_names,
     )
+    if isinstance(model, OpenGraphAUStage2):
+      return cls(stage=2, head="opengraphau", gnn_layers=len(model.gnn.layers), **common)
+    if isinstance(model, OpenGraphAUStage1):
+      f = model.fgg
+      return cls(stage=1, head="opengraphau", neighbor_num=f.neighbor_num, metric=f.metric, **common)
     if isinstance(model, BaselineModel):
       return cls(stage=1, head="baseline", **common)
     if isinstance(model, Stage2Model):
@@ -209,6 +224,10 @@ def build(spec: ModelSpec, *, seed: int = 0, drop_path_rate: float | None = None
   )
   if spec.head == "baseline":
     model = BaselineModel(spec.backbone, spec.num_aus, **common)
+  elif spec.head == "opengraphau" and spec.stage == 1:
+    model = OpenGraphAUStage1(spec.backbone, neighbor_num=spec.neighbor_num, metric=spec.metric, **common)
+  elif spec.head == "opengraphau":
+    model = OpenGraphAUStage2(spec.backbone, gnn_layers=spec.gnn_layers, **common)
   elif spec.stage == 1:
     model = Stage1Model(
       spec.backbone, spec.num_aus, neighbor_num=spec.neighbor_num, metric=spec.metric, use_fgg=spec.use_fgg, **common

@@ -12,31 +12,24 @@ import numpy as np
 from matplotlib.figure import Figure  # Figures without pyplot: no backend or global state is touched
 from matplotlib.patches import FancyArrowPatch
 
-from megraph_jax.task import FACS_NAMES as FACS
+from megraph_jax.task import AMBIGUOUS_SUB_AUS, au_description
 
 ACTIVE, INACTIVE = "#d7301f", "#9ecae1"  # bar colours: above / below the threshold
 NODE_CMAP = "YlOrRd"
+SIDE = re.compile(r"AU([LR])(\d+)")  # OpenGraphAU's left/right AUs: AUL1, AUR1, ...
 
 
 def au_label(name: str) -> str:
-  """``AU12`` -> ``AU12 Lip corner puller`` (FACS name when known)."""
-  m = re.fullmatch(r"AU(\d+)", name)
-  return f"{name} {FACS[int(m.group(1))]}" if m and int(m.group(1)) in FACS else name
+  """``AU12`` -> ``AU12 Lip corner puller`` (the description when known; L12/R12 marked ambiguous)."""
+  if name in AMBIGUOUS_SUB_AUS:
+    return f"{name} (AU11 node; see README)"
+  desc = au_description(name)
+  return f"{name} {desc}" if desc else name
 
 
-def plot_face(
-  crop: np.ndarray | None, probs: np.ndarray, au_names: Sequence[str], *, threshold: float = 0.5, title: str = ""
-) -> Figure:
-  """The aligned face crop beside a bar chart of its AU probabilities (red: occurring)."""
-  probs = np.asarray(probs, np.float32)
-  n = len(au_names)
-  fig = Figure(figsize=(10, max(4.0, 0.34 * n + 1.2)), layout="constrained")
-  ax_im, ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.25]})
-  if crop is not None:
-    ax_im.imshow(crop)
-  ax_im.set_axis_off()
-  ax_im.set_title("aligned face", fontsize=10)
-  y = np.arange(n)
+def _bars(ax, probs: np.ndarray, labels: Sequence[str], threshold: float) -> None:
+  """Horizontal bars of ``probs``, top to bottom, with values; red above the threshold."""
+  y = np.arange(len(probs))
   on = probs >= threshold
   ax.barh(y, probs, color=np.where(on, ACTIVE, INACTIVE), edgecolor="black", linewidth=0.4)
   for yi, p in zip(y, probs):
@@ -53,13 +46,63 @@ def plot_face(
       bbox=None if inside else {"facecolor": "white", "edgecolor": "none", "pad": 0.3, "alpha": 0.8},
     )
   ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
-  ax.set_yticks(y, [au_label(a) for a in au_names], fontsize=9)
+  ax.set_yticks(y, labels, fontsize=9)
   ax.invert_yaxis()
   ax.set_xlim(0, 1)
-  ax.set_xlabel(f"probability (dashed: threshold {threshold:g})")
-  occurring = ", ".join(np.asarray(au_names)[on]) or "none"
-  ax.set_title(f"{int(on.sum())} of {n} AUs occurring:\n{textwrap.shorten(occurring, 70)}", fontsize=10)
+  ax.set_xlabel(f"score (dashed: threshold {threshold:g})")
   ax.grid(axis="x", alpha=0.3)
+
+
+def _sides(ax, probs: np.ndarray, names: Sequence[str], threshold: float) -> None:
+  """Left/right AU pairs as mirrored bars: left AU to the left, right AU to the right of the centre line."""
+  found = {int(m.group(2)) for a in names if (m := SIDE.fullmatch(a))}
+  pairs = sorted(found, key=lambda a: names.index(f"AUL{a}"))
+  y = np.arange(len(pairs))
+  for side, sign in (("L", -1.0), ("R", 1.0)):
+    p = np.array([probs[names.index(f"AU{side}{a}")] for a in pairs])
+    ax.barh(y, sign * p, color=np.where(p >= threshold, ACTIVE, INACTIVE), edgecolor="black", linewidth=0.4)
+    for yi, v in zip(y, p):
+      ax.text(sign * (v + 0.03), yi, f"{v:.2f}", va="center", ha="left" if sign > 0 else "right", fontsize=8,
+              fontweight="bold" if v >= threshold else "normal")  # fmt: skip
+  for x in (-threshold, threshold):
+    ax.axvline(x, color="black", linestyle="--", linewidth=0.8)
+  ax.axvline(0, color="black", linewidth=0.8)
+  labels = [
+    f"AUL{a} | AUR{a}\n" + ("AU11 node (see README)" if f"AUL{a}" in AMBIGUOUS_SUB_AUS else au_description(f"AU{a}"))
+    for a in pairs
+  ]
+  ax.set_yticks(y, labels, fontsize=9)
+  ax.invert_yaxis()
+  ax.set_xlim(-1.25, 1.25)
+  ax.set_xticks([-1, -0.5, 0, 0.5, 1], ["1", "0.5", "0", "0.5", "1"])
+  ax.set_xlabel("L (left)  |  R (right), as the official labels")
+  ax.set_title("left / right AUs", fontsize=10)
+
+
+def plot_face(
+  crop: np.ndarray | None, probs: np.ndarray, au_names: Sequence[str], *, threshold: float = 0.5, title: str = ""
+) -> Figure:
+  """The face beside bars of its AU scores (red: occurring); left/right AUs (OpenGraphAU) as mirrored pairs."""
+  probs = np.asarray(probs, np.float32)
+  names = list(au_names)
+  main = [i for i, a in enumerate(names) if not SIDE.fullmatch(a)]
+  sides = len(main) < len(names)
+  fig = Figure(figsize=(15 if sides else 10, max(4.0, 0.3 * len(main) + 1.4)), layout="constrained")
+  ratios = [1, 1.3, 1.1] if sides else [1, 1.25]
+  axes = fig.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
+  ax_im = axes[0]
+  if crop is not None:
+    ax_im.imshow(crop)
+  ax_im.set_axis_off()
+  ax_im.set_title("face", fontsize=10)
+  _bars(axes[1], probs[main], [au_label(names[i]) for i in main], threshold)
+  if sides:
+    _sides(axes[2], probs, names, threshold)
+  on = probs >= threshold
+  occurring = ", ".join(np.asarray(names)[on]) or "none"
+  ax_im.text(0.5, -0.03, f"{int(on.sum())} of {len(names)} AUs occurring (score >= {threshold:g}):\n"
+             + "\n".join(textwrap.wrap(occurring, 45)), transform=ax_im.transAxes, ha="center", va="top",
+             fontsize=10, color=ACTIVE if on.any() else "black")  # fmt: skip
   if title:
     fig.suptitle(title, fontsize=11)
   return fig
@@ -153,14 +196,21 @@ def _draw_knn(
   ax.figure.colorbar(sc, ax=ax, fraction=0.04, pad=0.02).set_label("AU probability", fontsize=8)
 
 
-def _draw_edges(ax, strength: np.ndarray, au_names: Sequence[str]) -> None:
-  im = ax.imshow(strength, cmap="viridis", vmin=0, vmax=1)
+EDGE_TITLE = "edge strength from the learned edge features\nP(AU i and AU j both occur) of edge e_ij"
+GATE_TITLE = (  # OpenGraphAU stage 2: no edge classifier; predict draws N x the channel mean of the last layer's gates
+  "learned edges: N x mean over channels of the last GatedGCN gate\n"
+  "softmax_j sigmoid(e_ij) (1 = an average neighbour; row i: what feeds AU i)"
+)
+
+
+def _draw_edges(ax, strength: np.ndarray, au_names: Sequence[str], title: str, unit_range: bool) -> None:
+  im = ax.imshow(strength, cmap="viridis", **({"vmin": 0, "vmax": 1} if unit_range else {}))
   n = len(au_names)
   ax.set_xticks(range(n), au_names, rotation=90, fontsize=7)
   ax.set_yticks(range(n), au_names, fontsize=7)
   ax.set_xlabel("AU j")
   ax.set_ylabel("AU i")
-  ax.set_title("edge strength from the learned edge features\nP(AU i and AU j both occur) of edge e_ij", fontsize=9)
+  ax.set_title(title, fontsize=9)
   ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
 
@@ -170,18 +220,25 @@ def plot_graph(
   adjacency: np.ndarray,
   *,
   edge_strength: np.ndarray | None = None,
+  edge_title: str = EDGE_TITLE,
   threshold: float = 0.5,
   k: int | None = None,
   title: str = "",
 ) -> Figure:
-  """The face's AU relation graph: kNN links of the node features and, for stage 2, learned edge strengths."""
-  probs = np.asarray(probs, np.float32)
+  """The face's AU relation graph: kNN links of the node features and, for stage 2, learned edge strengths.
+
+  The graph's nodes are the first N = ``len(adjacency)`` outputs (OpenGraphAU: its 27 main AUs of 41).
+  ``edge_title`` says what ``edge_strength`` is; the default (a probability) is drawn on a 0..1 scale.
+  """
+  n = len(adjacency)
+  probs, au_names = np.asarray(probs, np.float32)[:n], list(au_names)[:n]
   panels = 1 if edge_strength is None else 2
-  fig = Figure(figsize=(6.2 * panels, 6.4), layout="constrained")
+  scale = 1.35 if n > 20 else 1.0  # OpenGraphAU's 27 nodes need room
+  fig = Figure(figsize=(6.2 * panels * scale, 6.4 * scale), layout="constrained")
   axes = fig.subplots(1, panels, squeeze=False)
   _draw_knn(axes[0, 0], probs, au_names, adjacency, threshold, k)
   if edge_strength is not None:
-    _draw_edges(axes[0, 1], np.asarray(edge_strength, np.float32), au_names)
+    _draw_edges(axes[0, 1], np.asarray(edge_strength, np.float32), au_names, edge_title, edge_title == EDGE_TITLE)
   if title:
     fig.suptitle(title, fontsize=11)
   return fig

@@ -3,9 +3,10 @@
   python -m megraph_jax.predict --checkpoint CKPT photo.jpg folder/ clip.mp4 -o out.csv --plot pics/
 
 CKPT is a directory written by ``python -m megraph_jax.convert`` or by training (``<workdir>/fold1/stage2``),
-or an official ME-GraphAU ``.pth``. Faces are found and aligned with MTCNN (``megraph_jax.faces``),
-or taken as given with ``--no-align``. One output row per face (and one per unreadable file or faceless
-frame, with its status), as CSV or JSON.
+or an official ME-GraphAU or OpenGraphAU ``.pth``. Faces are found and aligned with MTCNN (``megraph_jax.faces``),
+or, with ``--no-align``, the whole image goes through the official demo's transform (shorter side 256, centre
+224 crop). One output row per face (and one per unreadable file or faceless frame, with its status), as CSV or
+JSON (with a legend: AU code -> FACS name).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from megraph_jax import faces as facelib
 from megraph_jax import loader, media
 from megraph_jax.model_factory import Model, ModelSpec, eval_view
 from megraph_jax.models.fgg import knn_adjacency
+from megraph_jax.models.gated_gcn import edge_gates
 from megraph_jax.records import FacePrediction, RecordWriter, file_stem, plot_stem, smooth
+from megraph_jax.task import au_legend
 from megraph_jax.transforms import eval_transform
 
 
@@ -40,6 +43,9 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, k: 
   if "edge_logits" in out:  # [B, N*N, 4], classes (0,0) (0,1) (1,0) (1,1)
     n = res["probs"].shape[1]
     res["edge_strength"] = jax.nn.softmax(out["edge_logits"], axis=-1)[..., 3].reshape(-1, n, n)
+  elif "edge_features" in out:  # OpenGraphAU stage 2, no edge classifier: N x channel-mean gate of the last layer
+    n = out["node_features"].shape[1]
+    res["edge_strength"] = n * jnp.mean(edge_gates(out["edge_features"], n), axis=-1).astype(jnp.float32)
   return res
 
 
@@ -68,7 +74,7 @@ class Predictor:
         f"{self.num_aus} AUs; pass {self.num_aus} names (--au-names)"
       )
     self.stage = self.spec.stage
-    fgg = self.spec.stage == 1 and self.spec.head == "megraph" and self.spec.use_fgg
+    fgg = self.spec.stage == 1 and self.spec.head in ("megraph", "opengraphau") and self.spec.use_fgg
     self.knn_k = knn_k or (self.spec.neighbor_num if fgg else 4)
     self.img_size, self.resize = self.spec.img_size, resize
     self.batch_size, self.threshold = max(1, int(batch_size)), float(threshold)
@@ -102,9 +108,10 @@ class Predictor:
     return cls(model, au_names=au_names or spec.au_names, **kw)
 
   def faces(self, rgb: np.ndarray) -> list[facelib.AlignedFace]:
-    """Aligned faces of an RGB frame (the whole centre square with ``align=False``)."""
-    if not self.align:
-      return facelib.whole_image(rgb)
+    """Aligned faces of an RGB frame; with ``align=False`` the whole frame (the eval transform does the rest)."""
+    if not self.align:  # the official demo's transform exactly: Resize(256) + CenterCrop(224) of the whole image
+      h, w = rgb.shape[:2]
+      return [(rgb, (0.0, 0.0, float(w), float(h)), None)]
     if self._aligner is None:
       self._aligner = facelib.mtcnn_aligner(min_face_size=self._min_face_size)
     return self._aligner(rgb)
@@ -225,6 +232,7 @@ class Predictor:
         p.adjacency,
         edge_strength=p.edge_strength,
         threshold=self.threshold,
+        **({"edge_title": plots.GATE_TITLE} if self.spec.head == "opengraphau" else {}),
         k=self.knn_k,
         title=f"{title}  (stage-{self.stage} model)",
       )
@@ -259,11 +267,16 @@ def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="python -m megraph_jax.predict", description=__doc__.splitlines()[0])
   ap.add_argument("inputs", nargs="+", help="images, folders (searched recursively) and videos")
   ap.add_argument(
-    "--checkpoint", "-c", required=True, help="convert/training directory (model.json) or an official ME-GraphAU .pth"
+    "--checkpoint",
+    "-c",
+    required=True,
+    help="convert/training directory (model.json) or an official ME-GraphAU / OpenGraphAU .pth",
   )
   ap.add_argument("--output", "-o", default="-", help="output file (.csv or .json); '-' = stdout (default)")
   ap.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --output, else csv")
-  ap.add_argument("--no-align", action="store_true", help="inputs are aligned face crops: no detection")
+  ap.add_argument(
+    "--no-align", action="store_true", help="no face detection: the whole image, as the official demo (crops, photos)"
+  )
   ap.add_argument("--plot", metavar="DIR", default=None, help="write face + AU bars and relation-graph PNGs")
   ap.add_argument("--plot-every", type=int, default=10, help="video frames with pictures: every N-th (default 10)")
   ap.add_argument("--smooth", type=int, default=1, help="video: moving average over N frames (default 1: off)")
@@ -322,7 +335,8 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
     min_face_size=args.min_face_size,
   )
   fmt = args.format or ("json" if args.output.lower().endswith(".json") else "csv")
-  writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header={"checkpoint": args.checkpoint})
+  header = {"checkpoint": args.checkpoint, "legend": au_legend(predictor.au_names)}
+  writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header=header)
   counts, stems = collections.Counter(), {}  # stems: input file -> picture name
   stream = predictor.iter_predict(
     args.inputs, every=args.every, max_frames=args.max_frames, progress=not args.no_progress

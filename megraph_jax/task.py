@@ -37,18 +37,44 @@ FACS_NAMES: dict[int, str] = {  # Facial Action Coding System names of the AUs
   10: "Upper lip raiser",
   11: "Nasolabial deepener",
   12: "Lip corner puller",
+  13: "Sharp lip puller",
   14: "Dimpler",
   15: "Lip corner depressor",
   16: "Lower lip depressor",
   17: "Chin raiser",
+  18: "Lip pucker",
+  19: "Tongue show",
   20: "Lip stretcher",
+  22: "Lip funneler",
   23: "Lip tightener",
   24: "Lip pressor",
   25: "Lips part",
   26: "Jaw drop",
   27: "Mouth stretch",
+  32: "Lip bite",
+  38: "Nostril dilator",
+  39: "Nostril compressor",
   43: "Eyes closed",
   45: "Blink",
+}
+
+# OpenGraphAU (the official repository's OpenGraphAU/ folder): 27 main AUs, one graph node each, then 7 left/right
+# pairs, each pair scored from one main node (the official Head's ``sub_list``) with its own two ``sub_sc`` vectors.
+OPENGRAPHAU_MAIN_AUS: tuple[int, ...] = (
+  *(1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 32, 38, 39),
+)
+OPENGRAPHAU_SUB_NODES: tuple[int, ...] = (0, 1, 2, 4, 7, 8, 11)  # sub_list: main node index of each L/R pair
+# The official labels of the pairs (L1/R1, ..., L14/R14). Node 8 is AU11 (nasolabial deepener) but its pair is
+# labelled L12/R12 (AU12 is the lip corner puller); the official drawing and README call that pair "nasolabial
+# deepener". We keep the official computation and label, and say so in the legend (AMBIGUOUS_SUB_AUS).
+OPENGRAPHAU_SUB_LABELS: tuple[int, ...] = (1, 2, 4, 6, 10, 12, 14)
+OPENGRAPHAU_AUS: tuple[str, ...] = tuple(f"AU{a}" for a in OPENGRAPHAU_MAIN_AUS) + tuple(
+  f"AU{side}{a}" for a in OPENGRAPHAU_SUB_LABELS for side in "LR"
+)  # the 41 outputs in model order: AU1 ... AU39, AUL1, AUR1, ..., AUL14, AUR14
+AMBIGUOUS_SUB_AUS: dict[str, str] = {
+  f"AU{side}12": f"{word} AU12 or AU11 (ambiguous: labelled {side}12 by the official tool, named '{word.lower()} "
+  "nasolabial deepener' by its drawing and README, computed from the AU11 node)"
+  for side, word in (("L", "Left"), ("R", "Right"))
 }
 
 UNLABELLED = 9  # BP4D's AU occurrence value of frames not coded for that AU (kept in lists, left out elsewhere)
@@ -71,6 +97,26 @@ def au_number(name: str, *, key: str = "dataset.au_names") -> int:
   if not m:
     raise ValueError(f"config key {key!r}: {name!r} is not of the form AU<number>")
   return int(m.group(1))
+
+
+def au_description(name: str) -> str:
+  """What an output column means: ``AU12`` -> ``Lip corner puller``, ``AUL1`` -> ``Left inner brow raiser``.
+
+  Unknown codes give ``''``; the OpenGraphAU pair labelled L12/R12 gives its ambiguity (``AMBIGUOUS_SUB_AUS``).
+  """
+  if name in AMBIGUOUS_SUB_AUS:
+    return AMBIGUOUS_SUB_AUS[name]
+  m = re.fullmatch(r"AU([LR]?)(\d+)", str(name))
+  if not m or int(m.group(2)) not in FACS_NAMES:
+    return ""
+  facs = FACS_NAMES[int(m.group(2))]
+  side = {"L": "Left", "R": "Right"}.get(m.group(1))
+  return f"{side} {facs[0].lower()}{facs[1:]}" if side else facs
+
+
+def au_legend(names: Sequence[str]) -> dict[str, str]:
+  """``{column: description}`` of output columns (see :func:`au_description`); for the JSON output and README."""
+  return {str(n): au_description(n) for n in names}
 
 
 def au_names(dataset: Any) -> tuple[str, ...]:

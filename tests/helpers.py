@@ -3,6 +3,7 @@ synthetic set and the tiny training config every end-to-end test trains."""
 
 import os
 import sys
+import zlib
 
 import ml_collections
 import numpy as np
@@ -87,3 +88,50 @@ def batch_ids(batch):
   red = batch["image"][:, :, :, 0] * task.IMAGENET_STD[0] + task.IMAGENET_MEAN[0]  # [B, H, W] in [0, 1]
   v = red.reshape(red.shape[0], -1).mean(1) * 255
   return np.rint((v - 10) / 20).astype(int).tolist()
+
+
+# Buffers a seeded state_dict leaves alone: integer indices / counters and Swin's attention masks (rebuilt by us).
+FIXED_BUFFERS = ("num_batches_tracked", "relative_position_index", "attn_mask")
+
+
+def seeded_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+  """Random float32 tensors for a state_dict's keys, each drawn from a generator seeded by (``seed``, key name).
+
+  tools/make_opengraphau_golden.py puts these into the official PyTorch models; tests rebuild the same tensors from
+  the stored key names, so golden files hold no weights. Scales keep a deep random network finite: weights
+  N(0, 1/fan_in), norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2), BatchNorm means N(0, 0.1^2), variances U(0.5, 1.5).
+  """
+  out = {}
+  for key, shape in shapes.items():
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+      v = rng.uniform(0.5, 1.5, shape)
+    elif leaf == "weight" and len(shape) == 1:  # BatchNorm / LayerNorm scale
+      v = 1.0 + 0.1 * rng.standard_normal(shape)
+    elif len(shape) >= 2 and leaf != "relative_position_bias_table":
+      v = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+    else:  # biases, running means, q/v biases, relative position bias tables
+      v = 0.1 * rng.standard_normal(shape)
+    out[key] = v.astype(np.float32)
+  return out
+
+
+def seeded_images(seed: int, n: int, size: int) -> np.ndarray:
+  """Normalised-looking float32 NHWC inputs ``[n, size, size, 3]`` drawn from ``seed``."""
+  return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+def seeded_photo(seed: int, height: int, width: int) -> np.ndarray:
+  """A smooth RGB uint8 picture ``[height, width, 3]`` (gradients + blobs) of any size, drawn from ``seed``."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:height, 0:width] / max(height, width)
+  img = np.zeros((height, width, 3))
+  for c in range(3):
+    for _ in range(4):
+      cy, cx, r = rng.uniform(0, 1, 3)
+      img[..., c] += np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (0.02 + 0.1 * r))
+    img[..., c] += rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y
+  img += 0.05 * rng.standard_normal(img.shape)
+  img = (img - img.min()) / (img.max() - img.min())
+  return (255 * img).round().astype(np.uint8)

@@ -12,7 +12,13 @@ from megraph_jax.models.swin import swin
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 SWINS = ("swin_transformer_tiny", "swin_transformer_small", "swin_transformer_base")
-BACKBONES = RESNETS + SWINS
+VITS = ("mae_base_patch16_224",)  # OpenGraphAU's MAE ViT-B/16 encoder (its --arc contains 'mae')
+BACKBONES = RESNETS + SWINS + VITS
+
+
+def backbone_family(name: str) -> str:
+  """``'resnet'``, ``'swin'`` or ``'vit'``."""
+  return "resnet" if name in RESNETS else "swin" if name in SWINS else "vit"
 
 
 def build_backbone(
@@ -30,9 +36,13 @@ def build_backbone(
   if name in SWINS:
     kw = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
     return swin(name, img_size=img_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
+  if name in VITS:
+    from megraph_jax.models.vit import mae_base_patch16_224  # pylint: disable=import-outside-toplevel
+
+    return mae_base_patch16_224(img_size=img_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
 
 
 def global_linear_channels(name: str, num_features: int) -> int:
-  """Output channels of ``global_linear``: C/4 for ResNets, C/2 for Swins (as the official)."""
+  """Output channels of ``global_linear``: C/4 for ResNets, C/2 for Swins and the ViT (as the official)."""
   return num_features // 4 if name in RESNETS else num_features // 2

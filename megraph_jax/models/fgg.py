@@ -14,7 +14,7 @@ from megraph_jax.models.layers import torch_linear
 from megraph_jax.models.precision import acc_dtype
 from megraph_jax.models.sc_head import l2_normalize
 
-METRICS = ("dots", "cosine", "l1")
+METRICS = ("dots", "cosine", "l1", "l2")  # l1: sum |v_i - v_j|; l2: Euclidean distance (smaller = nearer)
 
 
 def knn_adjacency(v: jax.Array, k: int, metric: str = "dots") -> jax.Array:
@@ -27,6 +27,8 @@ def knn_adjacency(v: jax.Array, k: int, metric: str = "dots") -> jax.Array:
     si = jnp.einsum("bic,bjc->bij", vn, vn)
   elif metric == "l1":
     si = -jnp.sum(jnp.abs(v[:, :, None, :] - v[:, None, :, :]), axis=-1)  # larger = closer
+  elif metric == "l2":
+    si = -jnp.sqrt(jnp.sum(jnp.square(v[:, :, None, :] - v[:, None, :, :]), axis=-1))  # larger = closer
   else:
     raise ValueError(f"unknown FGG metric '{metric}'; choose one of {METRICS}")
   if not 1 <= k <= v.shape[1]:

@@ -13,6 +13,8 @@ _RESNETS = {
   ("bottleneck", (3, 4, 6, 3)): "resnet50",
   ("bottleneck", (3, 4, 23, 3)): "resnet101",
 }
+# (embed dim, depth) -> name, as OpenGraphAU's MAE encoder.
+_VITS = {(768, 12): "mae_base_patch16_224"}
 # (embed dim, blocks per stage) -> name, as the official Swin configs.
 _SWINS = {
   (96, (2, 2, 6, 2)): "swin_transformer_tiny",
@@ -43,12 +45,18 @@ def infer_backbone(tensors: dict[str, np.ndarray], *, prefix: str = "backbone.",
     blocks = _blocks_per_stage(tensors, p + r"layers\.(\d+)\.blocks\.(\d+)\.norm1\.weight$")
     name = _SWINS.get((dim, blocks))
     what = f"a Swin with embed dim {dim} and {blocks} blocks per stage"
+  elif prefix + "encoder.patch_embed.proj.weight" in tensors:
+    dim = int(tensors[prefix + "encoder.patch_embed.proj.weight"].shape[0])
+    depth = len({m.group(1) for k in tensors if (m := re.match(p + r"encoder\.blocks\.(\d+)\.", k))})
+    name = _VITS.get((dim, depth))
+    what = f"a ViT encoder with embed dim {dim} and {depth} blocks"
   else:
     raise ValueError(
-      f"{source}: no '{prefix}conv1.weight' or '{prefix}patch_embed.proj.weight' key: not an "
-      "ME-GraphAU checkpoint with a ResNet or Swin backbone; pass --backbone if it is one"
+      f"{source}: no '{prefix}conv1.weight', '{prefix}patch_embed.proj.weight' or "
+      f"'{prefix}encoder.patch_embed.proj.weight' key: not an ME-GraphAU / OpenGraphAU checkpoint with a ResNet, "
+      "Swin or MAE ViT backbone; pass --backbone if it is one"
     )
   if name is None:
-    known = ", ".join(list(_RESNETS.values()) + list(_SWINS.values()))
+    known = ", ".join(list(_RESNETS.values()) + list(_SWINS.values()) + list(_VITS.values()))
     raise ValueError(f"{source}: holds {what}, which is none of {known}; pass --backbone")
   return name

@@ -1,0 +1,169 @@
+"""OpenGraphAU (the official repository's ``OpenGraphAU/``): ME-GraphAU for 27 main AUs + 14 left/right AUs.
+
+Both stages share backbone -> ``global_linear`` -> AFG (``main_class_linears``, one block per main AU) and end in
+:class:`MainSubSC`; stage 1 adds the FGG (ANFL), stage 2 MEFL (``edge_extractor``) and two GatedGCN layers
+(``gnn.graph_layers``) whose node update is v + ReLU(BN(.)), with no edge classifier. Scores are cosine
+similarities (no sigmoid), read against 0.5 as the official demo and tests do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from megraph_jax.models.afg import AFG
+from megraph_jax.models.backbones import build_backbone, global_linear_channels
+from megraph_jax.models.fgg import FGG
+from megraph_jax.models.gated_gcn import GatedGCN
+from megraph_jax.models.layers import LinearBlock
+from megraph_jax.models.mefl import MEFL
+from megraph_jax.models.sc_head import SCHead
+from megraph_jax.task import OPENGRAPHAU_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_NODES
+
+NUM_MAIN = len(OPENGRAPHAU_MAIN_AUS)  # 27 graph nodes
+NUM_OUTPUTS = len(OPENGRAPHAU_AUS)  # 41 scores
+SUB_INDEX = tuple(int(i) for i in np.repeat(OPENGRAPHAU_SUB_NODES, 2))  # [14]: the main node of each L/R AU
+
+# The official OpenGraphAU ``--metric`` names its two distances the other way round from ME-GraphAU (its 'l1' is
+# the Euclidean distance, its 'l2' the sum of absolute differences): official name -> our FGG metric.
+OFFICIAL_METRICS = {"dots": "dots", "cosine": "cosine", "l1": "l2", "l2": "l1"}
+
+
+class MainSubSC(nnx.Module):
+  """Eq. 2 for 41 outputs: p_i = cos(v_i, ReLU(main_sc_i)) for the 27 main AUs, then
+  p_{2k+s} = cos(v_{sub_list[k]}, ReLU(sub_sc_{2k+s})) for the left (s=0) and right (s=1) AU of pair k."""
+
+  def __init__(self, channels: int, *, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
+    self.main_sc = SCHead(channels, NUM_MAIN, param_dtype=param_dtype, rngs=rngs)
+    self.sub_sc = SCHead(channels, len(SUB_INDEX), param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, v: jax.Array) -> jax.Array:
+    # v: [B, 27, C] -> [B, 41]
+    sub = jnp.stack([v[:, i] for i in SUB_INDEX], axis=1)  # [B, 14, C]; static slices, no index array
+    return jnp.concatenate([self.main_sc(v), self.sub_sc(sub)], axis=-1)
+
+
+class _OpenGraphAUBase(nnx.Module):
+  """Backbone, ``global_linear``, the AFG over the 27 main AUs and the 41-output SC head, shared by both stages."""
+
+  def __init__(
+    self,
+    backbone: str,
+    *,
+    img_size: int,
+    drop_path_rate: float | None,
+    dtype: Any,
+    param_dtype: Any,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
+    self.backbone_name = backbone
+    self.num_aus = NUM_OUTPUTS
+    self.num_main = NUM_MAIN
+    self.img_size = img_size
+    self.dtype = dtype
+    self.backbone = backbone_module or build_backbone(
+      backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
+    c_in = self.backbone.num_features
+    self.channels = global_linear_channels(backbone, c_in)
+    self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.afg = AFG(self.channels, NUM_MAIN, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.sc = MainSubSC(self.channels, param_dtype=param_dtype, rngs=rngs)
+
+  def features(self, images: jax.Array) -> jax.Array:
+    """Full-face representation X after ``global_linear``: ``[B, H, W, 3]`` -> ``[B, D, C]``."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
+    return self.global_linear(self.backbone(images.astype(self.dtype)))
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    return self.head(self.features(images))
+
+
+class OpenGraphAUStage1(_OpenGraphAUBase):
+  """Stage 1 (official ``model/ANFL.py``): AFG -> FGG over the 27 main nodes -> 41 scores."""
+
+  def __init__(
+    self,
+    backbone: str,
+    *,
+    neighbor_num: int = 4,
+    metric: str = "dots",
+    img_size: int = 224,
+    drop_path_rate: float | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
+    super().__init__(
+      backbone,
+      img_size=img_size,
+      drop_path_rate=drop_path_rate,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      backbone_module=backbone_module,
+    )
+    kw = dict(neighbor_num=neighbor_num, metric=metric, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.fgg = FGG(self.channels, NUM_MAIN, **kw)
+
+  def head(self, x: jax.Array) -> dict[str, jax.Array]:
+    """ANFL on X ``[B, D, C]``: scores ``[B, 41]``, node features ``[B, 27, C]``, kNN adjacency ``[B, 27, 27]``."""
+    v = jnp.mean(self.afg(x), axis=2)  # [B, N, D, C] -> [B, 27, C]
+    v, adj = self.fgg(v)
+    return {"au_probs": self.sc(v), "node_features": v, "adjacency": adj}
+
+
+class OpenGraphAUStage2(_OpenGraphAUBase):
+  """Stage 2 (official ``model/MEFL.py``): AFG -> MEFL -> 2 GatedGCN layers (v + ReLU(BN(.))) -> 41 scores."""
+
+  def __init__(
+    self,
+    backbone: str,
+    *,
+    gnn_layers: int = 2,
+    img_size: int = 224,
+    drop_path_rate: float | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    backbone_module: nnx.Module | None = None,
+  ):
+    super().__init__(
+      backbone,
+      img_size=img_size,
+      drop_path_rate=drop_path_rate,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      backbone_module=backbone_module,
+    )
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.mefl = MEFL(self.channels, NUM_MAIN, **kw)
+    self.gnn = GatedGCN(self.channels, NUM_MAIN, num_layers=gnn_layers, relu_in_residual=True, **kw)
+
+  def head(self, x: jax.Array) -> dict[str, jax.Array]:
+    """On X ``[B, D, C]``: scores ``[B, 41]``, node ``[B, 27, C]`` and edge features ``[B, 27*27, C]``."""
+    u = self.afg(x)  # [B, 27, D, C]
+    v = jnp.mean(u, axis=2)  # [B, 27, C]
+    v, e = self.gnn(v, self.mefl(u, x))  # edges [B, 27*27, C], p = i*27 + j
+    return {"au_probs": self.sc(v), "node_features": v, "edge_features": e}
+
+
+SHARED_SUBMODULES = ("backbone", "global_linear", "afg", "sc")
+
+
+def init_stage2_from_stage1(stage2: OpenGraphAUStage2, stage1: OpenGraphAUStage1) -> OpenGraphAUStage2:
+  """Copies what the official ``train_stage2.py --resume`` of a stage-1 file shares by name (backbone,
+  ``global_linear``, ``main_class_linears``, ``main_sc``, ``sub_sc``); returns ``stage2`` updated in place."""
+  if (stage1.backbone_name, stage1.channels) != (stage2.backbone_name, stage2.channels):
+    raise ValueError(f"stage-1 model ({stage1.backbone_name}) does not match stage 2 ({stage2.backbone_name})")
+  for name in SHARED_SUBMODULES:
+    nnx.update(getattr(stage2, name), nnx.state(getattr(stage1, name)))
+  return stage2

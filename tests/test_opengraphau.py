@@ -1,0 +1,173 @@
+"""OpenGraphAU models against golden outputs of the official PyTorch code (tools/make_opengraphau_golden.py).
+
+``head/*``: global_linear + Head of both stages (stored state_dicts), every FGG metric, eval and train mode.
+``full/*``: whole official models with weights from ``helpers.seeded_state_dict`` (only key names stored), loaded
+through ``loader.load`` with the spec read from the tensor names and every tensor mapped.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from helpers import FIXED_BUFFERS, seeded_images, seeded_state_dict
+
+from megraph_jax import loader
+from megraph_jax.errors import CheckpointError
+from megraph_jax.model_factory import ModelSpec, build
+from megraph_jax.models.opengraphau import OFFICIAL_METRICS, OpenGraphAUStage1, OpenGraphAUStage2
+from megraph_jax.models.swin import relative_position_index
+from megraph_jax.task import OPENGRAPHAU_AUS
+from megraph_jax.weights.common import StateDict
+from megraph_jax.weights.opengraphau import load_opengraphau_head
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
+FAST = ["r18_s1", "r18_s2", "r50_s1", "r50_s2"]
+BIG = ["swint_s1", "swinb_s1", "swinb_s2", "mae_s1"]  # 224 px, ~90M parameters: a few seconds each on 2 cores
+FULL = {  # name: (backbone, stage, input side, batch, weight seed), as the tool
+  "r18_s1": ("resnet18", 1, 64, 2, 1),
+  "r18_s2": ("resnet18", 2, 64, 2, 2),
+  "r50_s1": ("resnet50", 1, 64, 2, 3),
+  "r50_s2": ("resnet50", 2, 64, 2, 4),
+  "swint_s1": ("swin_transformer_tiny", 1, 224, 1, 5),
+  "swinb_s1": ("swin_transformer_base", 1, 224, 1, 6),
+  "swinb_s2": ("swin_transformer_base", 2, 224, 1, 7),
+  "mae_s1": ("mae_base_patch16_224", 1, 224, 1, 8),
+}
+
+
+@pytest.fixture(scope="module")
+def golden():
+  with np.load(GOLDEN) as z:
+    return {k: z[k] for k in z.files}
+
+
+def official_tensors(golden, prefix: str, seed: int) -> dict[str, np.ndarray]:
+  """The state_dict the tool put into the official model: seeded floats plus the fixed buffers' values."""
+  shapes = {k: tuple(v) for k, v in json.loads(str(golden[f"{prefix}/keys"])).items()}
+  tensors = seeded_state_dict({k: s for k, s in shapes.items() if not k.endswith(FIXED_BUFFERS)}, seed)
+  for k, s in shapes.items():
+    if k.endswith("num_batches_tracked"):
+      tensors[k] = np.zeros(s, np.int64)
+    elif k.endswith("relative_position_index"):
+      tensors[k] = relative_position_index(7)
+    elif k.endswith("attn_mask"):
+      tensors[k] = np.zeros(s, np.float32)  # a buffer we rebuild; its value is not read
+  return tensors
+
+
+def _write_pth(tensors, path):
+  """As the official training saves it: {'state_dict': ...} with DataParallel's 'module.' prefix."""
+  torch.save(
+    {"epoch": 3, "state_dict": {"module." + k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, path
+  )
+
+
+def _head_case(golden, name):
+  cfg = json.loads(str(golden[f"head/{name}/cfg"]))
+  p = f"head/{name}/sd/"
+  return cfg, {k[len(p) :]: v for k, v in golden.items() if k.startswith(p)}
+
+
+class _Identity(nnx.Module):
+  """Stands in for the backbone: the golden head inputs are already X [B, D, C_in]."""
+
+  def __init__(self, c):
+    self.num_features = c
+
+  def __call__(self, x):
+    return x
+
+
+def _head_model(cfg):
+  """An OpenGraphAU model of the golden head's sizes (a Swin name: C = C_in / 2), the backbone the identity."""
+  kw = dict(rngs=nnx.Rngs(0), backbone_module=_Identity(cfg["c_in"]))
+  if cfg["stage"] == 1:
+    metric = OFFICIAL_METRICS[cfg["metric"]]
+    return OpenGraphAUStage1("swin_transformer_tiny", neighbor_num=cfg["k"], metric=metric, **kw)
+  return OpenGraphAUStage2("swin_transformer_tiny", **kw)
+
+
+@pytest.mark.parametrize("name", ["h1_dots", "h1_cosine", "h1_l1", "h1_l2", "h2"])
+def test_heads_match_official_eval_and_train(golden, name):
+  cfg, sd = _head_case(golden, name)
+  model = _head_model(cfg)
+  state = StateDict(sd, source=name)
+  load_opengraphau_head(state, model)
+  state.check_all_used()
+  x = jnp.asarray(golden[f"head/{name}/x"])
+  run = lambda: np.asarray(model.head(model.global_linear(x))["au_probs"])
+  model.eval()
+  np.testing.assert_allclose(run(), golden[f"head/{name}/eval"], atol=1e-5, rtol=0)
+  model.train()
+  np.testing.assert_allclose(run(), golden[f"head/{name}/train"], atol=2e-5, rtol=0)
+  if name == "h2":  # running statistics after one training step (momentum 0.1), a fine-tuning prerequisite
+    want = golden["head/h2/train_sd/head.gnn.graph_layers.1.bnv.running_var"]
+    np.testing.assert_allclose(np.asarray(model.gnn.layers[1].bnv.var[...]), want, rtol=1e-4, atol=1e-6)
+
+
+def test_official_metric_names_are_swapped():
+  """OpenGraphAU's 'l1' is the Euclidean distance and its 'l2' the L1 distance (h1_l1 / h1_l2 above pass)."""
+  assert OFFICIAL_METRICS["l1"] == "l2" and OFFICIAL_METRICS["l2"] == "l1"
+
+
+def _check_full(golden, name, tmp_path, dtype="float32", atol=1e-5):
+  backbone, stage, size, batch, seed = FULL[name]
+  tensors = official_tensors(golden, f"full/{name}", seed)
+  path = str(tmp_path / f"OpenGprahAU-{name}.pth")
+  _write_pth(tensors, path)
+  model, spec = loader.load(path, dtype=dtype, img_size=size)
+  assert spec == ModelSpec(backbone, 41, stage, head="opengraphau", img_size=size, dtype=dtype)
+  assert spec.names == OPENGRAPHAU_AUS
+  x = seeded_images(seed, batch, size)
+  out = nnx.jit(lambda m, x: m(x)["au_probs"])(model, jnp.asarray(x, spec.dtype))
+  want = golden[f"full/{name}/out64" if dtype == "float64" else f"full/{name}/out"]
+  assert out.shape == (batch, 41) and out.dtype == jnp.dtype(dtype)
+  np.testing.assert_allclose(np.asarray(out), want, atol=atol, rtol=0)
+  return model
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_official_checkpoint_loads_and_matches(golden, name, tmp_path):
+  _check_full(golden, name, tmp_path)
+
+
+@pytest.mark.parametrize("name", BIG)
+def test_official_checkpoint_loads_and_matches_224(golden, name, tmp_path):
+  _check_full(golden, name, tmp_path)
+
+
+def test_float64_is_honoured(golden, tmp_path):
+  with jax.enable_x64(True):
+    model = _check_full(golden, "r18_s2", tmp_path, dtype="float64", atol=1e-10)
+    assert all(p.dtype == jnp.float64 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_unmapped_or_missing_tensors_are_errors(golden, tmp_path):
+  tensors = official_tensors(golden, "full/r18_s1", 1)
+  extra = {**tensors, "backbone.fc.weight": np.zeros((1000, 512), np.float32)}  # a classifier the official drops
+  with pytest.raises(KeyError, match="unexpected key"):
+    loader.load_official_state_dict(build(ModelSpec("resnet18", 41, 1, head="opengraphau", img_size=64)), extra)
+  missing = {k: v for k, v in tensors.items() if k != "head.sub_sc"}
+  path = str(tmp_path / "missing.pth")
+  _write_pth(missing, path)
+  with pytest.raises((KeyError, CheckpointError), match="head.sub_sc|41"):
+    loader.load(path, img_size=64)
+  bad = {**tensors, "head.main_sc": np.zeros((27, 64), np.float32)}
+  with pytest.raises(ValueError, match="head.main_sc"):
+    loader.load_official_state_dict(build(ModelSpec("resnet18", 41, 1, head="opengraphau", img_size=64)), bad)
+
+
+def test_spec_json_round_trip_and_errors():
+  spec = ModelSpec("mae_base_patch16_224", 41, 2, head="opengraphau")
+  assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+  assert spec.to_json()["family"] == "vit" and spec.names == OPENGRAPHAU_AUS
+  assert ModelSpec.of(nnx.eval_shape(lambda: build(spec))) == spec
+  with pytest.raises(ValueError, match="41 outputs"):
+    ModelSpec("resnet50", 27, 1, head="opengraphau")
+  with pytest.raises(ValueError, match="FGG"):
+    ModelSpec("resnet50", 41, 1, head="opengraphau", use_fgg=False)
