@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from megraph_jax import checkpointing
@@ -22,8 +23,11 @@ from megraph_jax.model_factory import MODEL_JSON, Model, ModelSpec, build, dtype
 from megraph_jax.models.megraph import BaselineModel
 from megraph_jax.torch_io import load_pth
 from megraph_jax.weights.common import StateDict
+from megraph_jax.weights.inspect import infer_backbone
 from megraph_jax.weights.megraph import load_head
 from megraph_jax.weights.opengraphau import load_mae, load_opengraphau_head
+from megraph_jax.weights.resnet import load_resnet, load_torchvision_imagenet
+from megraph_jax.weights.swin import load_swin, load_swin_imagenet
 
 STATE = "state"  # orbax folder of a saved model, beside its model.json
 KINDS = (
@@ -84,8 +88,6 @@ def spec_from_official(
   The FGG's ``neighbor_num`` is not in the tensors: default 3 for 8 AUs (DISFA's yaml), else 4 (BP4D's and
   OpenGraphAU's yaml); ``metric`` defaults to ``'dots'`` (both official configs).
   """
-  from megraph_jax.weights.inspect import infer_backbone  # pylint: disable=import-outside-toplevel
-
   info = official_info(tensors)
   if info["num_aus"] is None or info["stage"] is None:
     raise CheckpointError(
@@ -136,12 +138,8 @@ def load_official_state_dict(model: Model, tensors: dict[str, np.ndarray], *, so
     )
   sd = StateDict(tensors, source=source)
   if spec.family == "resnet":
-    from megraph_jax.weights.resnet import load_resnet  # pylint: disable=import-outside-toplevel
-
     load_resnet(sd, "backbone.", model.backbone)
   elif spec.family == "swin":
-    from megraph_jax.weights.swin import load_swin  # pylint: disable=import-outside-toplevel
-
     load_swin(sd, "backbone.", model.backbone)
   else:
     load_mae(sd, "backbone.encoder.", model.backbone)
@@ -169,12 +167,8 @@ def _concrete_rng_state(model: Model, seed: int = 0) -> None:
 def init_backbone_from_imagenet(model: Model, path: str | os.PathLike) -> None:
   """Loads ImageNet weights into ``model.backbone``: a torchvision ResNet or official Swin ``.pth``."""
   if ModelSpec.of(model).family == "resnet":
-    from megraph_jax.weights.resnet import load_torchvision_imagenet  # pylint: disable=import-outside-toplevel
-
     load_torchvision_imagenet(path, model.backbone)
   else:
-    from megraph_jax.weights.swin import load_swin_imagenet  # pylint: disable=import-outside-toplevel
-
     load_swin_imagenet(path, model.backbone)
 
 
@@ -208,8 +202,6 @@ def save(model: Model, directory: str | os.PathLike, *, spec: ModelSpec | None =
 
   ``spec`` defaults to :meth:`ModelSpec.of` ``(model)`` (no AU names).
   """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
   spec = spec or ModelSpec.of(model)
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
@@ -247,8 +239,6 @@ def load(
     load_official_state_dict(model, tensors, source=path)
     _concrete_rng_state(model)
   elif is_saved_model(path):
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
     spec = ModelSpec.read(path).replace(dtype=dtype)
 
     def restore(abstract_state):
