@@ -20,16 +20,19 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "BP4D"  # official --dataset: BP4D or DISFA (names the list files)
+  config.dataset.name = "BP4D"  # official --dataset: BP4D or DISFA (names the list files); OpenGraphAU's: 'hybrid'
+  #   (labels -1 = not annotated, left out of loss, weights and metrics; fold 0 = its layout without folds)
   config.dataset.root = "data/BP4D"  # official config/BP4D_config.yaml dataset_path; holds img/ and list/
-  config.dataset.fold = 1  # official --fold, 1..3 (subject-independent 3-fold cross-validation)
+  config.dataset.fold = 1  # official --fold, 1..3 (subject-independent 3-fold cross-validation); 0: no folds
+  config.dataset.eval_split = "test"  # split evaluated each epoch: ME-GraphAU's test fold; OpenGraphAU: 'val'
   config.dataset.folds = (1, 2, 3)  # folds run by mode 'folds' (paper: average over 3 folds)
   config.dataset.au_names = ()  # label columns ('AU<n>'); () = the dataset's AUs (megraph_jax.task.DATASET_AUS:
   #   BP4D's 12, DISFA's 8; official num_classes 12 / 8). Set for other sets or AU subsets; N = len(au_names)
   config.dataset.image_size = 256  # px; official image_train/image_test resize to 256 before the crop
   config.dataset.crop_size = 224  # px; official --crop-size 224 (random crop in training, centre crop in test)
   config.dataset.color_jitter = True  # official image_train: ColorJitter(brightness 0.4, contrast 0.4,
-  #   saturation 0.4); flips always
+  #   saturation 0.4)
+  config.dataset.random_flip = True  # ME-GraphAU's image_train flips half the images; OpenGraphAU's does not
   # Synthetic AU faces (megraph_jax/synthetic.py), generated on first use; when enabled, `root` is
   # ignored and the set is written to `cache_dir` ('' = <workdir>/data).
   config.dataset.synthetic = ml_collections.ConfigDict()
@@ -70,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.b2 = 0.999  # AdamW beta2 (official 0.999)
   config.optim.eps = 1e-8  # AdamW epsilon (official --optimizer-eps 1e-8)
   config.optim.clip_norm = 0.0  # global-norm gradient clipping; 0 = off (official: none)
+  config.optim.sam_rho = 0.0  # SAM around AdamW: rho of the ascent step; 0 = off (ME-GraphAU: plain AdamW;
+  #   OpenGraphAU's train_stage*.py: SAM(rho=2.0, adaptive=True), the second pass leaving BatchNorm statistics)
+  config.optim.sam_adaptive = True  # ASAM: e(w) = rho w^2 g / ||w g|| (official OpenGraphAU adaptive=True)
   config.optim.class_weights = "labels"  # 'labels': 1/positive rate from the training labels, normalised to sum N;
   #   the rate of an AU is #1 / #(0 or 1): BP4D's 9 (not coded) is neither positive nor counted
   #   (megraph_jax.task.class_weights, which data_pipelines.export also writes to NAME_weight_fold{k}.txt; the

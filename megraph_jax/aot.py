@@ -159,6 +159,7 @@ def abstract_steps(config, mesh, stage: int):
   ]  # N AUs
   class_weights = np.ones((n,), np.float32)
   lam = float(settings.lam) if stage == 2 else 0.0
+  options = train.step_options(config)
 
   def batch(size: int, with_mask: bool) -> dict[str, Any]:
     out = {
@@ -172,13 +173,13 @@ def abstract_steps(config, mesh, stage: int):
 
   # As train.jit_train_step / jit_eval_step, with the donation a TPU run gets (the train state in place).
   train_fn = jax.jit(
-    functools.partial(train.train_step, graphdef, class_weights=class_weights, lam=lam),
+    functools.partial(train.train_step, graphdef, class_weights=class_weights, lam=lam, **options),
     in_shardings=(state_sh, data),
     out_shardings=(state_sh, repl),
     donate_argnums=(0,),
   )
   eval_fn = jax.jit(
-    functools.partial(train.eval_step, eval_graphdef, class_weights=class_weights),
+    functools.partial(train.eval_step, eval_graphdef, class_weights=class_weights, wa_loss=options["wa_loss"]),
     in_shardings=(state_sh["model"], data),
     out_shardings=repl,
   )

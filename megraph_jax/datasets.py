@@ -42,14 +42,18 @@ __all__ = [
   "read_split",
 ]
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # 'val': OpenGraphAU's hybrid layout only
 FOLDS = (1, 2, 3)
+NO_FOLDS = 0  # fold 0: a layout without folds, OpenGraphAU's ROOT/list/NAME_{split}_{what}.txt
 _MAX_LISTED = 5  # Missing images named in an error message.
 
 
 def list_file(root: str, name: str, fold: int, what: str, split: str = "train") -> str:
   """``ROOT/list/NAME_{split}_{what}_fold{k}.txt`` (official layout); ``what`` in {img_path, label, AU_relation,
-  weight} (``NAME_weight_fold{k}.txt`` has no split)."""
+  weight} (``NAME_weight_fold{k}.txt`` has no split). Fold 0 (``NO_FOLDS``): OpenGraphAU's
+  ``NAME_{split}_{what}.txt`` and ``NAME_train_weight.txt``."""
+  if fold == NO_FOLDS:
+    return os.path.join(root, "list", f"{name}_{'train' if what == 'weight' else split}_{what}.txt")
   if what == "weight":
     return os.path.join(root, "list", f"{name}_weight_fold{fold}.txt")
   return os.path.join(root, "list", f"{name}_{split}_{what}_fold{fold}.txt")
@@ -100,6 +104,8 @@ class SplitData:
 
 def _num_aus(name: str, default: int | None = None) -> int | None:
   """N of a dataset known by name (BP4D 12, DISFA 8), else ``default``."""
+  if name == task.HYBRID:
+    return len(task.OPENGRAPHAU_AUS)
   return len(task.DATASET_AUS[name]) if name in task.DATASET_AUS else default
 
 
@@ -196,15 +202,18 @@ def _read_paths(path: str) -> list[str]:
 def read_split(
   root: str, name: str, fold: int, split: str, *, num_aus: int | None = None, check_images: bool = True
 ) -> SplitData:
-  """Reads the image list, labels and relation labels of ``split`` (train/test) of fold 1..3.
+  """Reads the image list, labels and relation labels of ``split`` (train/test) of fold 1..3, or of fold 0 in
+  OpenGraphAU's layout without folds (train/val/test).
 
   ``num_aus`` defaults to 12 for BP4D, 8 for DISFA, else the first label row's width. Relations come
   from NAME_train_AU_relation_foldK.txt when present (checked against the labels), else from labels.
   """
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-  if fold not in FOLDS:
-    raise ValueError(f"fold must be 1, 2 or 3, got {fold!r}")
+  if fold not in FOLDS + (NO_FOLDS,):
+    raise ValueError(f"fold must be 1, 2 or 3 (or 0: a layout without folds), got {fold!r}")
+  if split == "val" and fold != NO_FOLDS:
+    raise ValueError(f"split 'val' exists only in the layout without folds (fold 0); fold {fold} has train/test")
   if not os.path.isdir(root):
     raise DatasetNotFoundError(f"dataset root {root} does not exist; {_prepare_hint(root, name)}")
   n = num_aus if num_aus is not None else _num_aus(name)
@@ -213,7 +222,7 @@ def read_split(
   _require_file(img_file, root, name)
   _require_file(label_file, root, name)
   paths = _read_paths(img_file)
-  labels = _read_table(label_file, n, (0, 1, task.UNLABELLED), "AU label")
+  labels = _read_table(label_file, n, task.label_values(name), "AU label")
   if len(paths) != labels.shape[0]:
     raise DatasetError(
       f"{os.path.basename(img_file)} lists {len(paths)} images but {os.path.basename(label_file)} "
@@ -223,13 +232,13 @@ def read_split(
   n = labels.shape[1]
   relations = task.relation_labels(labels)
   rel_file = list_file(root, name, fold, "AU_relation", split)
-  unlabelled = int(np.sum(labels == task.UNLABELLED))
+  unlabelled = int(np.sum((labels != 0) & (labels != 1)))
   if unlabelled:
     logging.info(
-      "%s: %d AU entries are %d (not coded); they are left out of the losses and metrics",
+      "%s: %d AU entries are not labelled (%s); they are left out of the losses and metrics",
       label_file,
       unlabelled,
-      task.UNLABELLED,
+      " or ".join(str(v) for v in task.label_values(name) if v not in (0, 1)),
     )
   if split == "train" and os.path.isfile(rel_file) and not unlabelled:  # (else the official file holds 2*9+y)
     rel = _read_table(rel_file, n * n, (0, 1, 2, 3), "AU relation")
@@ -310,13 +319,13 @@ class Dataset:
     """Path of one of its list files (``list_file``)."""
     return list_file(self.root, self.name, fold, what, split)
 
-  def check(self, folds: Iterable[int]) -> None:
+  def check(self, folds: Iterable[int], splits: Sequence[str] = ("train", "test")) -> None:
     """Raises DatasetNotFoundError naming the expected folder and files of ``folds``, and how to prepare them."""
     root, name = self.root, self.name
     missing = [
       p
       for k in folds
-      for split in SPLITS
+      for split in splits
       for what in ("img_path", "label")
       if not os.path.isfile(p := self.list_file(k, what, split))
     ]
@@ -326,7 +335,8 @@ class Dataset:
     raise DatasetNotFoundError(
       f"dataset {name!r} not found (config key 'dataset.root'): {where}; missing {missing[0]}"
       f"{f' and {len(missing) - 1} more list file(s)' if len(missing) > 1 else ''}. Expected the official "
-      f"layout: {root}/img/<subject>/... and {root}/list/{name}_{{train,test}}_{{img_path,label}}_fold<k>.txt, as "
+      f"layout: {root}/img/<subject>/... and {root}/list/{name}_{{train,test}}_{{img_path,label}}_fold<k>.txt "
+      f"(OpenGraphAU's, fold 0: {name}_{{train,val,test}}_{{img_path,label}}.txt), as "
       "the official tool/ scripts write them (BP4D/DISFA need a licence from their authors). From the raw "
       f"release: python -m data_pipelines.build {name.lower()} --manual_dir=RAW_{name}, then python -m "
       f"data_pipelines.export {root} --dataset {name.lower()}. Point --config.dataset.root at the folder, or try "

@@ -63,8 +63,8 @@ def _fold_result(dataset: datasets.Dataset, fold: int, train_data, test_data, ch
 def run_fold(config, workdir: str, fold: int, stages: tuple[int, ...], stop: StopRequest) -> FoldResult:
   """Trains ``stages`` of one fold; a fresh stage 2 starts from stage 1 of the same workdir (``stage2.init``)."""
   dataset = datasets.from_config(config, workdir)
-  dataset.check([fold])
-  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, "test")
+  dataset.check([fold], ("train", config.dataset.eval_split))
+  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, config.dataset.eval_split)
   out = _fold_result(dataset, fold, train_data, test_data)
   for i, stage in enumerate(stages):
     sdir = stage_dir(workdir, fold, stage)
@@ -98,15 +98,15 @@ def evaluate_checkpoint(config, workdir: str) -> FoldResult:
     raise CheckpointError(f"config key 'checkpoint' = {config.checkpoint!r}: no such file or folder")
   fold = config.dataset.fold
   dataset = datasets.from_config(config, workdir)
-  dataset.check([fold])
+  dataset.check([fold], ("train", config.dataset.eval_split))
   _check_checkpoint_aus(config, dataset)
-  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, "test")
+  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, config.dataset.eval_split)
   model = model_factory.eval_view(initialization.load_for_config(config.checkpoint, config))
   graphdef, state = nnx.split(model)
   mesh = sharding.make_mesh()
   class_weights = jnp.asarray(trainer.stage_class_weights(config, dataset.root, fold, train_data))
   state = sharding.put_replicated(state, mesh)
-  p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh)
+  p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh, wa_loss=trainer.step_options(config)["wa_loss"])
   result = trainer.evaluate(p_eval, state, test_data, root=dataset.root, config=config, mesh=mesh)
   stage = 2 if isinstance(model, Stage2Model) else 1
   out = _fold_result(dataset, fold, train_data, test_data, checkpoint=config.checkpoint)

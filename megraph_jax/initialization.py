@@ -14,6 +14,7 @@ from flax import nnx
 from megraph_jax import loader
 from megraph_jax.errors import CheckpointError, ConfigError, ImageNetWeightsError
 from megraph_jax.model_factory import Model
+from megraph_jax.models import opengraphau
 from megraph_jax.models.megraph import Stage1Model, Stage2Model, init_stage2_from_stage1
 from megraph_jax.torch_io import load_pth
 
@@ -35,8 +36,9 @@ def load_for_config(path: str, config: ml_collections.ConfigDict) -> Model:
   return model
 
 
-def copy_weights(target: Stage1Model | Stage2Model, source: Stage1Model | Stage2Model) -> None:
-  """Same stage: every variable; stage 1 -> stage 2: ``init_stage2_from_stage1`` (the official resume)."""
+def copy_weights(target: Model, source: Model) -> None:
+  """Same stage: every variable; stage 1 -> stage 2: ``init_stage2_from_stage1`` (the official resume; ME-GraphAU's
+  or OpenGraphAU's)."""
   if (source.backbone_name, source.num_aus) != (target.backbone_name, target.num_aus):
     raise CheckpointError(
       f"initial checkpoint is {source.backbone_name} with {source.num_aus} AUs; the config "
@@ -44,9 +46,11 @@ def copy_weights(target: Stage1Model | Stage2Model, source: Stage1Model | Stage2
       "dataset.au_names)"
     )
   if type(source) is type(target):
-    nnx.update(target, nnx.state(source, nnx.Param, nnx.BatchStat))
+    nnx.update(target, nnx.state(source, nnx.Any(nnx.Param, nnx.BatchStat)))
   elif isinstance(source, Stage1Model) and isinstance(target, Stage2Model):
     init_stage2_from_stage1(target, source)
+  elif isinstance(source, opengraphau.OpenGraphAUStage1) and isinstance(target, opengraphau.OpenGraphAUStage2):
+    opengraphau.init_stage2_from_stage1(target, source)
   else:
     raise CheckpointError(f"cannot initialise a {type(target).__name__} from a {type(source).__name__} checkpoint")
 

@@ -269,6 +269,7 @@ def create_train_dataset(
   process_index: int = 0,
   process_count: int = 1,
   color_jitter: bool = True,
+  random_flip: bool = True,
   start_step: int = 0,
 ) -> CheckedDataset:
   """One training epoch of this process's batches {"image", "label", "relation"}, augmented officially.
@@ -313,7 +314,8 @@ def create_train_dataset(
     oy = tf.minimum(tf.cast(a[0] * tf.cast(shape[0] - crop_size + 1, tf.float32), tf.int32), shape[0] - crop_size)
     ox = tf.minimum(tf.cast(a[1] * tf.cast(shape[1] - crop_size + 1, tf.float32), tf.int32), shape[1] - crop_size)
     img = img[oy : oy + crop_size, ox : ox + crop_size]
-    img = tf.cond(a[2] < 0.5, lambda: img[:, ::-1], lambda: img)
+    if random_flip:  # (drawn either way: the crops do not depend on it)
+      img = tf.cond(a[2] < 0.5, lambda: img[:, ::-1], lambda: img)
     img = img / 255.0
     if color_jitter:
       img = _color_jitter(img, ex["jitter"])

@@ -96,6 +96,14 @@ def adamw(
   return optax.chain(*parts)
 
 
+def sam_perturbation(params: Any, grads: Any, *, rho: float, adaptive: bool = True) -> Any:
+  """SAM's ascent e(w) = rho T(w)^2 g / ||T(w) g||_2, T(w) = |w| (ASAM, ``adaptive``) or 1, the norm over all
+  parameters together (Foret et al. 2021; Kwon et al. 2021 for ASAM; as OpenGraphAU's ``sam.py``)."""
+  scaled = jax.tree.map(lambda w, g: (jnp.abs(w) if adaptive else 1.0) * g, params, grads)
+  scale = rho / (optax.tree.norm(scaled) + 1e-12)
+  return jax.tree.map(lambda w, g: (w * w if adaptive else 1.0) * g * scale.astype(g.dtype), params, grads)
+
+
 def create_optimizer(
   params: Any,
   *,

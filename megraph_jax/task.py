@@ -78,6 +78,19 @@ AMBIGUOUS_SUB_AUS: dict[str, str] = {
 }
 
 UNLABELLED = 9  # BP4D's AU occurrence value of frames not coded for that AU (kept in lists, left out elsewhere)
+NOT_ANNOTATED = -1  # OpenGraphAU's hybrid set: the source dataset does not annotate that AU (left out, as 9)
+HYBRID = "hybrid"  # OpenGraphAU's dataset name (its list files: hybrid_{train,val,test}_{img_path,label}.txt)
+
+
+def label_values(dataset_name: str) -> tuple[int, ...]:
+  """The values a label file of ``dataset_name`` may hold: 0/1 and its "no label" value (9, or -1 for hybrid)."""
+  return (NOT_ANNOTATED, 0, 1) if dataset_name == HYBRID else (0, 1, UNLABELLED)
+
+
+def wa_loss_kind(head: str) -> str:
+  """Which L_WA a model head trains with: OpenGraphAU's (mean over annotated entries) or ME-GraphAU's."""
+  return "opengraphau" if head == "opengraphau" else "megraph"
+
 
 # ImageNet normalisation of the backbones' inputs (torchvision's, as the official transforms): RGB in [0, 1].
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -127,6 +140,8 @@ def au_names(dataset: Any) -> tuple[str, ...]:
   names = tuple(getattr(dataset, "au_names", None) or ())
   if names:
     return names
+  if dataset.name == HYBRID:
+    return OPENGRAPHAU_AUS
   if dataset.name not in DATASET_AUS:
     raise ValueError(
       f"config key 'dataset.name' = {dataset.name!r} has no AU list of its own (known: "
@@ -201,15 +216,19 @@ def loss_terms(
   class_weights: jax.Array | None,
   lam: float,  # pylint: disable=W0621
   mask: jax.Array | None = None,
+  *,
+  wa_loss: str = "megraph",
 ) -> dict[str, jax.Array]:
   """The loss of one batch: L_WA (Eq. 6) for stage 1, L = L_WA + lam L_E (Eqs. 7-8) for stage 2.
 
   ``out``: the model's outputs, ``au_probs`` ``[B, N]`` and, for stage 2, ``edge_logits`` ``[B, N*N, 4]``;
   ``batch``: ``label`` ``[B, N]`` and optionally ``relation`` ``[B, N*N]`` (else ``relation_labels(label)``);
   ``class_weights``: ``[N]`` or None; ``mask``: optional ``[B]`` (1 = real example). Returns scalars
-  {"wa", "total"} and, for stage 2, "edge".
+  {"wa", "total"} and, for stage 2, "edge". ``wa_loss``: 'megraph' (Eq. 6, mean over N AUs then examples) or
+  'opengraphau' (mean over the annotated entries of the batch; ``wa_loss_kind``).
   """
-  wa = losses.weighted_asymmetric_loss(out["au_probs"], batch["label"], class_weights, mask=mask)
+  wa_fn = losses.opengraphau_wa_loss if wa_loss == "opengraphau" else losses.weighted_asymmetric_loss
+  wa = wa_fn(out["au_probs"], batch["label"], class_weights, mask=mask)
   if "edge_logits" not in out:
     return {"wa": wa, "total": wa}
   relations = batch["relation"] if "relation" in batch else relation_labels(batch["label"])

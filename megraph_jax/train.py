@@ -22,7 +22,6 @@ from megraph_jax import (
   datasets,
   initialization,
   input_pipeline,
-  losses,
   model_factory,
   monitoring,
   optim,
@@ -65,16 +64,36 @@ def eval_graphdef(model: nnx.Module) -> nnx.GraphDef:
 
 
 def train_step(
-  graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], *, class_weights: jax.Array, lam: float
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  batch: dict[str, jax.Array],
+  *,
+  class_weights: jax.Array,
+  lam: float,
+  wa_loss: str = "megraph",
+  sam_rho: float = 0.0,
+  sam_adaptive: bool = True,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
-  """One AdamW step of a ``TrainState`` on a global batch; BatchNorm statistics and DropPath RNG advance too."""
+  """One AdamW step of a ``TrainState`` on a global batch; BatchNorm statistics and DropPath RNG advance too.
+
+  With ``sam_rho`` > 0 (OpenGraphAU's SAM): the gradient is taken again at w + e(w) (``optim.sam_perturbation``),
+  that pass leaving the BatchNorm running statistics as the first set them, and AdamW steps from w with it.
+  """
   ts = nnx.merge(graphdef, state)
 
   def loss_fn(m):
-    terms = task.loss_terms(m(batch["image"]), batch, class_weights, lam)  # [B, H, W, 3] -> scalars
+    terms = task.loss_terms(m(batch["image"]), batch, class_weights, lam, wa_loss=wa_loss)  # [B, H, W, 3] -> scalars
     return terms["total"], terms
 
   grads, terms = nnx.grad(loss_fn, has_aux=True)(ts.model)  # d/d nnx.Param; batch stats update in place
+  if sam_rho > 0:
+    w = nnx.as_pure(nnx.state(ts.model, nnx.Param))
+    stats = nnx.as_pure(nnx.state(ts.model, nnx.BatchStat))  # after the first pass
+    e = optim.sam_perturbation(w, nnx.as_pure(grads), rho=sam_rho, adaptive=sam_adaptive)
+    nnx.update(ts.model, jax.tree.map(jnp.add, w, e))  # climb to w + e(w)
+    grads, _ = nnx.grad(loss_fn, has_aux=True)(ts.model)
+    nnx.update(ts.model, w)  # back to w
+    nnx.update(ts.model, stats)  # official second pass: BatchNorm momentum 0
   ts.optimizer.update(ts.model, grads)
   variables = jax.tree.leaves(nnx.state(ts.model, nnx.Param, nnx.BatchStat))
   finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in variables]))  # 0 if a weight or statistic is inf/NaN
@@ -83,30 +102,45 @@ def train_step(
 
 
 def eval_step(
-  graphdef: nnx.GraphDef, state: nnx.State, batch: dict[str, jax.Array], *, class_weights: jax.Array
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  batch: dict[str, jax.Array],
+  *,
+  class_weights: jax.Array,
+  wa_loss: str = "megraph",
 ) -> dict[str, jax.Array]:
   """Confusion counts ``[N, 4]`` and the summed L_WA of the real (mask = 1) examples of a padded batch."""
   out = nnx.merge(graphdef, state)(batch["image"])
   mask = batch["mask"]
   n = jnp.sum(mask.astype(jnp.float32))
-  wa = losses.weighted_asymmetric_loss(out["au_probs"], batch["label"], class_weights, mask=mask)
+  wa = task.loss_terms(out, {"label": batch["label"]}, class_weights, 0.0, mask, wa_loss=wa_loss)["wa"]
   return {"counts": confusion_counts(out["au_probs"], batch["label"], mask), "wa_sum": wa * n, "n": n}
 
 
-def jit_train_step(graphdef, class_weights, lam, mesh, state_sharding=None):
-  """``train_step`` jitted once: train state as given (default replicated), batch split on 'data'."""
+def jit_train_step(graphdef, class_weights, lam, mesh, state_sharding=None, **options):
+  """``train_step`` jitted once: train state as given (default replicated), batch split on 'data'; ``options``:
+  its wa_loss / sam_rho / sam_adaptive (``step_options``)."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
-  fn = functools.partial(train_step, graphdef, class_weights=class_weights, lam=lam)
+  fn = functools.partial(train_step, graphdef, class_weights=class_weights, lam=lam, **options)
   donate = (0,) if jax.default_backend() != "cpu" else ()
   return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=(state_sharding, repl), donate_argnums=donate)
 
 
-def jit_eval_step(graphdef, class_weights, mesh, state_sharding=None):
+def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config's options of ``train_step``: the L_WA of its head, SAM (0 = off)."""
+  return {
+    "wa_loss": task.wa_loss_kind(config.model.head),
+    "sam_rho": float(config.optim.sam_rho),
+    "sam_adaptive": bool(config.optim.sam_adaptive),
+  }
+
+
+def jit_eval_step(graphdef, class_weights, mesh, state_sharding=None, wa_loss: str = "megraph"):
   """``eval_step`` jitted once with explicit shardings (``state``: a model state, e.g. a train state's 'model')."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
-  fn = functools.partial(eval_step, graphdef, class_weights=class_weights)
+  fn = functools.partial(eval_step, graphdef, class_weights=class_weights, wa_loss=wa_loss)
   return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=repl)
 
 
@@ -213,8 +247,9 @@ def train_stage(
 
   class_weights = jnp.asarray(stage_class_weights(config, root, fold, train_data))
   lam = float(settings.lam) if stage == 2 else 0.0
-  p_train_step = jit_train_step(graphdef, class_weights, lam, mesh, state_sharding)
-  p_eval_step = jit_eval_step(p_eval_model, class_weights, mesh, state_sharding["model"])
+  options = step_options(config)
+  p_train_step = jit_train_step(graphdef, class_weights, lam, mesh, state_sharding, **options)
+  p_eval_step = jit_eval_step(p_eval_model, class_weights, mesh, state_sharding["model"], options["wa_loss"])
   data_sharding = sharding.data_sharded(mesh)
 
   writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
@@ -241,6 +276,7 @@ def train_stage(
           process_index=jax.process_index(),
           process_count=jax.process_count(),
           color_jitter=config.dataset.color_jitter,
+          random_flip=config.dataset.random_flip,
           start_step=step - epoch * steps_per_epoch,
         )  # mid-epoch resume
         for batch in ds.as_numpy_iterator():

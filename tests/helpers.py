@@ -1,6 +1,7 @@
 """Test helpers (imported by the tests; ``conftest.py`` holds only fixtures and process-wide settings): the tiny
 synthetic set and the tiny training config every end-to-end test trains."""
 
+import json
 import os
 import sys
 import zlib
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from megraph_jax import task
+from megraph_jax.models.swin import relative_position_index
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,3 +137,28 @@ def seeded_photo(seed: int, height: int, width: int) -> np.ndarray:
   img += 0.05 * rng.standard_normal(img.shape)
   img = (img - img.min()) / (img.max() - img.min())
   return (255 * img).round().astype(np.uint8)
+
+
+def official_tensors(golden, prefix: str, seed: int) -> dict[str, np.ndarray]:
+  """The state_dict tools/make_opengraphau_golden.py put into the official model ``prefix`` of the golden file
+  (``golden``: its arrays): seeded floats plus the fixed buffers' values."""
+
+  shapes = {k: tuple(v) for k, v in json.loads(str(golden[f"{prefix}/keys"])).items()}
+  tensors = seeded_state_dict({k: s for k, s in shapes.items() if not k.endswith(FIXED_BUFFERS)}, seed)
+  for k, s in shapes.items():
+    if k.endswith("num_batches_tracked"):
+      tensors[k] = np.zeros(s, np.int64)
+    elif k.endswith("relative_position_index"):
+      tensors[k] = relative_position_index(7)
+    elif k.endswith("attn_mask"):
+      tensors[k] = np.zeros(s, np.float32)  # a buffer we rebuild; its value is not read
+  return tensors
+
+
+def write_official_pth(tensors, path):
+  """As the official training saves it: {'state_dict': ...} with DataParallel's 'module.' prefix."""
+  import torch  # pylint: disable=import-outside-toplevel  # only the tests that write .pth files load it
+
+  torch.save(
+    {"epoch": 3, "state_dict": {"module." + k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, path
+  )

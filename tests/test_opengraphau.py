@@ -12,15 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import nnx
-from helpers import FIXED_BUFFERS, seeded_images, seeded_state_dict
+from helpers import official_tensors, seeded_images, write_official_pth
 
 from megraph_jax import loader
 from megraph_jax.errors import CheckpointError
 from megraph_jax.model_factory import ModelSpec, build
 from megraph_jax.models.opengraphau import OFFICIAL_METRICS, OpenGraphAUStage1, OpenGraphAUStage2
-from megraph_jax.models.swin import relative_position_index
 from megraph_jax.task import OPENGRAPHAU_AUS
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.opengraphau import load_opengraphau_head
@@ -44,27 +42,6 @@ FULL = {  # name: (backbone, stage, input side, batch, weight seed), as the tool
 def golden():
   with np.load(GOLDEN) as z:
     return {k: z[k] for k in z.files}
-
-
-def official_tensors(golden, prefix: str, seed: int) -> dict[str, np.ndarray]:
-  """The state_dict the tool put into the official model: seeded floats plus the fixed buffers' values."""
-  shapes = {k: tuple(v) for k, v in json.loads(str(golden[f"{prefix}/keys"])).items()}
-  tensors = seeded_state_dict({k: s for k, s in shapes.items() if not k.endswith(FIXED_BUFFERS)}, seed)
-  for k, s in shapes.items():
-    if k.endswith("num_batches_tracked"):
-      tensors[k] = np.zeros(s, np.int64)
-    elif k.endswith("relative_position_index"):
-      tensors[k] = relative_position_index(7)
-    elif k.endswith("attn_mask"):
-      tensors[k] = np.zeros(s, np.float32)  # a buffer we rebuild; its value is not read
-  return tensors
-
-
-def _write_pth(tensors, path):
-  """As the official training saves it: {'state_dict': ...} with DataParallel's 'module.' prefix."""
-  torch.save(
-    {"epoch": 3, "state_dict": {"module." + k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, path
-  )
 
 
 def _head_case(golden, name):
@@ -119,7 +96,7 @@ def _check_full(golden, name, tmp_path, dtype="float32", atol=1e-5):
   backbone, stage, size, batch, seed = FULL[name]
   tensors = official_tensors(golden, f"full/{name}", seed)
   path = str(tmp_path / f"OpenGprahAU-{name}.pth")
-  _write_pth(tensors, path)
+  write_official_pth(tensors, path)
   model, spec = loader.load(path, dtype=dtype, img_size=size)
   assert spec == ModelSpec(backbone, 41, stage, head="opengraphau", img_size=size, dtype=dtype)
   assert spec.names == OPENGRAPHAU_AUS
@@ -154,7 +131,7 @@ def test_unmapped_or_missing_tensors_are_errors(golden, tmp_path):
     loader.load_official_state_dict(build(ModelSpec("resnet18", 41, 1, head="opengraphau", img_size=64)), extra)
   missing = {k: v for k, v in tensors.items() if k != "head.sub_sc"}
   path = str(tmp_path / "missing.pth")
-  _write_pth(missing, path)
+  write_official_pth(missing, path)
   with pytest.raises((KeyError, CheckpointError), match="head.sub_sc|41"):
     loader.load(path, img_size=64)
   bad = {**tensors, "head.main_sc": np.zeros((27, 64), np.float32)}
