@@ -70,7 +70,45 @@ class ImageNetWeightsError(UserError):
   """The paper's recipe starts from ImageNet weights and the file is not there."""
 
 
+class CheckpointAUsError(CheckpointError):
+  """A checkpoint trained for other AUs than the dataset it is evaluated on."""
+
+  def __init__(self, path: str, num_aus: int | None, au_names: Sequence[str] | None, dataset: str, want: Sequence[str]):
+    names = f" ({', '.join(au_names)})" if au_names else ""
+    super().__init__(
+      f"{path}: a model of {num_aus} AUs{names}, but dataset {dataset!r} has {len(want)} ({', '.join(want)}); "
+      "evaluate it on the dataset it was trained for (e.g. --config=configs/bp4d_resnet50.py for 12 BP4D AUs, "
+      "configs/disfa_resnet50.py for 8 DISFA AUs, configs/opengraphau_resnet50.py for OpenGraphAU's 41)"
+    )
+
+
+class StageOneMissingError(ConfigError):
+  """Stage 2 should start from stage 1 of the workdir, which is absent or unfinished."""
+
+  def __init__(self, stage1_dir: str, fold: int, latest: int | None, done: int):
+    if latest is None:
+      what = f"stage 2 of fold {fold} starts from stage 1, but {stage1_dir} holds no stage-1 checkpoint"
+      todo = "train stage 1 first (--config.mode=train or stage1 with this --workdir), or name the weights"
+    else:
+      what = f"stage 1 in {stage1_dir} stopped at step {latest} of {done}"
+      todo = "finish it first (rerun with --config.mode=stage1 or train), or name other weights"
+    super().__init__(f"{what}: {todo} to start from with --config.init_from=<stage-1 dir or official .pth>")
+
+
 class TrainingDiverged(Exception):
   """A non-finite loss or gradient; raised before anything non-finite is saved."""
 
   exit_status = EXIT_DIVERGED
+
+  def __init__(
+    self, tag: str, step: int, epoch: int, batch: int, values: dict[str, float], lr: float, saved: int, stage: int,
+    learning_rate: float,
+  ):  # fmt: skip
+    parts = ", ".join(f"{k} {v:.6g}" for k, v in values.items())
+    super().__init__(
+      f"{tag}: non-finite values at step {step} (epoch {epoch}, batch {batch}): {parts} (finite_state 0 = a "
+      f"parameter or BatchNorm statistic is inf/NaN); lr at that step {lr:.3g}. Nothing was saved after step "
+      f"{saved}. Hint: lower stage{stage}.learning_rate (now {learning_rate:g}) or set optim.clip_norm, in a new "
+      "--workdir (a changed config does not resume), and check the input images."
+    )
+    self.step, self.values = step, dict(values)

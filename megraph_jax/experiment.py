@@ -19,7 +19,7 @@ from flax import nnx
 
 from megraph_jax import checkpointing, datasets, initialization, input_pipeline, model_factory, reporting, sharding
 from megraph_jax import train as trainer
-from megraph_jax.errors import CheckpointError, ConfigError
+from megraph_jax.errors import CheckpointAUsError, CheckpointError, ConfigError, StageOneMissingError
 from megraph_jax.models.megraph import Stage2Model
 from megraph_jax.preemption import Preempted, StopRequest
 from megraph_jax.results import FoldResult, RunResult, StageResult, table
@@ -39,17 +39,8 @@ def _stage2_init(config, workdir: str, fold: int, train_data) -> str:
     raise ConfigError(f"config key 'stage2.init' = {config.stage2.init!r}; choose 'last', 'best' or 'none'")
   done = config.stage1.epochs * input_pipeline.num_train_steps_per_epoch(len(train_data.paths), config.batch_size)
   latest = checkpointing.latest_step(stage1_dir)
-  if latest is None:
-    raise ConfigError(
-      f"stage 2 of fold {fold} starts from stage 1, but {stage1_dir} holds no stage-1 checkpoint: "
-      "train stage 1 first (--config.mode=train or stage1 with this --workdir), or name the "
-      "weights to start from with --config.init_from=<stage-1 dir or official .pth>"
-    )
-  if latest < done:
-    raise ConfigError(
-      f"stage 1 in {stage1_dir} stopped at step {latest} of {done}: finish it first (rerun with "
-      "--config.mode=stage1 or train), or start stage 2 from other weights with --config.init_from"
-    )
+  if latest is None or latest < done:
+    raise StageOneMissingError(stage1_dir, fold, latest, done)
   return os.path.join(stage1_dir, "checkpoints" if config.stage2.init == "last" else "best")
 
 
@@ -81,13 +72,7 @@ def _check_checkpoint_aus(config, dataset: datasets.Dataset) -> None:
   num_aus, au_names = initialization.checkpoint_aus(config.checkpoint)
   want = list(dataset.au_names)
   if (num_aus is not None and num_aus != len(want)) or (au_names is not None and list(au_names) != want):
-    names = f" ({', '.join(au_names)})" if au_names else ""
-    raise CheckpointError(
-      f"{config.checkpoint}: a model of {num_aus} AUs{names}, but "
-      f"dataset {config.dataset.name!r} has {len(want)} ({', '.join(want)}); evaluate it on the dataset it was "
-      "trained for (e.g. --config=configs/bp4d_resnet50.py for 12 BP4D AUs, configs/disfa_resnet50.py for 8 "
-      "DISFA AUs)"
-    )
+    raise CheckpointAUsError(config.checkpoint, num_aus, au_names, config.dataset.name, want)
 
 
 def evaluate_checkpoint(config, workdir: str) -> FoldResult:

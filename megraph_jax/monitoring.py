@@ -66,14 +66,10 @@ class FiniteGuard:
     if all(np.isfinite(v) for v in values.values()):
       return
     saved = self.ckpt.latest_step()
-    parts = ", ".join(f"{k} {v:.6g}" for k, v in values.items())
     epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
+    lr = float(self.schedule(step - 1))
     raise TrainingDiverged(
-      f"{self.tag}: non-finite values at step {step} (epoch {epoch}, batch {batch}): {parts} (finite_state 0 = "
-      f"a parameter or BatchNorm statistic is inf/NaN); lr at that step {float(self.schedule(step - 1)):.3g}. "
-      f"Nothing was saved after step {saved if saved is not None else 0}. Hint: lower "
-      f"stage{self.stage}.learning_rate (now {self.learning_rate:g}) or set optim.clip_norm, in a new --workdir "
-      "(a changed config does not resume), and check the input images."
+      self.tag, step, epoch, batch, values, lr, saved or 0, stage=self.stage, learning_rate=self.learning_rate
     )
 
 
