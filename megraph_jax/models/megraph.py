@@ -9,60 +9,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from megraph_jax.models.afg import AFG
-from megraph_jax.models.backbones import build_backbone, global_linear_channels
 from megraph_jax.models.fgg import FGG
 from megraph_jax.models.gated_gcn import GatedGCN
-from megraph_jax.models.layers import LinearBlock, torch_linear, xavier_uniform_init
+from megraph_jax.models.layers import torch_linear, xavier_uniform_init
 from megraph_jax.models.mefl import MEFL
 from megraph_jax.models.precision import acc_dtype
 from megraph_jax.models.sc_head import SCHead
+from megraph_jax.models.trunk import FaceTrunk
 
 NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label = 2*y_i + y_j
 
 
-class _MEGraphBase(nnx.Module):
-  """Backbone, global_linear and AFG, shared by both stages."""
+class _MEGraphBase(FaceTrunk):
+  """FaceTrunk, AFG and the SC head, shared by both ME-GraphAU stages."""
 
-  def __init__(
-    self,
-    *,
-    backbone: str,
-    num_aus: int,
-    img_size: int,
-    drop_path_rate: float | None,
-    dtype: Any,
-    param_dtype: Any,
-    rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
-  ):
+  def __init__(self, *, num_aus: int, param_dtype: Any, rngs: nnx.Rngs, **trunk):
     if num_aus < 2:
       raise ValueError(f"num_aus must be at least 2, got {num_aus}")
-    self.backbone_name = backbone
-    self.num_aus = num_aus
-    self.img_size = img_size
-    self.dtype = dtype
-    self.backbone = (
-      backbone_module
-      if backbone_module is not None
-      else build_backbone(
-        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-      )
-    )
-    c_in = self.backbone.num_features
-    self.channels = global_linear_channels(backbone, c_in)
-    self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.afg = AFG(self.channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    super().__init__(num_aus=num_aus, param_dtype=param_dtype, rngs=rngs, **trunk)
+    self.afg = AFG(self.channels, num_aus, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
     self.sc = SCHead(self.channels, num_aus, param_dtype=param_dtype, rngs=rngs)
-
-  def set_remat(self, remat: bool) -> None:
-    """Rematerialise backbone blocks in the backward pass (less activation memory, more compute)."""
-    self.set_attributes(remat=remat, raise_if_not_found=False)
-
-  def features(self, images: jax.Array) -> jax.Array:
-    """Full-face representation X after ``global_linear``: ``[B, H, W, 3]`` -> ``[B, D, C]``."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
-    return self.global_linear(self.backbone(images.astype(self.dtype)))
 
 
 class Stage1Model(_MEGraphBase):
@@ -175,7 +141,7 @@ class Stage2Model(_MEGraphBase):
     return self.head(self.features(images))
 
 
-class BaselineModel(nnx.Module):
+class BaselineModel(FaceTrunk):
   """Backbone -> global_linear -> GAP -> FC -> sigmoid: the "backbone only" row of the paper's Table 3."""
 
   def __init__(
@@ -190,26 +156,20 @@ class BaselineModel(nnx.Module):
     rngs: nnx.Rngs,
     backbone_module: nnx.Module | None = None,
   ):
-    self.backbone_name = backbone
-    self.num_aus = num_aus
-    self.img_size = img_size
-    self.dtype = dtype
-    self.backbone = (
-      backbone_module
-      if backbone_module is not None
-      else build_backbone(
-        backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-      )
+    super().__init__(
+      backbone=backbone,
+      num_aus=num_aus,
+      img_size=img_size,
+      drop_path_rate=drop_path_rate,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      backbone_module=backbone_module,
     )
-    c_in = self.backbone.num_features
-    self.channels = global_linear_channels(backbone, c_in)
-    self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.fc = torch_linear(self.channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
-    x = self.global_linear(self.backbone(images.astype(self.dtype)))  # [B, D, C]
+    x = self.features(images)  # [B, D, C]
     logits = self.fc(jnp.mean(x, axis=1)).astype(acc_dtype(x.dtype))  # [B, N]
     return {"au_probs": jax.nn.sigmoid(logits), "au_logits": logits}
 

@@ -16,12 +16,11 @@ import numpy as np
 from flax import nnx
 
 from megraph_jax.models.afg import AFG
-from megraph_jax.models.backbones import build_backbone, global_linear_channels
 from megraph_jax.models.fgg import FGG
 from megraph_jax.models.gated_gcn import GatedGCN
-from megraph_jax.models.layers import LinearBlock
 from megraph_jax.models.mefl import MEFL
 from megraph_jax.models.sc_head import SCHead
+from megraph_jax.models.trunk import FaceTrunk
 from megraph_jax.task import OPENGRAPHAU_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_NODES
 
 NUM_MAIN = len(OPENGRAPHAU_MAIN_AUS)  # 27 graph nodes
@@ -47,8 +46,8 @@ class MainSubSC(nnx.Module):
     return jnp.concatenate([self.main_sc(v), self.sub_sc(sub)], axis=-1)
 
 
-class _OpenGraphAUBase(nnx.Module):
-  """Backbone, ``global_linear``, the AFG over the 27 main AUs and the 41-output SC head, shared by both stages."""
+class _OpenGraphAUBase(FaceTrunk):
+  """FaceTrunk, the AFG over the 27 main AUs and the 41-output SC head, shared by both stages."""
 
   def __init__(
     self,
@@ -61,25 +60,19 @@ class _OpenGraphAUBase(nnx.Module):
     rngs: nnx.Rngs,
     backbone_module: nnx.Module | None = None,
   ):
-    self.backbone_name = backbone
-    self.num_aus = NUM_OUTPUTS
-    self.num_main = NUM_MAIN
-    self.img_size = img_size
-    self.dtype = dtype
-    self.backbone = backbone_module or build_backbone(
-      backbone, img_size=img_size, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    super().__init__(
+      backbone=backbone,
+      num_aus=NUM_OUTPUTS,
+      img_size=img_size,
+      drop_path_rate=drop_path_rate,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+      backbone_module=backbone_module,
     )
-    c_in = self.backbone.num_features
-    self.channels = global_linear_channels(backbone, c_in)
-    self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.num_main = NUM_MAIN
     self.afg = AFG(self.channels, NUM_MAIN, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.sc = MainSubSC(self.channels, param_dtype=param_dtype, rngs=rngs)
-
-  def features(self, images: jax.Array) -> jax.Array:
-    """Full-face representation X after ``global_linear``: ``[B, H, W, 3]`` -> ``[B, D, C]``."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
-    return self.global_linear(self.backbone(images.astype(self.dtype)))
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     return self.head(self.features(images))
