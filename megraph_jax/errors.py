@@ -70,6 +70,10 @@ class ImageNetWeightsError(UserError):
   """The paper's recipe starts from ImageNet weights and the file is not there."""
 
 
+class CaptureError(UserError):
+  """A live source (``predict --camera``) that cannot be opened; the message names it."""
+
+
 class TrainingDiverged(Exception):
   """A non-finite loss or gradient; raised before anything non-finite is saved."""
 
