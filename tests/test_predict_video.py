@@ -140,7 +140,9 @@ def test_camera_source_streams_rows_and_a_bad_one_is_exit_2(tmp_path, ckpt, vide
   code = predict.main(["-c", str(ckpt), "--camera", str(video), "-o", str(out), "--max-frames", "9", "--no-progress"])
   assert code == 0
   rows = _rows(out)
-  assert [(r["file"], r["frame"], r["face"]) for r in rows] == [(str(video), str(i), str(k)) for i in range(9) for k in (0, 1)]
+  assert [(r["file"], r["frame"], r["face"]) for r in rows] == [
+    (str(video), str(i), str(k)) for i in range(9) for k in (0, 1)
+  ]
   assert all(r["status"] == "ok" for r in rows) and float(rows[-1]["time"]) > 0
   assert predict.main(["-c", str(ckpt), "--camera", str(tmp_path / "no_such_stream.mp4"), "--no-progress"]) == 2
   assert "no_such_stream.mp4: cannot open this capture source" in capsys.readouterr().err
