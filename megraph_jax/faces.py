@@ -130,6 +130,7 @@ class Face:
 MTCNN_WINDOW = 12  # px: the smallest face MTCNN's first network (PNet) sees
 ONET_SIZE = 48  # px: input side of MTCNN's last network (ONet: score, box and landmarks of one face)
 ONET_THRESHOLD = 0.8  # MTCNN's own ONet acceptance threshold
+PYRAMID_STEP = 0.709  # MTCNN's image pyramid: each level 0.709 of the one before
 RELAXED = dict(threshold_pnet=0.5, threshold_rnet=0.6, threshold_onet=0.7)  # second try on stills with no face
 
 
@@ -177,16 +178,20 @@ class Detector:
   def __call__(self, image: np.ndarray, *, relaxed: bool = False) -> list[Face]:
     """Faces in an RGB uint8 image ``[H, W, 3]``, largest first; ``relaxed`` retries lower thresholds on a miss."""
     faces = self.detect_many([image])[0]
-    if not faces and relaxed:
-      faces = self.detect_many([image], **RELAXED)[0]
-    return faces
+    return faces or (self.retry(image) if relaxed else [])
 
-  def detect_many(self, images: Sequence[np.ndarray], **thresholds) -> list[list[Face]]:
-    """Faces of each image (all of one size), largest first; one batched MTCNN call."""
+  def retry(self, image: np.ndarray) -> list[Face]:
+    """Second and third tries for a still where :meth:`detect_many` found nothing: lower thresholds, then also the
+    pyramid's levels shifted half a step (face sizes between those of the first try)."""
+    return self.detect_many([image], **RELAXED)[0] or self.detect_many([image], shift=PYRAMID_STEP**0.5, **RELAXED)[0]
+
+  def detect_many(self, images: Sequence[np.ndarray], *, shift: float = 1.0, **thresholds) -> list[list[Face]]:
+    """Faces of each image (all of one size), largest first; one batched MTCNN call (``shift`` scales the copy)."""
     h, w = images[0].shape[:2]
     if any(im.shape != images[0].shape for im in images):
       raise ValueError("detect_many: images of different sizes; batch frames of one size")
     scale, min_face = detection_scale(h, w, self.min_face_size, self.max_side)
+    scale *= shift
     if min(h, w) * scale < MTCNN_WINDOW or min(h, w) < min_face:
       return [[] for _ in images]  # smaller than the smallest face: nothing to find
     size = (round(w * scale), round(h * scale))

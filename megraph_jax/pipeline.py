@@ -127,6 +127,9 @@ def chunks(items: Iterator, size: int) -> Iterator[list]:
         chunk.append(next(items))
       except StopIteration:
         break
+      except Exception:  # the items before a failure still go out, then it is raised
+        yield chunk
+        raise
     yield chunk
 
 
@@ -206,11 +209,11 @@ class FaceFinder:
         out[i] = f
     return out
 
-  def _detect(self, images: list[np.ndarray], **kw) -> list[list[facelib.Face]]:
+  def _detect(self, images: list[np.ndarray]) -> list[list[facelib.Face]]:
     if self.detector is None:
       self.detector = self._make_detector()
     with self.times("detect"):
-      return self.detector.detect_many(images, **kw)
+      return self.detector.detect_many(images)
 
   def _track(self, image: np.ndarray) -> list[facelib.Face] | None:
     """The tracked faces re-fitted by ONet, or None when one of them moved too much or was lost."""
@@ -238,8 +241,9 @@ class FaceFinder:
       found = self._track(fr.image)
     if found is None:
       found = self._detect([fr.image])[0]
-    if not found and not fr.is_video:
-      found = self._detect([fr.image], **facelib.RELAXED)[0]  # a still: a second, more permissive try
+    if not found and not fr.is_video:  # a still: the detector's more permissive tries
+      with self.times("detect"):
+        found = self.detector.retry(fr.image)
     self._tracked = found
     with self.times("align"):
       return [facelib.aligned(fr.image, f) for f in found]
@@ -263,6 +267,8 @@ class FaceFinder:
     if not aligned:
       return [FacePrediction(**base, status="no_face", message="no face found")], empty
     ids = self.tracker.assign(fr.file, [a[1] for a in aligned]) if fr.is_video else range(len(aligned))
+    if fr.is_video:  # a video's faces in track order: stable when two faces are about the same size
+      ids, aligned = zip(*sorted(zip(ids, aligned), key=lambda t: t[0]))
     rows = [
       FacePrediction(**base, face=i, box=box, score=score, crop=crop) for i, (crop, box, score) in zip(ids, aligned)
     ]

@@ -22,7 +22,7 @@ class FacePrediction:
   file: str
   frame: int = 0
   time: float | None = None  # seconds into a video
-  face: int | None = None  # face number in the image (largest first); a track id along a video
+  face: int | None = None  # face number in the image (largest first); a track id along a video (rows in id order)
   status: str = "ok"  # "ok", "no_face" or "error"
   message: str = ""
   box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in frame pixels

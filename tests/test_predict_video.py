@@ -34,7 +34,7 @@ def ckpt(tmp_path_factory, model):
 def video(tmp_path_factory):
   pytest.importorskip("cv2")
   # seed 2: MTCNN finds both faces on every frame with full detection (checked), so the paths can be compared
-  return synthetic_video.write(tmp_path_factory.mktemp("video") / "two_faces.mp4", 36, faces=2, seed=2)
+  return synthetic_video.write(tmp_path_factory.mktemp("video") / "two_faces.mp4", 20, faces=2, seed=2)
 
 
 def _rows(path):
@@ -46,16 +46,27 @@ def _iou(a, b):
   return faces.iou(tuple(a), tuple(b))
 
 
+def _shift(a, b, r=4):
+  """Largest |dx|, |dy| of the shift (64 px scale) that best matches crop ``b`` to crop ``a``."""
+  a, b = (np.asarray(Image.fromarray(c).convert("L").resize((64, 64)), np.float32) for c in (a, b))
+  err = {
+    (dy, dx): np.abs(a[16:48, 16:48] - b[16 + dy : 48 + dy, 16 + dx : 48 + dx]).mean()
+    for dy in range(-r, r + 1)
+    for dx in range(-r, r + 1)
+  }
+  return max(abs(v) for v in min(err, key=err.get))
+
+
 def test_pipelined_rows_equal_the_simple_path(model, video):
   """Same faces, order and track ids; with full detection on every frame also the same numbers; tracked crops stay
   aligned (the tracking policy of megraph_jax.pipeline)."""
   pytest.importorskip("mtcnn")
   simple = list(predict.Predictor(model, batch_size=4, threads=False, redetect=1).iter_predict(video))
   batched = list(predict.Predictor(model, batch_size=4, redetect=1).iter_predict(video))
-  tracked_pr = predict.Predictor(model, batch_size=4, redetect=12)
+  tracked_pr = predict.Predictor(model, batch_size=4, redetect=8)
   tracked = list(tracked_pr.iter_predict(video))
   key = [(p.frame, p.face, p.status) for p in simple]
-  assert len(key) == 72 and all(s == "ok" for _, _, s in key)  # 36 frames x 2 faces
+  assert len(key) == 40 and all(s == "ok" for _, _, s in key)  # 20 frames x 2 faces
   assert [(p.frame, p.face, p.status) for p in batched] == key
   assert [(p.frame, p.face, p.status) for p in tracked] == key
   for s, b in zip(simple, batched):  # threads and batched detection change nothing
@@ -64,8 +75,7 @@ def test_pipelined_rows_equal_the_simple_path(model, video):
   assert tracked_pr.times.seconds["track"] > 0  # frames between keyframes were tracked, not detected
   for s, t in zip(simple, tracked):
     assert _iou(s.box, t.box) > 0.8, (s.frame, s.box, t.box)
-    diff = np.abs(s.crop.astype(np.float32) - t.crop.astype(np.float32)).mean()
-    assert diff < 12.0, (s.frame, s.face, diff)  # grey levels of 255; a crop 10% off its place differs by > 25
+    assert _shift(s.crop, t.crop) <= 1, (s.frame, s.face)  # at most 1/64 of the crop (4 px of 256) apart
     np.testing.assert_allclose(t.probs, s.probs, atol=0.1)
 
 
@@ -127,7 +137,7 @@ def test_faces_in_large_grayscale_rgba_photos_and_small_faces(tmp_path, ckpt):
   box = lambda r: [float(r[k]) for k in ("x0", "y0", "x1", "y1")]  # noqa: E731
   assert _iou(box(rows[0]), [v * 5 for v in ASTRONAUT_FACE]) > 0.5, box(rows[0])
   assert _iou(box(rows[1]), ASTRONAUT_FACE) > 0.6
-  assert _iou(box(rows[2]), [700 + v / 2 for v in ASTRONAUT_FACE]) > 0.5, box(rows[2])
+  assert _iou(box(rows[2]), [o + v / 2 for o, v in zip((700, 500, 700, 500), ASTRONAUT_FACE)]) > 0.5, box(rows[2])
   pr = predict.Predictor.from_checkpoint(ckpt)  # arrays: grayscale and RGBA as well
   assert [p.status for p in pr.predict_image(np.asarray(big.convert("L"))[::4, ::4])] == ["ok"]
   with pytest.raises(media.MediaError, match="photo.jpg: expected a uint8 image"):
