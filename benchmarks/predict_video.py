@@ -13,7 +13,9 @@ random weights (timing does not depend on them), on the default JAX device (CPU 
   * simple path: the same predictor one stage after another with full detection on every frame (the behaviour
     before the pipeline), on the first ``--simple-frames`` frames;
   * official: the official ME-GraphAU PyTorch model (``--official``), eval mode, on the same crops and batch.
-``--memory N`` also runs the CLI on an N-frame and a 10N-frame video in subprocesses and reports their peak RSS.
+The model alone is timed just before and just after the end-to-end run (load on a shared machine drifts) and
+the mean is the reference. ``--memory N`` also runs the CLI on an N-frame and a 10N-frame video in subprocesses
+and reports their peak RSS and the peak traced Python/NumPy heap while predicting (after a warm-up run).
 """
 
 from __future__ import annotations
@@ -25,17 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 import jax
 import numpy as np
 
-from megraph_jax import loader, media, synthetic_video
+from megraph_jax import loader, media, predict, synthetic_video
 from megraph_jax.model_factory import ModelSpec, build
-from megraph_jax.predict import Predictor
 from megraph_jax.records import RecordWriter
 
 
-def _end_to_end(pr: Predictor, video: str, out_csv: str, max_frames: int | None = None):
+def _end_to_end(pr: predict.Predictor, video: str, out_csv: str, max_frames: int | None = None):
   crops, frames = [], set()
   t0 = time.perf_counter()
   with open(out_csv, "w", newline="") as f:
@@ -49,6 +51,16 @@ def _end_to_end(pr: Predictor, video: str, out_csv: str, max_frames: int | None 
         writer.write(p)
     writer.close()
   return len(frames), time.perf_counter() - t0, crops
+
+
+def _model_fps(pr: predict.Predictor, x: np.ndarray, faces_per_frame: float) -> float:
+  """Frames/s of the jitted model alone on model inputs ``x`` (whole batches)."""
+  usable = (len(x) // pr.batch_size) * pr.batch_size
+  pr.run_batch(x[: pr.batch_size])
+  t0 = time.perf_counter()
+  for i in range(0, usable, pr.batch_size):
+    pr.run_batch(x[i : i + pr.batch_size])
+  return usable / (time.perf_counter() - t0) / faces_per_frame
 
 
 def _official_fps(path: str, x: np.ndarray, batch: int, faces_per_frame: float) -> float:
@@ -69,12 +81,16 @@ def _official_fps(path: str, x: np.ndarray, batch: int, faces_per_frame: float) 
   return n / (time.perf_counter() - t0) / faces_per_frame
 
 
-def _peak_rss_mib(cmd: list[str]) -> float:
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  _, status, usage = os.wait4(proc.pid, 0)
-  if status != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-2000:]}")
-  return usage.ru_maxrss / 1024.0  # Linux: KiB
+def _child_peaks(cmd: list[str]) -> tuple[float, float]:
+  """(peak RSS, peak traced heap) in MiB of a ``--memory-child`` run."""
+  with tempfile.TemporaryFile("w+") as out:
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out.seek(0)
+    text = out.read()
+  if status != 0 or "traced_peak_mib=" not in text:
+    raise RuntimeError(f"{' '.join(cmd)} failed (status {status}):\n{text[-2000:]}")
+  return usage.ru_maxrss / 1024.0, float(text.split("traced_peak_mib=")[1].split()[0])  # ru_maxrss: KiB
 
 
 def main(argv=None):
@@ -86,8 +102,11 @@ def main(argv=None):
   ap.add_argument("--redetect", type=int, default=30)
   ap.add_argument("--simple-frames", type=int, default=48, help="0: skip the simple path")
   ap.add_argument("--official", default=None, help="path of the official ME-GraphAU code")
-  ap.add_argument("--memory", type=int, default=0, help="N: peak RSS of the CLI on N and 10N frames (0: skip)")
+  ap.add_argument("--memory", type=int, default=0, help="N: peak memory of the CLI on N and 10N frames (0: skip)")
+  ap.add_argument("--memory-child", nargs=3, default=None, help=argparse.SUPPRESS)  # CKPT WARM VIDEO
   args = ap.parse_args(argv)
+  if args.memory_child:
+    return _memory_child(*args.memory_child, args.batch)
   if args.official:  # torchvision crashes when imported after TensorFlow (which MTCNN loads): import it first
     import torchvision  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
   tmp = tempfile.mkdtemp(prefix="predict_video_")
@@ -96,25 +115,26 @@ def main(argv=None):
   print(f"video: 640x360, {args.frames} frames, {args.faces} face(s); {args.backbone} stage 2, batch {args.batch}")
 
   model = build(ModelSpec(args.backbone, 12, 2))
-  pr = Predictor(model, batch_size=args.batch, redetect=args.redetect)
-  _end_to_end(pr, video, os.path.join(tmp, "warmup.csv"), max_frames=2 * args.batch)  # compile, load MTCNN
+  pr = predict.Predictor(model, batch_size=args.batch, redetect=args.redetect)
+  _, _, warm_crops = _end_to_end(pr, video, os.path.join(tmp, "warm.csv"), max_frames=2 * args.batch)  # compile
 
   t0 = time.perf_counter()
   n_dec = sum(1 for _ in media.iter_video(video))
   decode_fps = n_dec / (time.perf_counter() - t0)
+
+  warm_x = np.stack([pr.transform(c) for c in warm_crops])
+  n_faces = args.frames * args.faces
+  before = _model_fps(pr, warm_x[np.arange(n_faces) % len(warm_x)], args.faces)  # brackets the end-to-end run
 
   pr.times.seconds.clear()
   n, wall, crops = _end_to_end(pr, video, os.path.join(tmp, "rows.csv"))
   e2e_fps, stages = n / wall, dict(pr.times.seconds)
 
   x = np.stack([pr.transform(c) for c in crops])
-  usable = (len(x) // args.batch) * args.batch
   faces_per_frame = len(x) / n
-  pr.run_batch(x[: args.batch])
-  t0 = time.perf_counter()
-  for i in range(0, usable, args.batch):
-    pr.run_batch(x[i : i + args.batch])
-  model_fps = usable / (time.perf_counter() - t0) / faces_per_frame
+  after = _model_fps(pr, x, faces_per_frame)
+  model_fps = (before + after) / 2
+  print(f"model only: {before:.2f} frames/s before the end-to-end run, {after:.2f} after (mean below)")
 
   rows = [
     ("decode only", decode_fps),
@@ -122,7 +142,7 @@ def main(argv=None):
     ("end to end (pipeline)", e2e_fps),
   ]
   if args.simple_frames:
-    simple = Predictor(model, batch_size=args.batch, redetect=1, threads=False)
+    simple = predict.Predictor(model, batch_size=args.batch, redetect=1, threads=False)
     simple.run_batch(x[: args.batch])
     ns, ws, _ = _end_to_end(simple, video, os.path.join(tmp, "simple.csv"), max_frames=args.simple_frames)
     rows.append((f"simple path (first {ns} frames)", ns / ws))
@@ -138,13 +158,27 @@ def main(argv=None):
 
   if args.memory:
     ckpt = loader.save(model, os.path.join(tmp, "ckpt"))
+    warm = synthetic_video.write(os.path.join(tmp, "warm.mp4"), 2 * args.batch, faces=args.faces, seed=2)
     peaks = []
     for k in (1, 10):
       v = synthetic_video.write(os.path.join(tmp, f"mem{k}.mp4"), k * args.memory, faces=args.faces, seed=2)
-      cmd = [sys.executable, "-m", "megraph_jax.predict", "-c", ckpt, v, "-o", os.path.join(tmp, f"mem{k}.csv")]
-      peaks.append(_peak_rss_mib([*cmd, "--no-progress", "--batch-size", str(args.batch)]))
-      print(f"peak RSS, {k * args.memory} frames: {peaks[-1]:.0f} MiB", flush=True)
-    print(f"peak RSS ratio 10x / 1x: {peaks[1] / peaks[0]:.3f}")
+      cmd = [sys.executable, __file__, "--memory-child", ckpt, warm, v, "--batch", str(args.batch)]
+      peaks.append(_child_peaks(cmd))
+      print(
+        f"{k * args.memory} frames: peak RSS {peaks[-1][0]:.0f} MiB (whole process, XLA compile included), "
+        f"peak traced heap while predicting {peaks[-1][1]:.1f} MiB (frames, crops, rows)",
+        flush=True,
+      )
+    print(f"10x / 1x: peak RSS {peaks[1][0] / peaks[0][0]:.3f}, peak traced heap {peaks[1][1] / peaks[0][1]:.3f}")
+
+
+def _memory_child(ckpt: str, warm: str, video: str, batch: int) -> None:
+  """The CLI on ``warm`` (compiles, loads MTCNN), then on ``video`` under tracemalloc; prints the traced peak."""
+  args = ["-c", ckpt, "--batch-size", str(batch), "--no-progress"]
+  predict.main([*args, warm, "-o", os.devnull])
+  tracemalloc.start()
+  predict.main([*args, video, "-o", video + ".csv"])
+  print(f"traced_peak_mib={tracemalloc.get_traced_memory()[1] / 2**20:.3f}")
 
 
 if __name__ == "__main__":

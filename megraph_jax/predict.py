@@ -29,7 +29,7 @@ from megraph_jax import loader, media, pipeline
 from megraph_jax.errors import UserError
 from megraph_jax.model_factory import Model, ModelSpec
 from megraph_jax.models.fgg import knn_adjacency
-from megraph_jax.records import FacePrediction, RecordWriter, Smoother, file_stem, plot_stem, smooth
+from megraph_jax.records import FacePrediction, RecordWriter, Smoother, plot_stem, smooth, unique_stem
 from megraph_jax.transforms import eval_transform
 
 
@@ -162,9 +162,10 @@ class Predictor:
     if not self.threads:
       yield from pipeline.predict_rows(finder(source), self.run_batch, self.batch_size, live=live)
       return
-    stages = [pipeline.Prefetch(source, 4 * self.batch_size, "decode")]
-    stages.append(pipeline.Prefetch(finder(stages[-1]), 2 * self.batch_size, "faces"))
-    stages.append(pipeline.Prefetch(pipeline.predict_rows(stages[-1], self.run_batch, self.batch_size, live=live), 64))
+    b = self.batch_size  # queue sizes: a model batch ready while one runs; they bound the memory in flight
+    stages = [pipeline.Prefetch(source, b, "decode")]
+    stages.append(pipeline.Prefetch(finder(stages[-1]), 2 * b, "faces"))
+    stages.append(pipeline.Prefetch(pipeline.predict_rows(stages[-1], self.run_batch, b, live=live), 2 * b, "model"))
     try:
       yield from stages[-1]
     finally:
@@ -296,18 +297,6 @@ def _parser() -> argparse.ArgumentParser:
   return ap
 
 
-def _unique_stem(path: str, stems: dict[str, str]) -> str:
-  """``file_stem(path)``, suffixed ``_2``, ``_3``, ... when another input file already has it."""
-  if path not in stems:
-    base, taken, i = file_stem(path), set(stems.values()), 1
-    stem = base
-    while stem in taken:
-      i += 1
-      stem = f"{base}_{i}"
-    stems[path] = stem
-  return stems[path]
-
-
 class _Output:
   """The CLI's end of the stream: pictures, the per-video timeline (kept only with --plot), stderr notes, rows."""
 
@@ -326,7 +315,7 @@ class _Output:
       if self.video and p.file != self.video[0].file:
         self.timeline()
       if p.crop is not None:
-        self.predictor.save_plots(p, args.plot, plot_stem(p, _unique_stem(p.file, self.stems)))
+        self.predictor.save_plots(p, args.plot, plot_stem(p, unique_stem(p.file, self.stems)))
         p.crop = None
       if p.is_video and p.status == "ok":
         self.video.append(dataclasses.replace(p, adjacency=None, edge_strength=None))
@@ -338,7 +327,7 @@ class _Output:
 
   def timeline(self) -> None:
     if self.video:
-      stem = _unique_stem(self.video[0].file, self.stems)
+      stem = unique_stem(self.video[0].file, self.stems)
       self.predictor.save_timeline(self.video, os.path.join(self.args.plot, f"{stem}_timeline.png"))
       self.video = []
 

@@ -201,3 +201,15 @@ def file_stem(path: str) -> str:
 def plot_stem(p: FacePrediction, stem: str | None = None) -> str:
   """File-name stem of a face's pictures: ``<file stem>[_f<frame>]_face<k>``."""
   return (stem or file_stem(p.file)) + (f"_f{p.frame:06d}" if p.is_video else "") + f"_face{p.face}"
+
+
+def unique_stem(path: str, stems: dict[str, str]) -> str:
+  """``file_stem(path)``, suffixed ``_2``, ``_3``, ... when another input file already has it."""
+  if path not in stems:
+    base, taken, i = file_stem(path), set(stems.values()), 1
+    stem = base
+    while stem in taken:
+      i += 1
+      stem = f"{base}_{i}"
+    stems[path] = stem
+  return stems[path]
