@@ -73,6 +73,7 @@ def test_pipelined_rows_equal_the_simple_path(model, video):
     np.testing.assert_allclose(b.box, s.box, atol=1e-3)
     np.testing.assert_allclose(b.probs, s.probs, atol=1e-5)
   assert tracked_pr.times.seconds["track"] > 0  # frames between keyframes were tracked, not detected
+  assert tracked_pr._fn._cache_size() == 1  # one model batch shape: compiled once
   for s, t in zip(simple, tracked):
     assert _iou(s.box, t.box) > 0.8, (s.frame, s.box, t.box)
     assert _shift(s.crop, t.crop) <= 1, (s.frame, s.face)  # at most 1/64 of the crop (4 px of 256) apart
