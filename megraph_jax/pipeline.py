@@ -11,6 +11,8 @@ Detection policy along a video (:class:`FaceFinder`), ``redetect`` = K:
     the frame is accepted when every face keeps ONet's score >= 0.8, its centre moved at most 20% of its box
     side and its size changed by at most 25%; otherwise the frame gets a full detection (so a fast or lost face
     never drifts). A face entering the scene is found at the next keyframe (at most K - 1 frames late).
+  * while no face is tracked (an empty scene, or all faces lost), every frame gets a full detection, batched
+    across the frames that are ready, so a face appearing there is found at once;
   * ``redetect=1`` is full detection on every frame (the reference path the tests compare with).
 Track ids (:class:`megraph_jax.faces.FaceTracker`) are assigned in frame order in this single stage.
 """
@@ -198,10 +200,12 @@ class FaceFinder:
     if self._make_detector is None or self.aligner is not None:
       return out
     file, ordinal, groups = self._file, self._ordinal, collections.defaultdict(list)
+    searching = not self._tracked and chunk[0].file == self._file  # no face in the last frame: detect on every one
     for i, fr in enumerate(chunk):
       ordinal = ordinal + 1 if fr.file == file else 0
+      searching = searching and fr.file == file
       file = fr.file
-      if fr.image is not None and self._is_keyframe(fr, ordinal):
+      if fr.image is not None and (searching or self._is_keyframe(fr, ordinal)):
         groups[fr.image.shape].append(i)
     for idx in groups.values():
       found = self._detect([chunk[i].image for i in idx])

@@ -157,3 +157,65 @@ def test_camera_source_streams_rows_and_a_bad_one_is_exit_2(tmp_path, ckpt, vide
   assert all(r["status"] == "ok" for r in rows) and float(rows[-1]["time"]) > 0
   assert predict.main(["-c", str(ckpt), "--camera", str(tmp_path / "no_such_stream.mp4"), "--no-progress"]) == 2
   assert "no_such_stream.mp4: cannot open this capture source" in capsys.readouterr().err
+
+
+class _FakeDetector:
+  """Frames whose pixels are 1 hold one face at a fixed box, 2 a face ONet loses; records every call."""
+
+  def __init__(self):
+    self.calls = []
+
+  @staticmethod
+  def _face(score=0.99):
+    box = np.array([8.0, 8.0, 40.0, 40.0])
+    return faces.Face(box=box, score=score, landmarks=faces.template(32) + 8.0)
+
+  def detect_many(self, images, **kw):
+    self.calls.append(("detect", len(images)))
+    return [[self._face()] if im[0, 0, 0] else [] for im in images]
+
+  def refine(self, image, boxes):
+    self.calls.append(("track", len(boxes)))
+    return [self._face(0.99 if image[0, 0, 0] == 1 else 0.1) for _ in boxes]
+
+  def retry(self, image):
+    return []
+
+
+def test_detection_policy_keyframes_tracking_fallback_and_empty_scenes():
+  """megraph_jax.pipeline's policy with a fake detector: full detection on every K-th frame (batched), ONet tracking
+  between, a full detection when a face is lost, and on every frame (batched) while no face is tracked."""
+  from megraph_jax import pipeline  # pylint: disable=import-outside-toplevel
+
+  det = _FakeDetector()
+  finder = pipeline.FaceFinder(lambda c: np.zeros((4, 4, 3), np.float32), detector=lambda: det, redetect=4, batch=4)
+  values = [1, 1, 1, 1, 1, 2, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1]  # a face; ONet loses it at 5; gone 8..12; back at 13
+  frames = _AllReady(
+    media.Frame("v.mp4", i, np.full((48, 48, 3), v, np.uint8), is_video=True) for i, v in enumerate(values)
+  )
+  out = [rows for rows, _ in finder(frames)]
+  assert [r[0].status for r in out] == ["ok"] * 8 + ["no_face"] * 5 + ["ok"] * 3
+  assert [r[0].face for r in out if r[0].status == "ok"] == [0] * 11  # back at the same place: the same track
+  d, t = ("detect", 1), ("track", 1)
+  assert det.calls == [
+    *(d, t, t, t),  # chunk 0-3: keyframe 0 detected, 1-3 tracked
+    *(d, t, d, t, t),  # chunk 4-7: keyframe 4; 5 lost by ONet -> full detection; 6, 7 tracked
+    *(d, d, d, d),  # chunk 8-11: keyframe 8 finds nothing; 9-11 each detected (nothing tracked)
+    ("detect", 4),  # chunk 12-15 after an empty frame: all four detected in one batch
+  ]
+
+
+class _AllReady:
+  """An iterator whose next items are always waiting (as a full :class:`megraph_jax.pipeline.Prefetch`)."""
+
+  def __init__(self, items):
+    self.it = iter(items)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self.it)
+
+  def ready(self):
+    return True
