@@ -219,3 +219,30 @@ class _AllReady:
 
   def ready(self):
     return True
+
+
+def test_model_stage_runs_one_batch_shape_and_live_mode_does_not_wait():
+  """predict_rows pads every batch to the batch size; files wait for full batches, a live source does not."""
+  from megraph_jax import pipeline, records  # pylint: disable=import-outside-toplevel
+
+  shapes = []
+
+  def run(x):
+    shapes.append(x.shape)
+    return {"probs": np.tile(x[:, :1, 0, 0], (1, 3))}  # face i's probabilities are its input value
+
+  def frames(waiting):
+    for i in range(5):
+      rows = [records.FacePrediction("cam", frame=i, face=0, is_video=True)]
+      yield rows, np.full((1, 2, 2, 3), float(i), np.float32)
+      assert len(shapes) == (i + 1 if waiting is False else 0 if i < 3 else 1), (i, shapes)
+
+  class Source(_AllReady):
+    def ready(self):
+      return False  # a camera: the next frame is not there yet
+
+  out = list(pipeline.predict_rows(Source(frames(False)), run, 4, live=True))
+  assert [p.probs[0] for p in out] == [0, 1, 2, 3, 4] and set(shapes) == {(4, 2, 2, 3)}
+  shapes.clear()
+  out = list(pipeline.predict_rows(_AllReady(frames(True)), run, 4))
+  assert [p.probs[0] for p in out] == [0, 1, 2, 3, 4] and shapes == [(4, 2, 2, 3)] * 2
