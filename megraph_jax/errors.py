@@ -95,6 +95,10 @@ class StageOneMissingError(ConfigError):
     super().__init__(f"{what}: {todo} to start from with --config.init_from=<stage-1 dir or official .pth>")
 
 
+class CaptureError(UserError):
+  """A live source (``predict --camera``) that cannot be opened; the message names it."""
+
+
 class TrainingDiverged(Exception):
   """A non-finite loss or gradient; raised before anything non-finite is saved."""
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from megraph_jax import optional
+
 ALIGN_SIZE = 256  # px side of aligned crops, as the official ME-GraphAU crops (then resize + centre crop)
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -127,41 +129,111 @@ class Face:
     return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
 
 
-class Detector:
-  """MTCNN (the ``mtcnn`` package; its weights ship in the wheel) on a copy downscaled to ``max_side``."""
+MTCNN_WINDOW = 12  # px: the smallest face MTCNN's first network (PNet) sees
+ONET_SIZE = 48  # px: input side of MTCNN's last network (ONet: score, box and landmarks of one face)
+ONET_THRESHOLD = 0.8  # MTCNN's own ONet acceptance threshold
+PYRAMID_STEP = 0.709  # MTCNN's image pyramid: each level 0.709 of the one before
+RELAXED = dict(threshold_pnet=0.5, threshold_rnet=0.6, threshold_onet=0.7)  # second try on stills with no face
 
-  def __init__(self, min_face_size: int = 20, max_side: int = 640):
-    try:
-      from mtcnn import MTCNN  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-      raise ImportError(
-        "face alignment needs the mtcnn package: pip install mtcnn (for crops that are already "
-        "aligned: predict --no-align / Predictor(align=False), align --aligner none)"
-      ) from e
+
+def detection_scale(h: int, w: int, min_face_size: int | None = None, max_side: int = 2048) -> tuple[float, int]:
+  """(scale of the copy MTCNN runs on, smallest face searched in image px), chosen from the image size.
+
+  The smallest face is ``min_face_size`` or, by default, 1/20 of the shorter side clipped to 20..40 px (so a face of
+  40 px or more is searched at any image size). The copy is shrunk as far as that face keeps 24 px (twice PNet's
+  window, so the landmarks keep their precision) and to at most ``max_side``: a 640x360 frame is used as is, a
+  4000x3000 photo runs at 0.6 (2400x1800 -> capped to 2048 a side).
+  """
+  min_face = int(min_face_size) if min_face_size else int(np.clip(min(h, w) / 20, 20, 40))
+  scale = min(1.0, 2 * MTCNN_WINDOW / min_face, max_side / max(h, w))
+  return scale, min_face
+
+
+class Detector:
+  """MTCNN (the ``mtcnn`` package; its weights ship in the wheel) on a copy scaled by :func:`detection_scale`.
+
+  ``detect`` finds faces in one image, ``detect_many`` in a batch of same-sized frames (one MTCNN call), and
+  ``refine`` re-runs only MTCNN's last network (ONet) on the boxes of the previous frame: a face that moved
+  little keeps a high score and gets its new box and landmarks at a fraction of a full detection's cost.
+  """
+
+  def __init__(self, min_face_size: int | None = None, max_side: int = 2048):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:  # MTCNN runs on TensorFlow: keep it off the GPU that JAX uses.
+      optional.require("tensorflow").config.set_visible_devices([], "GPU")
+    except (ImportError, RuntimeError, ValueError):
+      pass
+    MTCNN = optional.require("mtcnn").MTCNN  # noqa: N806
     self._mtcnn = MTCNN()
+    self._onet = None
     self.min_face_size = min_face_size
     self.max_side = max_side
 
-  def __call__(self, image: np.ndarray) -> list[Face]:
-    """Faces in an RGB uint8 image ``[H, W, 3]``, largest first."""
-    h, w = image.shape[:2]
-    scale = min(1.0, self.max_side / max(h, w))
-    img = image
-    if scale < 1.0:
-      img = np.asarray(Image.fromarray(image).resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR))
-      scale = img.shape[1] / w
+  def __call__(self, image: np.ndarray, *, relaxed: bool = False) -> list[Face]:
+    """Faces in an RGB uint8 image ``[H, W, 3]``, largest first; ``relaxed`` retries lower thresholds on a miss."""
+    faces = self.detect_many([image])[0]
+    return faces or (self.retry(image) if relaxed else [])
+
+  def retry(self, image: np.ndarray) -> list[Face]:
+    """Second and third tries for a still where :meth:`detect_many` found nothing: lower thresholds, then also the
+    pyramid's levels shifted half a step (face sizes between those of the first try)."""
+    return self.detect_many([image], **RELAXED)[0] or self.detect_many([image], shift=PYRAMID_STEP**0.5, **RELAXED)[0]
+
+  def detect_many(self, images: Sequence[np.ndarray], *, shift: float = 1.0, **thresholds) -> list[list[Face]]:
+    """Faces of each image (all of one size), largest first; one batched MTCNN call (``shift`` scales the copy)."""
+    h, w = images[0].shape[:2]
+    if any(im.shape != images[0].shape for im in images):
+      raise ValueError("detect_many: images of different sizes; batch frames of one size")
+    scale, min_face = detection_scale(h, w, self.min_face_size, self.max_side)
+    scale *= shift
+    if min(h, w) * scale < MTCNN_WINDOW or min(h, w) < min_face:
+      return [[] for _ in images]  # smaller than the smallest face: nothing to find
+    size = (round(w * scale), round(h * scale))
+    copies = [
+      np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR)) if scale < 1 else im for im in images
+    ]
+    sx = size[0] / w if scale < 1 else 1.0
     out = self._mtcnn.detect_faces(
-      img, output_type="numpy", box_format="xyxy", min_face_size=max(12, int(self.min_face_size * scale))
+      list(copies),
+      output_type="numpy",
+      box_format="xyxy",
+      min_face_size=max(MTCNN_WINDOW, int(min_face * sx)),
+      **thresholds,
     )
     out = np.asarray(out, np.float64).reshape(-1, 16)
     # Rows: [image, x0, y0, x1, y1, score, 5 landmark x, 5 landmark y] in index pixels of the copy.
-    faces = [
-      Face(
-        box=(r[1:5] + 0.5) / scale, score=float(r[5]), landmarks=(np.stack([r[6:11], r[11:16]], axis=1) + 0.5) / scale
-      )
-      for r in out
-    ]
-    return sorted(faces, key=lambda f: -f.area)
+    per_image: list[list[Face]] = [[] for _ in images]
+    for r in out:
+      lm = (np.stack([r[6:11], r[11:16]], axis=1) + 0.5) / sx
+      per_image[int(r[0])].append(Face(box=(r[1:5] + 0.5) / sx, score=float(r[5]), landmarks=lm))
+    return [sorted(f, key=lambda f: -f.area) for f in per_image]
+
+  def refine(self, image: np.ndarray, boxes: Sequence[np.ndarray]) -> list[Face]:
+    """ONet on the squared ``boxes`` (continuous px) of ``image``: one refined :class:`Face` per box, same order."""
+    cv2 = optional.require("cv2")
+    if self._onet is None:  # one traced graph for any number of boxes: 3x faster than the eager Keras call
+      tf = optional.require("tensorflow")
+      onet = self._mtcnn.get_stage(stage_id=3).model
+      spec = tf.TensorSpec([None, ONET_SIZE, ONET_SIZE, 3], tf.float32)
+      self._onet = tf.function(lambda x: onet(x, training=False), input_signature=[spec])
+    norm = (np.asarray(image, np.float32) - 127.5) / 128.0  # MTCNN's input normalisation
+    squares, patches = [], []
+    for b in boxes:
+      x0, y0, x1, y1 = np.asarray(b, np.float64) - 0.5  # index pixels, as MTCNN's boxes
+      side = max(x1 - x0, y1 - y0)
+      x0, y0 = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
+      squares.append((x0, y0, x0 + side, y0 + side))
+      step = side / (ONET_SIZE - 1)
+      m = np.array([[step, 0.0, x0], [0.0, step, y0]])  # patch px -> image px (bilinear, zero outside)
+      patches.append(cv2.warpAffine(norm, m, (ONET_SIZE, ONET_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
+    offsets, marks, scores = (np.asarray(t, np.float64) for t in self._onet(np.stack(patches)))
+    faces = []
+    for (x0, y0, x1, y1), off, lm, sc in zip(squares, offsets, marks, scores):
+      bw, bh = x1 - x0 + 1, y1 - y0 + 1  # MTCNN's box arithmetic (inclusive pixel ends)
+      lx, ly = bw * lm[0:5] + x0 - 1, bh * lm[5:10] + y0 - 1
+      box = np.array([x0, y0, x1, y1]) + off * np.array([bw, bh, bw, bh])
+      faces.append(Face(box=box + 0.5, score=float(sc[-1]), landmarks=np.stack([lx, ly], axis=1) + 0.5))
+    return faces
 
 
 # ------------------------------------------------------------------------------------------------
@@ -172,27 +244,26 @@ AlignedFace = tuple[np.ndarray, tuple[float, float, float, float], float | None]
 Aligner = Callable[[np.ndarray], list[AlignedFace]]
 
 
-def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int = 20) -> Aligner:
-  """Detects faces (MTCNN, largest first) and aligns each to the five-point template."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  try:  # MTCNN runs on TensorFlow: keep it off the GPU that JAX uses.
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    tf.config.set_visible_devices([], "GPU")
-  except (ImportError, RuntimeError, ValueError):
-    pass
+def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int | None = None) -> Aligner:
+  """Detects faces (MTCNN, largest first; a still with none gets a second, relaxed try) and aligns each."""
   detector = Detector(min_face_size=min_face_size)
 
   def detect_and_align(rgb: np.ndarray) -> list[AlignedFace]:
-    return [(align_face(rgb, f.landmarks, size), tuple(float(v) for v in f.box), float(f.score)) for f in detector(rgb)]
+    return [aligned(rgb, f, size) for f in detector(rgb, relaxed=True)]
 
   return detect_and_align
 
 
-def whole_image(rgb: np.ndarray, size: int = ALIGN_SIZE) -> list[AlignedFace]:
-  """The image as one already-aligned face: its centre square, resized to ``size``."""
+def aligned(rgb: np.ndarray, face: Face, size: int = ALIGN_SIZE) -> AlignedFace:
+  """A detection as (aligned crop, box, score)."""
+  return align_face(rgb, face.landmarks, size), tuple(float(v) for v in face.box), float(face.score)
+
+
+def whole_image(rgb: np.ndarray) -> list[AlignedFace]:
+  """The whole image as one face (``--no-align``): the eval transform then does exactly the official demo's
+  Resize(256) (shorter side) + CenterCrop(224), for images of any size and aspect ratio."""
   h, w = rgb.shape[:2]
-  return [(centre_crop(rgb, size), (0.0, 0.0, float(w), float(h)), None)]
+  return [(rgb, (0.0, 0.0, float(w), float(h)), None)]
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from megraph_jax import optional
+from megraph_jax.errors import CaptureError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
@@ -69,6 +73,21 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
   return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
+def as_rgb(image: np.ndarray, name: str = "<array>") -> np.ndarray:
+  """An in-memory image as RGB uint8 ``[H, W, 3]``: grayscale ``[H, W]`` / ``[H, W, 1]`` is repeated, RGBA is
+  composited on white (as files are); other shapes or dtypes raise :class:`MediaError` naming ``name``."""
+  a = np.asarray(image)
+  if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+    raise MediaError(
+      f"{name}: expected a uint8 image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {a.dtype} {a.shape}"
+    )
+  if a.ndim == 3 and a.shape[-1] == 3:
+    return a
+  if a.ndim == 3 and a.shape[-1] == 4:
+    return _to_rgb(Image.fromarray(a, "RGBA"))
+  return np.repeat(a.reshape(*a.shape[:2], 1), 3, axis=-1)
+
+
 def read_image(path: str) -> np.ndarray:
   """RGB uint8 ``[H, W, 3]`` of a still image, EXIF orientation applied; raises :class:`MediaError`."""
   return read_image_and_mode(path)[0]
@@ -110,9 +129,9 @@ def _iter_gif(path: str, every: int, max_frames: int | None) -> Iterator[Frame]:
       t += float(im.info.get("duration", 100)) / 1000.0
 
 
-def _open_video(path: str):
+def _open_video(path: str | int):
   try:
-    import cv2  # pylint: disable=import-outside-toplevel
+    cv2 = optional.require("cv2")
   except ImportError as e:
     raise MediaError(f"{path}: reading videos needs OpenCV: pip install opencv-python-headless") from e
   cap = cv2.VideoCapture(path)
@@ -211,3 +230,36 @@ def count_frames(paths: Sequence[str], *, every: int = 1, max_frames: int | None
         n = min(n, max_frames)
     total += n
   return total
+
+
+def capture_name(source: str | int) -> str:
+  """The ``file`` column of a live source: ``camera:N`` for a device number, else the source as given."""
+  return f"camera:{source}" if isinstance(source, int) or str(source).isdigit() else str(source)
+
+
+def iter_capture(source: str | int, *, every: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
+  """Frames of a live OpenCV source (camera number, device path, RTSP/HTTP URL, or a file read as a stream) until
+  it ends or ``max_frames``; ``time`` is the stream's timestamp, else seconds since it was opened. Raises
+  :class:`megraph_jax.errors.CaptureError` when the source cannot be opened."""
+  name = capture_name(source)
+  try:
+    cv2, cap = _open_video(int(source) if str(source).isdigit() else str(source))
+  except MediaError as e:
+    raise CaptureError(
+      f"{name}: cannot open this capture source (no such camera, unreachable URL, or a format OpenCV cannot read); "
+      "check the device number (ls /dev/video*) or the URL"
+    ) from e
+  t0, i, emitted = time.monotonic(), 0, 0
+  try:
+    while max_frames is None or emitted < max_frames:
+      ok, bgr = cap.read()
+      if not ok:
+        break
+      if i % every == 0:
+        ms = float(cap.get(cv2.CAP_PROP_POS_MSEC))
+        t = ms / 1000.0 if ms > 0 else time.monotonic() - t0
+        yield Frame(name, i, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), time=t, is_video=True)
+        emitted += 1
+      i += 1
+  finally:
+    cap.release()

@@ -14,8 +14,13 @@ import types
 EXTRAS = {
   "torch": ("pip install -e '.[torch]'", "reading PyTorch .pth files"),
   "ray": ("pip install -e '.[ray]'", "sweeps on a Ray cluster (--ray=...)"),
-  "mtcnn": ("pip install mtcnn (a dependency of this package)", "face detection and alignment"),
+  "mtcnn": (
+    "pip install mtcnn (a dependency of this package); for crops that are already aligned: predict --no-align / "
+    "Predictor(align=False), align --aligner none",
+    "face detection and alignment",
+  ),
   "cv2": ("pip install opencv-python-headless (a dependency of this package)", "reading videos"),
+  "tensorflow": ("pip install tensorflow-cpu (a dependency of this package)", "MTCNN face detection"),
 }
 
 

@@ -305,3 +305,47 @@ def save(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=dpi)
   return path
+
+
+def save_face_pictures(
+  p, directory: str, stem: str, au_names: Sequence[str], *, threshold: float, k: int, spec
+) -> list[str]:
+  """``<stem>_au.png`` (the face and its AU scores) and ``<stem>_graph.png`` (the relation graph) of one prediction
+  ``p`` (a ``records.FacePrediction`` with its crop) of a model of ``spec`` (``model_factory.ModelSpec``)."""
+  if p.status != "ok":
+    return []
+  title = f"{os.path.basename(p.file)}" + (f"  frame {p.frame}" if p.is_video else "") + f"  face {p.face}"
+  face = plot_face(p.crop, p.probs, au_names, threshold=threshold, title=title)
+  written = [save(face, os.path.join(directory, f"{stem}_au.png"))]
+  if p.adjacency is not None:  # the baseline has no graph
+    graph = plot_graph(
+      p.probs,
+      au_names,
+      p.adjacency,
+      edge_strength=p.edge_strength,
+      threshold=threshold,
+      **({"edge_title": GATE_TITLE} if spec.head == "opengraphau" else {}),
+      k=k,
+      title=f"{title}  (stage-{spec.stage} model)",
+    )
+    written.append(save(graph, os.path.join(directory, f"{stem}_graph.png")))
+  return written
+
+
+def save_timeline(preds: Sequence, path: str, au_names: Sequence[str], *, threshold: float) -> str | None:
+  """The AU-scores-over-time picture of one video's predictions (``records.FacePrediction``); None without a face."""
+  ok = [p for p in preds if p.status == "ok"]
+  if not ok:
+    return None
+  has_time = all(p.time is not None for p in ok)
+  t = np.array([p.time if has_time else p.frame for p in ok])
+  fig = plot_timeline(
+    t,
+    np.stack([p.probs for p in ok]),
+    au_names,
+    tracks=np.array([p.face for p in ok]),
+    threshold=threshold,
+    xlabel="time (s)" if has_time else "frame",
+    title=f"{os.path.basename(ok[0].file)}: AU probabilities over time",
+  )
+  return save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import functools
 import os
 import sys
@@ -25,11 +26,12 @@ import numpy as np
 from flax import nnx
 
 from megraph_jax import faces as facelib
-from megraph_jax import loader, media
+from megraph_jax import loader, media, pipeline, plots
+from megraph_jax.errors import UserError
 from megraph_jax.model_factory import Model, ModelSpec, eval_view
 from megraph_jax.models.fgg import knn_adjacency
 from megraph_jax.models.gated_gcn import edge_gates
-from megraph_jax.records import FacePrediction, RecordWriter, file_stem, plot_stem, smooth
+from megraph_jax.records import FacePrediction, RecordWriter, Smoother, plot_stem, smooth, unique_stem
 from megraph_jax.task import au_legend
 from megraph_jax.transforms import eval_transform
 
@@ -50,7 +52,11 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, k: 
 
 
 class Predictor:
-  """Detect, align and predict AUs on images, folders and videos (the CLI's engine, for notebooks too)."""
+  """Detect, align and predict AUs on images, folders, videos and live sources (the CLI's engine, for notebooks too).
+
+  Frames flow through :mod:`megraph_jax.pipeline` (decode -> faces -> model, overlapped in threads with
+  ``threads=True``); the model always runs at ``batch_size`` (padded), so it compiles once.
+  """
 
   def __init__(
     self,
@@ -63,7 +69,9 @@ class Predictor:
     threshold: float = 0.5,
     knn_k: int | None = None,
     resize: int | None = None,
-    min_face_size: int = 20,
+    min_face_size: int | None = None,
+    redetect: int = 30,
+    threads: bool = True,
   ):
     self.spec = ModelSpec.of(model)
     self.num_aus = self.spec.num_aus
@@ -79,10 +87,12 @@ class Predictor:
     self.img_size, self.resize = self.spec.img_size, resize
     self.batch_size, self.threshold = max(1, int(batch_size)), float(threshold)
     self.align, self._aligner, self._min_face_size = align, aligner, min_face_size
+    self.redetect, self.threads = max(1, int(redetect)), bool(threads)
+    self.times = pipeline.StageTimes()  # busy seconds per stage, summed over every call
+    self._detector: facelib.Detector | None = None
     self.model = model = eval_view(model)
     graphdef, self._state = nnx.split(model)
     self._fn = jax.jit(functools.partial(_forward, graphdef, k=self.knn_k))
-    self._tracker = facelib.FaceTracker()
 
   @classmethod
   def from_checkpoint(
@@ -107,94 +117,86 @@ class Predictor:
     model, spec = loader.load(path, dtype=dtype, **official)
     return cls(model, au_names=au_names or spec.au_names, **kw)
 
+  def detector(self) -> facelib.Detector:
+    """The MTCNN detector (made on first use, shared by every call)."""
+    if self._detector is None:
+      self._detector = facelib.Detector(min_face_size=self._min_face_size)
+    return self._detector
+
+  def transform(self, crop: np.ndarray) -> np.ndarray:
+    """The model input of an aligned crop (:func:`megraph_jax.transforms.eval_transform`)."""
+    return eval_transform(crop, self.img_size, self.resize)
+
   def faces(self, rgb: np.ndarray) -> list[facelib.AlignedFace]:
-    """Aligned faces of an RGB frame; with ``align=False`` the whole frame (the eval transform does the rest)."""
-    if not self.align:  # the official demo's transform exactly: Resize(256) + CenterCrop(224) of the whole image
-      h, w = rgb.shape[:2]
-      return [(rgb, (0.0, 0.0, float(w), float(h)), None)]
-    if self._aligner is None:
-      self._aligner = facelib.mtcnn_aligner(min_face_size=self._min_face_size)
-    return self._aligner(rgb)
+    """Aligned faces of an RGB frame; with ``align=False`` the whole frame (the eval transform does the rest: the
+    official demo's Resize(256) + CenterCrop(224))."""
+    if not self.align:
+      return facelib.whole_image(rgb)
+    if self._aligner is not None:
+      return self._aligner(rgb)
+    return [facelib.aligned(rgb, f) for f in self.detector()(rgb, relaxed=True)]
+
+  def run_batch(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Model outputs for exactly ``batch_size`` model inputs ``[batch_size, S, S, 3]`` (the one compiled shape)."""
+    if len(x) != self.batch_size:
+      raise ValueError(f"run_batch: {len(x)} inputs for batch size {self.batch_size}; pad them")
+    with self.times("model"):
+      return {k: np.asarray(v) for k, v in self._fn(self._state, jnp.asarray(x)).items()}
 
   def predict_crops(self, crops: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Model outputs for aligned crops: ``probs`` [B, N], ``adjacency`` [B, N, N] (not for the baseline),
     ``edge_strength`` [B, N, N] (stage 2)."""
-    x = np.stack([eval_transform(c, self.img_size, self.resize) for c in crops])
-    b = len(x)
-    padded = min(self.batch_size, 1 << (b - 1).bit_length()) if b <= self.batch_size else b  # few shapes
+    x = np.stack([self.transform(c) for c in crops])
     outs = []
-    for i in range(0, b, padded):
-      chunk = x[i : i + padded]
-      n = len(chunk)
-      chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), np.float32)]) if n < padded else chunk
-      outs.append({k: np.asarray(v)[:n] for k, v in self._fn(self._state, jnp.asarray(chunk)).items()})
+    for i in range(0, len(x), self.batch_size):
+      chunk = x[i : i + self.batch_size]
+      pad = np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]), np.float32)
+      outs.append({k: v[: len(chunk)] for k, v in self.run_batch(np.concatenate([chunk, pad])).items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
-  def _frame_predictions(self, fr: media.Frame) -> list[FacePrediction]:
-    base = dict(file=fr.file, frame=fr.index, time=fr.time, is_video=fr.is_video)
-    if fr.image is None:
-      return [FacePrediction(**base, status="error", message=fr.error or "unreadable")]
+  def predict_frames(self, frames: Iterable[media.Frame], *, live: bool = False) -> Iterator[FacePrediction]:
+    """Predictions in frame order, faces batched across frames, streamed (``live``: no waiting for a full batch)."""
+    finder = pipeline.FaceFinder(
+      self.transform,
+      detector=self.detector if self.align else None,
+      aligner=self._aligner if self.align else None,
+      redetect=self.redetect,
+      batch=self.batch_size,
+      times=self.times,
+    )
+    source = pipeline.timed(iter(frames), self.times, "decode")
+    if not self.threads:
+      yield from pipeline.predict_rows(finder(source), self.run_batch, self.batch_size, live=live)
+      return
+    b = self.batch_size  # queue sizes: a model batch ready while one runs; they bound the memory in flight
+    stages = [pipeline.Prefetch(source, b, "decode")]
+    stages.append(pipeline.Prefetch(finder(stages[-1]), 2 * b, "faces"))
+    stages.append(pipeline.Prefetch(pipeline.predict_rows(stages[-1], self.run_batch, b, live=live), 2 * b, "model"))
     try:
-      faces = self.faces(fr.image)
-    except ImportError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  # a detector failure on one frame is not fatal
-      return [FacePrediction(**base, status="error", message=f"face detection failed: {type(e).__name__}: {e}")]
-    if not faces:
-      return [FacePrediction(**base, status="no_face", message="no face found")]
-    ids = self._tracker.assign(fr.file, [f[1] for f in faces]) if fr.is_video else range(len(faces))
-    return [
-      FacePrediction(**base, face=i, box=box, score=score, crop=crop) for i, (crop, box, score) in zip(ids, faces)
-    ]
-
-  def _run(self, pending: list[FacePrediction]) -> None:
-    out = self.predict_crops([p.crop for p in pending])
-    for j, p in enumerate(pending):
-      p.probs = out["probs"][j]
-      p.adjacency = out["adjacency"][j] if "adjacency" in out else None
-      p.edge_strength = out["edge_strength"][j] if "edge_strength" in out else None
-
-  def predict_frames(self, frames: Iterable[media.Frame]) -> Iterator[FacePrediction]:
-    """Predictions in frame order, faces batched across frames."""
-    ready: collections.deque[list[FacePrediction]] = collections.deque()
-    waiting: list[FacePrediction] = []
-    for fr in frames:
-      preds = self._frame_predictions(fr)
-      ready.append(preds)
-      waiting += [p for p in preds if p.status == "ok"]
-      if len(waiting) >= self.batch_size:
-        self._run(waiting)
-        waiting = []
-        while ready:
-          yield from ready.popleft()
-    if waiting:
-      self._run(waiting)
-    while ready:
-      yield from ready.popleft()
+      yield from stages[-1]
+    finally:
+      for st in reversed(stages):
+        st.close()
 
   def iter_predict(
     self,
-    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] = (),
     *,
+    camera: str | int | None = None,
     every: int = 1,
     max_frames: int | None = None,
     progress: bool = False,
   ) -> Iterator[FacePrediction]:
-    """Predictions for images, folders and videos (every ``every``-th frame), streamed in input order."""
-    paths = media.expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
-    frames: Iterable[media.Frame] = media.iter_media(paths, every=every, max_frames=max_frames)
-    if progress:
-      from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-
-      frames = tqdm(
-        frames,
-        total=media.count_frames(paths, every=every, max_frames=max_frames),
-        unit="frame",
-        desc="predict",
-        file=sys.stderr,
-        dynamic_ncols=True,
-      )
-    yield from self.predict_frames(frames)
+    """Predictions for images, folders and videos (every ``every``-th frame), or for a live ``camera`` source (a
+    device number, device path or URL: :func:`megraph_jax.media.iter_capture`), streamed in input order."""
+    if camera is not None:
+      frames, total = media.iter_capture(camera, every=every, max_frames=max_frames), max_frames
+    else:
+      paths = media.expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+      frames = media.iter_media(paths, every=every, max_frames=max_frames)
+      total = media.count_frames(paths, every=every, max_frames=max_frames) if progress else None
+    rows = self.predict_frames(frames, live=camera is not None)
+    yield from pipeline.with_progress(rows, total) if progress else rows
 
   def predict(
     self,
@@ -209,55 +211,18 @@ class Predictor:
     return smooth(list(self.iter_predict(inputs, every=every, max_frames=max_frames, progress=progress)), smooth_window)
 
   def predict_image(self, image: np.ndarray, name: str = "<array>") -> list[FacePrediction]:
-    """Predictions for one RGB uint8 image ``[H, W, 3]`` held in memory."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-      raise ValueError(f"{name}: expected an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-    return list(self.predict_frames([media.Frame(name, 0, image)]))
+    """Predictions for one image held in memory: uint8 RGB ``[H, W, 3]``, RGBA or grayscale."""
+    return list(self.predict_frames([media.Frame(name, 0, media.as_rgb(image, name))]))
 
   def save_plots(self, p: FacePrediction, directory: str, stem: str | None = None) -> list[str]:
     """Writes ``<stem>_au.png`` (face + AU bars) and ``<stem>_graph.png`` (relation graph) of one face."""
-    from megraph_jax import plots  # pylint: disable=import-outside-toplevel
-
-    if p.status != "ok":
-      return []
-    stem = stem or plot_stem(p)
-    title = f"{os.path.basename(p.file)}" + (f"  frame {p.frame}" if p.is_video else "") + f"  face {p.face}"
-    face = plots.plot_face(p.crop, p.probs, self.au_names, threshold=self.threshold, title=title)
-    written = [plots.save(face, os.path.join(directory, f"{stem}_au.png"))]
-    if p.adjacency is not None:  # the baseline has no graph
-      graph = plots.plot_graph(
-        p.probs,
-        self.au_names,
-        p.adjacency,
-        edge_strength=p.edge_strength,
-        threshold=self.threshold,
-        **({"edge_title": plots.GATE_TITLE} if self.spec.head == "opengraphau" else {}),
-        k=self.knn_k,
-        title=f"{title}  (stage-{self.stage} model)",
-      )
-      written.append(plots.save(graph, os.path.join(directory, f"{stem}_graph.png")))
-    return written
+    return plots.save_face_pictures(
+      p, directory, stem or plot_stem(p), self.au_names, threshold=self.threshold, k=self.knn_k, spec=self.spec
+    )
 
   def save_timeline(self, preds: Sequence[FacePrediction], path: str) -> str | None:
     """Writes the AU-probabilities-over-time plot of one video's predictions (None if no face was found)."""
-    from megraph_jax import plots  # pylint: disable=import-outside-toplevel
-
-    ok = [p for p in preds if p.status == "ok"]
-    if not ok:
-      return None
-    has_time = all(p.time is not None for p in ok)
-    t = np.array([p.time if has_time else p.frame for p in ok])
-    fig = plots.plot_timeline(
-      t,
-      np.stack([p.probs for p in ok]),
-      self.au_names,
-      tracks=np.array([p.face for p in ok]),
-      threshold=self.threshold,
-      xlabel="time (s)" if has_time else "frame",
-      title=f"{os.path.basename(ok[0].file)}: AU probabilities over time",
-    )
-    return plots.save(fig, path)
+    return plots.save_timeline(preds, path, self.au_names, threshold=self.threshold)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -265,7 +230,13 @@ class Predictor:
 
 def _parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(prog="python -m megraph_jax.predict", description=__doc__.splitlines()[0])
-  ap.add_argument("inputs", nargs="+", help="images, folders (searched recursively) and videos")
+  ap.add_argument("inputs", nargs="*", help="images, folders (searched recursively) and videos")
+  ap.add_argument(
+    "--camera",
+    default=None,
+    metavar="SOURCE",
+    help="predict a live source until it ends (Ctrl-C stops): a camera number, a device path or an RTSP/HTTP URL",
+  )
   ap.add_argument(
     "--checkpoint",
     "-c",
@@ -290,36 +261,57 @@ def _parser() -> argparse.ArgumentParser:
   ap.add_argument("--img-size", type=int, default=None, help=".pth only: input side (default 224, official)")
   ap.add_argument("--resize", type=int, default=None, help="resize before the centre crop (default img*256/224)")
   ap.add_argument("--knn", type=int, default=None, help="K of the graph pictures (default the model's / 4)")
-  ap.add_argument("--min-face-size", type=int, default=20, help="smallest face MTCNN looks for, px")
+  ap.add_argument(
+    "--min-face-size",
+    type=int,
+    default=None,
+    help="smallest face searched, px (default: 1/20 of the shorter side, 20..40)",
+  )
+  ap.add_argument(
+    "--redetect", type=int, default=30, help="video: full detection every N frames, tracking between (1: every frame)"
+  )
+  ap.add_argument("--no-threads", action="store_true", help="run decode, detection and model one after another")
   ap.add_argument("--no-progress", action="store_true")
   return ap
 
 
-def _unique_stem(path: str, stems: dict[str, str]) -> str:
-  """``file_stem(path)``, suffixed ``_2``, ``_3``, ... when another input file already has it."""
-  if path not in stems:
-    base, taken, i = file_stem(path), set(stems.values()), 1
-    stem = base
-    while stem in taken:
-      i += 1
-      stem = f"{base}_{i}"
-    stems[path] = stem
-  return stems[path]
+class _Output:
+  """The CLI's end of the stream: pictures, the per-video timeline (kept only with --plot), stderr notes, rows."""
 
+  def __init__(self, args: argparse.Namespace, predictor: Predictor, writer: RecordWriter):
+    self.args, self.predictor, self.writer = args, predictor, writer
+    self.counts: collections.Counter[str] = collections.Counter()
+    self.stems: dict[str, str] = {}  # input file -> picture name
+    self.video: list[FacePrediction] = []  # slim rows of the current video, for its timeline picture
 
-def _by_file(preds: Iterable[FacePrediction]) -> Iterator[list[FacePrediction]]:
-  group: list[FacePrediction] = []
-  for p in preds:
-    if group and p.file != group[0].file:
-      yield group
-      group = []
-    group.append(p)
-  if group:
-    yield group
+  def keeps_crop(self, p: FacePrediction) -> bool:
+    return bool(self.args.plot) and not (p.is_video and p.frame % (self.args.plot_every * self.args.every) != 0)
+
+  def __call__(self, p: FacePrediction) -> None:
+    args = self.args
+    if args.plot:
+      if self.video and p.file != self.video[0].file:
+        self.timeline()
+      if p.crop is not None:
+        self.predictor.save_plots(p, args.plot, plot_stem(p, unique_stem(p.file, self.stems)))
+        p.crop = None
+      if p.is_video and p.status == "ok":
+        self.video.append(dataclasses.replace(p, adjacency=None, edge_strength=None))
+    self.counts[p.status] += 1
+    if p.status != "ok":
+      where = f" frame {p.frame}" if p.is_video else ""
+      print(f"predict: {p.file}{where}: {p.status}: {p.message}", file=sys.stderr)
+    self.writer.write(p)
+
+  def timeline(self) -> None:
+    if self.video:
+      stem = unique_stem(self.video[0].file, self.stems)
+      self.predictor.save_timeline(self.video, os.path.join(self.args.plot, f"{stem}_timeline.png"))
+      self.video = []
 
 
 def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
-  """Predicts ``args.inputs`` into ``out``; returns counts of rows by status."""
+  """Predicts ``args.inputs`` (or ``args.camera``) into ``out``, row by row; returns counts of rows by status."""
   au_names = args.au_names.split(",") if args.au_names else None
   predictor = Predictor.from_checkpoint(
     args.checkpoint,
@@ -333,49 +325,51 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
     knn_k=args.knn,
     resize=args.resize,
     min_face_size=args.min_face_size,
+    redetect=args.redetect,
+    threads=not args.no_threads,
   )
   fmt = args.format or ("json" if args.output.lower().endswith(".json") else "csv")
   header = {"checkpoint": args.checkpoint, "legend": au_legend(predictor.au_names)}
   writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header=header)
-  counts, stems = collections.Counter(), {}  # stems: input file -> picture name
+  output, smoother = _Output(args, predictor, writer), Smoother(args.smooth)
   stream = predictor.iter_predict(
-    args.inputs, every=args.every, max_frames=args.max_frames, progress=not args.no_progress
+    args.inputs, camera=args.camera, every=args.every, max_frames=args.max_frames, progress=not args.no_progress
   )
-  for group in _by_file(stream):
-    for p in group:  # keep crops only where pictures are drawn
-      if not args.plot or (p.is_video and p.frame % (args.plot_every * args.every) != 0):
+  try:
+    for p in stream:
+      if not output.keeps_crop(p):
         p.crop = None
-    group = smooth(group, args.smooth)
-    if args.plot:
-      stem = _unique_stem(group[0].file, stems)
-      for p in group:
-        if p.crop is not None:
-          predictor.save_plots(p, args.plot, plot_stem(p, stem))
-          p.crop = None
-      if group[0].is_video:
-        predictor.save_timeline(group, os.path.join(args.plot, f"{stem}_timeline.png"))
-    for p in group:
-      counts[p.status] += 1
-      if p.status != "ok":
-        print(
-          f"predict: {p.file}" + (f" frame {p.frame}" if p.is_video else "") + f": {p.status}: {p.message}",
-          file=sys.stderr,
-        )
-      writer.write(p)
-    out.flush()
+      for q in smoother.push(p):
+        output(q)
+  except KeyboardInterrupt:  # the way to stop a live source; the rows so far are on disk
+    if args.camera is None:
+      raise
+    print("predict: stopped", file=sys.stderr)
+  for q in smoother.finish():
+    output(q)
+  if args.plot:
+    output.timeline()
   writer.close()
-  return dict(counts)
+  return dict(output.counts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """CLI entry point; returns 0 when at least one input was read (unreadable ones are in the output)."""
-  args = _parser().parse_args(argv)
-  if args.output == "-":
-    counts = run_cli(args, sys.stdout)
-  else:
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", newline="") as f:
-      counts = run_cli(args, f)
+  """CLI entry point. Exit status: 0 when at least one input was read (unreadable ones are rows in the output),
+  1 when none could be, 2 for a bad checkpoint, camera or argument (an ``error:`` line names it)."""
+  ap = _parser()
+  args = ap.parse_args(argv)
+  if not args.inputs and args.camera is None:
+    ap.error("give inputs (images, folders, videos) or --camera SOURCE")
+  try:
+    if args.output == "-":
+      counts = run_cli(args, sys.stdout)
+    else:
+      os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+      with open(args.output, "w", newline="") as f:
+        counts = run_cli(args, f)
+  except UserError as e:
+    print(f"predict: error: {e}", file=sys.stderr)
+    return e.exit_status
   print(
     "predict: "
     + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))

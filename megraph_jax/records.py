@@ -22,7 +22,7 @@ class FacePrediction:
   file: str
   frame: int = 0
   time: float | None = None  # seconds into a video
-  face: int | None = None  # face number in the image (largest first); a track id along a video
+  face: int | None = None  # face number in the image (largest first); a track id along a video (rows in id order)
   status: str = "ok"  # "ok", "no_face" or "error"
   message: str = ""
   box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in frame pixels
@@ -81,7 +81,8 @@ def json_record(p: FacePrediction, au_names: Sequence[str], threshold: float = 0
 
 
 class RecordWriter:
-  """Streams predictions to ``out`` as CSV rows (written as they come) or one JSON document (at :meth:`close`)."""
+  """Streams predictions to ``out`` as they come, flushed row by row: CSV rows, or one JSON document whose
+  ``predictions`` list grows record by record (closed by :meth:`close`; a crash leaves the records before it)."""
 
   def __init__(
     self,
@@ -94,46 +95,102 @@ class RecordWriter:
   ):
     if fmt not in ("csv", "json"):
       raise ValueError(f"format {fmt!r}; choose 'csv' or 'json'")
-    self.out, self.au_names, self.threshold, self.header = out, list(au_names), threshold, header or {}
-    self.records: list[dict[str, Any]] = []
+    self.out, self.au_names, self.threshold, self.count = out, list(au_names), threshold, 0
     self.csv = csv.DictWriter(out, fieldnames=csv_fields(self.au_names)) if fmt == "csv" else None
     if self.csv:
       self.csv.writeheader()
+    else:
+      head = {**(header or {}), "au_names": self.au_names, "threshold": threshold}
+      out.write(json.dumps(head, indent=1)[:-2] + ',\n "predictions": [')
+    out.flush()
 
   def write(self, p: FacePrediction) -> None:
     if self.csv:
       self.csv.writerow(p.row(self.au_names, self.threshold))
     else:
-      self.records.append(json_record(p, self.au_names, self.threshold))
+      self.out.write(("," if self.count else "") + "\n  " + json.dumps(json_record(p, self.au_names, self.threshold)))
+    self.count += 1
+    self.out.flush()
 
   def close(self) -> None:
     if not self.csv:
-      json.dump(
-        {**self.header, "au_names": self.au_names, "threshold": self.threshold, "predictions": self.records},
-        self.out,
-        indent=1,
-      )
-      self.out.write("\n")
+      self.out.write("\n ]\n}\n")
     self.out.flush()
 
 
-def smooth(preds: Sequence[FacePrediction], window: int) -> list[FacePrediction]:
-  """Centred moving average of the AU probabilities over ``window`` frames, per video and face track."""
-  if window <= 1:
-    return list(preds)
-  tracks: dict[tuple[str, int | None], list[FacePrediction]] = collections.defaultdict(list)
-  for p in preds:
+class Smoother:
+  """Streaming centred moving average of video probabilities over ``window`` rows of each face track.
+
+  Feed rows in output order (:meth:`push`), take the finished ones in the same order (returned by ``push`` and
+  :meth:`finish`). A row is finished once its track has ``window // 2`` rows after it, or the track is gone for
+  more than ``window`` frames (a gap ends its segment: averages never reach across it), or the video ended; so
+  at most about ``window`` frames are held, whatever the video length.
+  """
+
+  def __init__(self, window: int):
+    self.window, self.half = int(window), int(window) // 2
+    self.rows: collections.deque[FacePrediction] = collections.deque()  # pushed, not yet given out
+    self.held: set[int] = set()  # id() of rows whose smoothed value is not final yet
+    self.tracks: dict[Any, dict[str, Any]] = {}  # track -> segment: raw probs, rows, next to finish, last frame
+    self.file, self.frame, self.ordinal = None, None, -1
+
+  def push(self, p: FacePrediction) -> list[FacePrediction]:
+    if self.window <= 1:
+      return [p]
+    if p.file != self.file:
+      self._close_all()
+      self.file, self.frame, self.ordinal = p.file, None, -1
+    if p.frame != self.frame:
+      self.frame, self.ordinal = p.frame, self.ordinal + 1
+      for key in [k for k, t in self.tracks.items() if self.ordinal - t["last"] > self.window]:
+        self._close(key)
+    self.rows.append(p)
     if p.status == "ok" and p.is_video:
-      tracks[(p.file, p.face)].append(p)
-  kernel = np.ones(window, np.float32)
-  for track in tracks.values():
-    probs = np.stack([p.probs for p in track])  # [T, N]
-    pad = window // 2
-    num = np.stack([np.convolve(np.pad(c, (pad, window - 1 - pad)), kernel, "valid") for c in probs.T], 1)
-    den = np.convolve(np.pad(np.ones(len(track), np.float32), (pad, window - 1 - pad)), kernel, "valid")
-    for p, v in zip(track, num / den[:, None]):
-      p.probs = v.astype(np.float32)
-  return list(preds)
+      seg = self.tracks.setdefault(p.face, {"raw": [], "rows": [], "next": 0, "start": 0, "last": 0})
+      seg["raw"].append(np.asarray(p.probs, np.float32))
+      seg["rows"].append(p)
+      seg["last"] = self.ordinal
+      self.held.add(id(p))
+      self._advance(seg, final=False)
+    return self._release()
+
+  def finish(self) -> list[FacePrediction]:
+    """The rows still held (the end of the stream)."""
+    self._close_all()
+    return self._release()
+
+  def _advance(self, seg: dict[str, Any], final: bool) -> None:
+    raw, rows = seg["raw"], seg["rows"]
+    while seg["next"] < len(rows) and (final or len(rows) - 1 - seg["next"] >= self.window - 1 - self.half):
+      j = seg["next"]
+      lo, hi = max(0, j - self.half), j + (self.window - 1 - self.half) + 1
+      rows[j].probs = np.mean(raw[lo:hi], axis=0).astype(np.float32)
+      self.held.discard(id(rows[j]))
+      seg["next"] += 1
+      drop = max(0, seg["next"] - self.half)  # raw values no later row needs
+      del raw[:drop], rows[:drop]
+      seg["next"] -= drop
+
+  def _close(self, key: Any) -> None:
+    self._advance(self.tracks.pop(key), final=True)
+
+  def _close_all(self) -> None:
+    for key in list(self.tracks):
+      self._close(key)
+
+  def _release(self) -> list[FacePrediction]:
+    out = []
+    while self.rows and id(self.rows[0]) not in self.held:
+      out.append(self.rows.popleft())
+    return out
+
+
+def smooth(preds: Sequence[FacePrediction], window: int) -> list[FacePrediction]:
+  """Centred moving average of the AU probabilities over ``window`` rows, per video and face track (:class:`Smoother`
+  on a whole list)."""
+  sm = Smoother(window)
+  out = [q for p in preds for q in sm.push(p)]
+  return out + sm.finish()
 
 
 def file_stem(path: str) -> str:
@@ -144,3 +201,15 @@ def file_stem(path: str) -> str:
 def plot_stem(p: FacePrediction, stem: str | None = None) -> str:
   """File-name stem of a face's pictures: ``<file stem>[_f<frame>]_face<k>``."""
   return (stem or file_stem(p.file)) + (f"_f{p.frame:06d}" if p.is_video else "") + f"_face{p.face}"
+
+
+def unique_stem(path: str, stems: dict[str, str]) -> str:
+  """``file_stem(path)``, suffixed ``_2``, ``_3``, ... when another input file already has it."""
+  if path not in stems:
+    base, taken, i = file_stem(path), set(stems.values()), 1
+    stem = base
+    while stem in taken:
+      i += 1
+      stem = f"{base}_{i}"
+    stems[path] = stem
+  return stems[path]

@@ -19,6 +19,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+# TensorFlow, once loaded, makes a later `import triton` (pulled in by torchvision and torch._dynamo) segfault in
+# this environment (tensorflow-cpu 2.21 with torch 2.14.1's triton); loaded the other way round both work. Many test
+# modules load TensorFlow through the package, some use torchvision as a reference: load the references first.
+try:
+  import torchvision  # noqa: F401,E402
+except ImportError:  # the torch extra is optional; the tests that need it skip or fail on their own
+  pass
+
 from helpers import TINY_AUS, TINY_SYNTHETIC  # noqa: E402  (after the cache settings above)
 
 

@@ -9,6 +9,7 @@ from flax import nnx
 
 from megraph_jax.models.resnet import resnet
 from megraph_jax.models.swin import swin
+from megraph_jax.models.vit import mae_base_patch16_224
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 SWINS = ("swin_transformer_tiny", "swin_transformer_small", "swin_transformer_base")
@@ -37,8 +38,6 @@ def build_backbone(
     kw = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
     return swin(name, img_size=img_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kw)
   if name in VITS:
-    from megraph_jax.models.vit import mae_base_patch16_224  # pylint: disable=import-outside-toplevel
-
     return mae_base_patch16_224(img_size=img_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   raise ValueError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
 

@@ -1,0 +1,331 @@
+"""Prediction as a pipeline of stages: decode -> find faces (detect or track, align) -> model -> rows.
+
+Each stage is an iterator; :class:`Prefetch` runs one in a thread with a bounded queue, so decoding (OpenCV),
+detection (MTCNN on TensorFlow) and the model (XLA) overlap and use all cores while memory stays bounded by the
+queue sizes, whatever the video length. Nothing is accumulated: a frame's rows leave the model stage as soon as
+its faces are predicted. With ``threads=False`` the same stages run one after another in the caller's thread.
+
+Detection policy along a video (:class:`FaceFinder`), ``redetect`` = K:
+  * full MTCNN on the first frame and on every K-th frame (batched across the keyframes that are ready);
+  * on the frames between, only MTCNN's last network (ONet) re-fits each tracked face from its previous box;
+    the frame is accepted when every face keeps ONet's score >= 0.8, its centre moved at most 20% of its box
+    side and its size changed by at most 25%; otherwise the frame gets a full detection (so a fast or lost face
+    never drifts). A face entering the scene is found at the next keyframe (at most K - 1 frames late).
+  * while no face is tracked (an empty scene, or all faces lost), every frame gets a full detection, batched
+    across the frames that are ready, so a face appearing there is found at once;
+  * ``redetect=1`` is full detection on every frame (the reference path the tests compare with).
+Track ids (:class:`megraph_jax.faces.FaceTracker`) are assigned in frame order in this single stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from megraph_jax import faces as facelib
+from megraph_jax import media
+from megraph_jax.records import FacePrediction
+
+MOVE_LIMIT = 0.2  # a tracked face's centre may move this fraction of its box side per frame ...
+SCALE_LIMIT = 1.25  # ... and its side change by this factor, else the frame gets a full detection
+
+
+class StageTimes:
+  """Busy seconds per stage (thread-safe), for the benchmark's per-stage table."""
+
+  def __init__(self):
+    self.seconds: collections.Counter[str] = collections.Counter()
+    self._lock = threading.Lock()
+
+  @contextlib.contextmanager
+  def __call__(self, stage: str):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      with self._lock:
+        self.seconds[stage] += time.perf_counter() - t0
+
+
+_END = object()
+
+
+class _Raised:
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+class Prefetch(Iterator):
+  """Runs ``source`` in a daemon thread, at most ``maxsize`` items ahead; its exception is re-raised in order."""
+
+  def __init__(self, source: Iterable, maxsize: int, name: str = "stage"):
+    self._q: queue.Queue = queue.Queue(maxsize)
+    self._stop = threading.Event()
+    self._done = False
+    self._thread = threading.Thread(target=self._run, args=(iter(source),), name=name, daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def _run(self, it: Iterator) -> None:
+    try:
+      for item in it:
+        if not self._put(item):
+          return
+      self._put(_END)
+    except BaseException as e:  # pylint: disable=broad-except  # handed to the consumer, raised there
+      self._put(_Raised(e))
+    finally:
+      close = getattr(it, "close", None)
+      if close:
+        close()
+
+  def ready(self) -> bool:
+    """Whether the next item is already waiting (taking it will not block)."""
+    return not self._q.empty()
+
+  def __next__(self):
+    if self._done:
+      raise StopIteration
+    item = self._q.get()
+    if item is _END:
+      self._done = True
+      raise StopIteration
+    if isinstance(item, _Raised):
+      self._done = True
+      raise item.error
+    return item
+
+  def close(self) -> None:
+    """Stops the thread (the consumer went away early)."""
+    self._stop.set()
+    self._done = True
+    while self._thread.is_alive():
+      with contextlib.suppress(queue.Empty):
+        self._q.get(timeout=0.05)
+
+
+def chunks(items: Iterator, size: int) -> Iterator[list]:
+  """Lists of up to ``size`` items: the next one, plus those a :class:`Prefetch` already holds (never waits)."""
+  ready = getattr(items, "ready", lambda: False)
+  for first in items:
+    chunk = [first]
+    while len(chunk) < size and ready():
+      try:
+        chunk.append(next(items))
+      except StopIteration:
+        break
+      except Exception:  # the items before a failure still go out, then it is raised
+        yield chunk
+        raise
+    yield chunk
+
+
+def timed(frames: Iterator[media.Frame], times: StageTimes, stage: str) -> Iterator[media.Frame]:
+  """``frames`` unchanged, the time spent producing each one added to ``stage``."""
+  while True:
+    with times(stage):
+      fr = next(frames, None)
+    if fr is None:
+      return
+    yield fr
+
+
+def with_progress(rows: Iterator[FacePrediction], total: int | None) -> Iterator[FacePrediction]:
+  """``rows`` unchanged, with a progress bar of frames (frames/s, and the ETA when the length is known) on stderr."""
+
+  bar = tqdm(total=total, unit="frame", desc="predict", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+  last = None
+  try:
+    for p in rows:
+      if (p.file, p.frame) != last:
+        last = (p.file, p.frame)
+        bar.update(1)
+      yield p
+  finally:
+    bar.close()
+
+
+# (the frame's rows, float32 model inputs [k, S, S, 3] of its k faces with status "ok")
+FrameFaces = tuple[list[FacePrediction], np.ndarray]
+
+
+class FaceFinder:
+  """Frames -> rows with aligned crops, boxes, scores and track ids, plus the faces' model inputs (module doc)."""
+
+  def __init__(
+    self,
+    transform: Callable[[np.ndarray], np.ndarray],
+    *,
+    detector: Callable[[], facelib.Detector] | None,
+    aligner: facelib.Aligner | None = None,
+    redetect: int = 30,
+    batch: int = 8,
+    times: StageTimes | None = None,
+  ):
+    self.transform, self._make_detector, self.aligner = transform, detector, aligner
+    self.redetect, self.batch = max(1, int(redetect)), max(1, int(batch))
+    self.times = times or StageTimes()
+    self.detector: facelib.Detector | None = None
+    self.tracker = facelib.FaceTracker()
+    self._file, self._ordinal, self._tracked = None, 0, []  # current video, frames seen in it, last faces
+
+  def __call__(self, frames: Iterator[media.Frame]) -> Iterator[FrameFaces]:
+    for chunk in chunks(frames, self.batch):
+      keyframes = self._keyframes(chunk)
+      for fr, found in zip(chunk, keyframes):
+        yield self._frame(fr, found)
+
+  def _is_keyframe(self, fr: media.Frame, ordinal: int) -> bool:
+    return not fr.is_video or ordinal % self.redetect == 0
+
+  def _keyframes(self, chunk: list[media.Frame]) -> list[list[facelib.Face] | None]:
+    """Full detections of the chunk's keyframes (batched by image size); None for the frames in between."""
+    out: list[list[facelib.Face] | None] = [None] * len(chunk)
+    if self._make_detector is None or self.aligner is not None:
+      return out
+    file, ordinal, groups = self._file, self._ordinal, collections.defaultdict(list)
+    searching = not self._tracked and chunk[0].file == self._file  # no face in the last frame: detect on every one
+    for i, fr in enumerate(chunk):
+      ordinal = ordinal + 1 if fr.file == file else 0
+      searching = searching and fr.file == file
+      file = fr.file
+      if fr.image is not None and (searching or self._is_keyframe(fr, ordinal)):
+        groups[fr.image.shape].append(i)
+    for idx in groups.values():
+      found = self._detect([chunk[i].image for i in idx])
+      for i, f in zip(idx, found):
+        out[i] = f
+    return out
+
+  def _detect(self, images: list[np.ndarray]) -> list[list[facelib.Face]]:
+    if self.detector is None:
+      self.detector = self._make_detector()
+    with self.times("detect"):
+      return self.detector.detect_many(images)
+
+  def _track(self, image: np.ndarray) -> list[facelib.Face] | None:
+    """The tracked faces re-fitted by ONet, or None when one of them moved too much or was lost."""
+    with self.times("track"):
+      new = self.detector.refine(image, [f.box for f in self._tracked])
+    for old, f in zip(self._tracked, new):
+      side_old, side = np.sqrt(max(old.area, 1.0)), np.sqrt(max(f.area, 1.0))
+      moved = np.hypot(*((f.box[:2] + f.box[2:]) / 2 - (old.box[:2] + old.box[2:]) / 2)) / side_old
+      if (
+        f.score < facelib.ONET_THRESHOLD or moved > MOVE_LIMIT or not 1 / SCALE_LIMIT <= side / side_old <= SCALE_LIMIT
+      ):
+        return None
+    boxes = [f.box for f in new]
+    if any(facelib.iou(a, b) > 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
+      return None  # two tracks collapsed onto one face
+    return sorted(new, key=lambda f: -f.area)
+
+  def _faces(self, fr: media.Frame, found: list[facelib.Face] | None) -> list[facelib.AlignedFace]:
+    if self._make_detector is None:
+      return facelib.whole_image(fr.image)
+    if self.aligner is not None:  # a user-supplied aligner: called on every frame
+      with self.times("detect"):
+        return self.aligner(fr.image)
+    if found is None and self._tracked:
+      found = self._track(fr.image)
+    if found is None:
+      found = self._detect([fr.image])[0]
+    if not found and not fr.is_video:  # a still: the detector's more permissive tries
+      with self.times("detect"):
+        found = self.detector.retry(fr.image)
+    self._tracked = found
+    with self.times("align"):
+      return [facelib.aligned(fr.image, f) for f in found]
+
+  def _frame(self, fr: media.Frame, found: list[facelib.Face] | None) -> FrameFaces:
+    self._ordinal = self._ordinal + 1 if fr.file == self._file else 0
+    if fr.file != self._file:
+      self._file, self._tracked = fr.file, []
+    base = dict(file=fr.file, frame=fr.index, time=fr.time, is_video=fr.is_video)
+    empty = np.zeros((0, 1, 1, 3), np.float32)
+    if fr.image is None:
+      return [FacePrediction(**base, status="error", message=fr.error or "unreadable")], empty
+    try:
+      aligned = self._faces(fr, found)
+    except ImportError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # a detector failure on one frame is not fatal
+      self._tracked = []
+      msg = f"face detection failed: {type(e).__name__}: {e}"
+      return [FacePrediction(**base, status="error", message=msg)], empty
+    if not aligned:
+      return [FacePrediction(**base, status="no_face", message="no face found")], empty
+    ids = self.tracker.assign(fr.file, [a[1] for a in aligned]) if fr.is_video else range(len(aligned))
+    if fr.is_video:  # a video's faces in track order: stable when two faces are about the same size
+      ids, aligned = zip(*sorted(zip(ids, aligned), key=lambda t: t[0]))
+    rows = [
+      FacePrediction(**base, face=i, box=box, score=score, crop=crop) for i, (crop, box, score) in zip(ids, aligned)
+    ]
+    with self.times("transform"):
+      return rows, np.stack([self.transform(a[0]) for a in aligned])
+
+
+def predict_rows(
+  items: Iterator[FrameFaces],
+  run: Callable[[np.ndarray], dict[str, np.ndarray]],
+  batch_size: int,
+  *,
+  live: bool = False,
+) -> Iterator[FacePrediction]:
+  """Rows in frame order with the model's outputs; ``run`` takes exactly ``batch_size`` inputs (padded here).
+
+  Faces are batched across frames; a batch runs when full, when the input ends or fails (the rows before a failure
+  still come out, then the error is raised), and with ``live`` also when no next frame is waiting.
+  """
+  frames: collections.deque[list[FacePrediction]] = collections.deque()  # rows not yet given out, in order
+  waiting: list[tuple[FacePrediction, np.ndarray]] = []  # faces not yet predicted
+  ready = getattr(items, "ready", lambda: True)
+
+  def run_batch(n: int) -> None:
+    part, waiting[:] = waiting[:n], waiting[n:]
+    x = np.stack([xi for _, xi in part])
+    if len(x) < batch_size:
+      x = np.concatenate([x, np.zeros((batch_size - len(x), *x.shape[1:]), x.dtype)])
+    out = run(x)
+    for j, (p, _) in enumerate(part):
+      p.probs = out["probs"][j]
+      p.adjacency = out["adjacency"][j] if "adjacency" in out else None
+      p.edge_strength = out["edge_strength"][j] if "edge_strength" in out else None
+
+  def done() -> Iterator[FacePrediction]:
+    while frames and all(p.probs is not None for p in frames[0] if p.status == "ok"):
+      yield from frames.popleft()
+
+  def flush() -> Iterator[FacePrediction]:
+    while waiting:
+      run_batch(batch_size)
+    yield from done()
+
+  try:
+    for rows, x in items:
+      frames.append(rows)
+      waiting.extend(zip([p for p in rows if p.status == "ok"], x))
+      while len(waiting) >= batch_size or (waiting and live and not ready()):
+        run_batch(batch_size)
+      yield from done()
+  except GeneratorExit:
+    raise
+  except BaseException:  # an error upstream: predict what was found, give those rows out, then raise
+    yield from flush()
+    raise
+  yield from flush()
