@@ -7,13 +7,11 @@ import os
 
 import numpy as np
 import pytest
-import torch
-from helpers import seeded_photo
+from helpers import official_tensors, seeded_photo, write_official_pth
 from PIL import Image
-from test_opengraphau import official_tensors
 from torchvision import transforms as T
 
-from megraph_jax import plots, predict
+from megraph_jax import plots, predict, synthetic_video
 from megraph_jax.task import IMAGENET_MEAN, IMAGENET_STD, OPENGRAPHAU_AUS, au_legend
 from megraph_jax.transforms import eval_transform
 
@@ -36,8 +34,7 @@ def photos(golden, tmp_path_factory):
 
 
 def _pth(golden, name, seed, path):
-  tensors = official_tensors(golden, f"demo/{name}", seed)
-  torch.save({"state_dict": {k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, path)
+  write_official_pth(official_tensors(golden, f"demo/{name}", seed), path)
   return str(path)
 
 
@@ -106,6 +103,20 @@ def test_csv_columns_pictures_and_video(golden, tmp_path):
   assert [(os.path.basename(r["file"]), r["status"]) for r in rows] == [("a.png", "ok")] + [("clip.mp4", "ok")] * 3
   names = sorted(os.listdir(pics))
   assert "a_face0_au.png" in names and "a_face0_graph.png" in names and "clip_timeline.png" in names
+
+
+def test_default_mtcnn_faces_of_a_video(golden, tmp_path):
+  """The released-file command as documented (MTCNN crops by default) on a video with two faces: 41 columns."""
+  ckpt = _pth(golden, "og_r18_s2", 9, tmp_path / "OpenGprahAU-ResNet18_second_stage.pth")
+  video = synthetic_video.write(tmp_path / "two_faces.mp4", 4, faces=2, seed=2)  # seed 2: MTCNN finds both
+  out = tmp_path / "pred.json"
+  assert predict.main(["-c", ckpt, str(video), "--no-progress", "-o", str(out)]) == 0
+  with open(out) as f:
+    doc = json.load(f)
+  rows = doc["predictions"] if isinstance(doc, dict) else doc
+  ok = [r for r in rows if r["status"] == "ok"]
+  assert len(ok) == 8 and sorted({r["face"] for r in ok}) == [0, 1]
+  assert list(ok[0]["probs"]) == list(OPENGRAPHAU_AUS)
 
 
 def test_pictures_of_41_scores_and_the_27_node_graph():
