@@ -127,7 +127,7 @@ def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tmp_path, synthet
 
 def _tiny_swin(monkeypatch):
   """Swin-T's code at toy size (2 stages, window 4, DropPath 0.3) so that it trains in seconds at 32 px."""
-  from megraph_jax.models import swin  # pylint: disable=import-outside-toplevel
+  from megraph_jax.models import backbones, swin  # pylint: disable=import-outside-toplevel
 
   real = swin.SwinTransformer
 
@@ -136,7 +136,7 @@ def _tiny_swin(monkeypatch):
     kw.setdefault("drop_path_rate", 0.3)
     return real(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4, patch_size=4, **kw)
 
-  monkeypatch.setattr(swin, "swin", tiny)
+  monkeypatch.setattr(backbones, "swin", tiny)  # the name build_backbone calls
 
 
 def test_swin_kill_and_resume_is_bit_identical(monkeypatch, tmp_path, synthetic_cache):
