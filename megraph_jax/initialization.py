@@ -15,7 +15,8 @@ from megraph_jax import loader
 from megraph_jax.errors import CheckpointError, ConfigError, ImageNetWeightsError
 from megraph_jax.model_factory import Model
 from megraph_jax.models import opengraphau
-from megraph_jax.models.megraph import Stage1Model, Stage2Model, init_stage2_from_stage1
+from megraph_jax.models.megraph import Stage1Model, Stage2Model
+from megraph_jax.models.trunk import init_stage2_from_stage1
 from megraph_jax.torch_io import load_pth
 
 
@@ -47,10 +48,10 @@ def copy_weights(target: Model, source: Model) -> None:
     )
   if type(source) is type(target):
     nnx.update(target, nnx.state(source, nnx.Any(nnx.Param, nnx.BatchStat)))
-  elif isinstance(source, Stage1Model) and isinstance(target, Stage2Model):
+  elif (isinstance(source, Stage1Model) and isinstance(target, Stage2Model)) or (
+    isinstance(source, opengraphau.OpenGraphAUStage1) and isinstance(target, opengraphau.OpenGraphAUStage2)
+  ):
     init_stage2_from_stage1(target, source)
-  elif isinstance(source, opengraphau.OpenGraphAUStage1) and isinstance(target, opengraphau.OpenGraphAUStage2):
-    opengraphau.init_stage2_from_stage1(target, source)
   else:
     raise CheckpointError(f"cannot initialise a {type(target).__name__} from a {type(source).__name__} checkpoint")
 

@@ -88,16 +88,20 @@ def as_rgb(image: np.ndarray, name: str = "<array>") -> np.ndarray:
   return np.repeat(a.reshape(*a.shape[:2], 1), 3, axis=-1)
 
 
-def read_image(path: str) -> np.ndarray:
-  """RGB uint8 ``[H, W, 3]`` of a still image, EXIF orientation applied; raises :class:`MediaError`."""
-  return read_image_and_mode(path)[0]
+def read_image(path: str, *, plain: bool = False) -> np.ndarray:
+  """RGB uint8 ``[H, W, 3]`` of a still image, EXIF orientation applied and transparency composited on white;
+  ``plain=True`` gives the pixels as stored, PIL's ``convert('RGB')`` (the official ``pil_loader``: no EXIF
+  rotation, alpha dropped). Raises :class:`MediaError`."""
+  return read_image_and_mode(path, plain=plain)[0]
 
 
-def read_image_and_mode(path: str) -> tuple[np.ndarray, str]:
+def read_image_and_mode(path: str, *, plain: bool = False) -> tuple[np.ndarray, str]:
   """:func:`read_image` and the file's PIL mode (``'L'`` for grayscale, ``'RGB'``, ...)."""
   try:
     with Image.open(path) as im:
       im.load()
+      if plain:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8), im.mode
       return _to_rgb(ImageOps.exif_transpose(im)), im.mode
   except FileNotFoundError as e:
     raise MediaError(f"{path}: no such file") from e
@@ -185,8 +189,9 @@ def iter_video(path: str, *, every: int = 1, max_frames: int | None = None) -> I
     )
 
 
-def iter_file(path: str, *, every: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
-  """The frames of one file: a still image gives one, a video or animated GIF one per ``every`` frames."""
+def iter_file(path: str, *, every: int = 1, max_frames: int | None = None, plain: bool = False) -> Iterator[Frame]:
+  """The frames of one file: a still image gives one, a video or animated GIF one per ``every`` frames
+  (``plain``: still images as :func:`read_image` with ``plain=True``)."""
   if not os.path.exists(path):
     yield Frame(path, 0, None, error=f"{path}: no such file or folder")
     return
@@ -200,7 +205,7 @@ def iter_file(path: str, *, every: int = 1, max_frames: int | None = None) -> It
       yield Frame(path, 0, None, is_video=True, error=f"{path}: broken animated GIF ({e})")
     return
   try:
-    yield Frame(path, 0, read_image(path))
+    yield Frame(path, 0, read_image(path, plain=plain))
   except MediaError as e:
     if not path.lower().endswith(IMAGE_EXTS):  # an unknown extension: perhaps a video after all
       frames = list(iter_video(path, every=every, max_frames=1))
@@ -210,10 +215,12 @@ def iter_file(path: str, *, every: int = 1, max_frames: int | None = None) -> It
     yield Frame(path, 0, None, error=str(e))
 
 
-def iter_media(paths: Sequence[str | os.PathLike], *, every: int = 1, max_frames: int | None = None) -> Iterator[Frame]:
-  """Frames of every input (files, folders expanded), in order."""
+def iter_media(
+  paths: Sequence[str | os.PathLike], *, every: int = 1, max_frames: int | None = None, plain: bool = False
+) -> Iterator[Frame]:
+  """Frames of every input (files, folders expanded), in order (``plain``: see :func:`read_image`)."""
   for path in expand_inputs(paths):
-    yield from iter_file(path, every=every, max_frames=max_frames)
+    yield from iter_file(path, every=every, max_frames=max_frames, plain=plain)
 
 
 def count_frames(paths: Sequence[str], *, every: int = 1, max_frames: int | None = None) -> int | None:

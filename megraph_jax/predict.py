@@ -193,7 +193,9 @@ class Predictor:
       frames, total = media.iter_capture(camera, every=every, max_frames=max_frames), max_frames
     else:
       paths = media.expand_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
-      frames = media.iter_media(paths, every=every, max_frames=max_frames)
+      # Whole-image mode reads stills as the official pil_loader does (no EXIF rotation, alpha dropped), so its
+      # scores are the official demo's; face mode applies EXIF orientation and composites transparency on white.
+      frames = media.iter_media(paths, every=every, max_frames=max_frames, plain=not self.align)
       total = media.count_frames(paths, every=every, max_frames=max_frames) if progress else None
     rows = self.predict_frames(frames, live=camera is not None)
     yield from pipeline.with_progress(rows, total) if progress else rows
@@ -246,7 +248,9 @@ def _parser() -> argparse.ArgumentParser:
   ap.add_argument("--output", "-o", default="-", help="output file (.csv or .json); '-' = stdout (default)")
   ap.add_argument("--format", choices=("csv", "json"), default=None, help="default: from --output, else csv")
   ap.add_argument(
-    "--no-align", action="store_true", help="no face detection: the whole image, as the official demo (crops, photos)"
+    "--no-align",
+    action="store_true",
+    help="no face detection: the whole image, read and transformed exactly as the official demo (no EXIF rotation)",
   )
   ap.add_argument("--plot", metavar="DIR", default=None, help="write face + AU bars and relation-graph PNGs")
   ap.add_argument("--plot-every", type=int, default=10, help="video frames with pictures: every N-th (default 10)")

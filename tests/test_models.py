@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from megraph_jax.models.megraph import Stage1Model, Stage2Model, init_stage2_from_stage1
+from megraph_jax.models.megraph import Stage1Model, Stage2Model
+from megraph_jax.models.trunk import init_stage2_from_stage1
 
 IMG = 32
 

@@ -11,7 +11,7 @@ from helpers import official_tensors, seeded_photo, write_official_pth
 from PIL import Image
 from torchvision import transforms as T
 
-from megraph_jax import plots, predict, synthetic_video
+from megraph_jax import media, plots, predict, synthetic_video
 from megraph_jax.task import IMAGENET_MEAN, IMAGENET_STD, OPENGRAPHAU_AUS, au_legend
 from megraph_jax.transforms import eval_transform
 
@@ -70,6 +70,47 @@ def test_cli_no_align_is_the_official_demo(golden, photos, tmp_path, name, seed)
   full = np.stack([api.predict(str(photos / f"photo{i}.png"))[0].probs for i in range(5)])
   print(f"{name}: max |ours - official| = {np.abs(full - want).max():.2e}")
   np.testing.assert_allclose(full, want, atol=1e-5, rtol=0)
+
+
+def _official_input(path):
+  """The official demo's model input for a file: ``pil_loader`` (PIL ``convert('RGB')``) + ``image_eval``."""
+  official = T.Compose(
+    [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist())]
+  )
+  with Image.open(path) as im:
+    return official(im.convert("RGB")).numpy().transpose(1, 2, 0)
+
+
+def test_no_align_reads_files_as_the_official_loader(golden, tmp_path):
+  """Whole-image mode takes the stored pixels as the official ``pil_loader`` does: a JPEG with an EXIF rotation is
+  not turned, an RGBA / LA / palette PNG loses its alpha instead of being composited; the scores equal the model on
+  torchvision's transform of ``Image.open(path).convert('RGB')``."""
+  rgb = seeded_photo(21, 300, 200)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+  Image.fromarray(rgb).save(tmp_path / "a_rotated.jpg", exif=exif, quality=90)
+  rgba = np.concatenate([seeded_photo(22, 181, 257), seeded_photo(23, 181, 257)[..., :1]], axis=-1)
+  rgba[:60, :, 3] = 0  # a fully transparent band, whose hidden colours the official loader keeps
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "b_rgba.png")
+  Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "c_la.png")
+  Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "d_palette.png")
+  Image.fromarray(rgb[..., 0]).save(tmp_path / "e_gray.jpg")
+  files = sorted(str(p) for p in tmp_path.iterdir())
+  api = predict.Predictor.from_checkpoint(_pth(golden, "og_r18_s1", 10, tmp_path / "og.pth"), align=False)
+  files = [f for f in files if not f.endswith(".pth")]
+  x = np.stack([_official_input(f) for f in files])
+  pad = np.zeros((api.batch_size - len(x), *x.shape[1:]), np.float32)
+  want = api.run_batch(np.concatenate([x, pad]))["probs"][: len(x)]
+  rows = api.predict(files)
+  assert [r.file for r in rows] == files and all(r.status == "ok" for r in rows)
+  got = np.stack([r.probs for r in rows])
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  # face mode does turn the photo upright: its whole-image pixels would differ
+  assert media.read_image(files[0]).shape == (200, 300, 3) and media.read_image(files[0], plain=True).shape == (
+    300,
+    200,
+    3,
+  )
 
 
 def test_megraph_cli_no_align_is_the_official_test_transform(golden, photos, tmp_path):

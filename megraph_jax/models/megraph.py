@@ -172,22 +172,3 @@ class BaselineModel(FaceTrunk):
     x = self.features(images)  # [B, D, C]
     logits = self.fc(jnp.mean(x, axis=1)).astype(acc_dtype(x.dtype))  # [B, N]
     return {"au_probs": jax.nn.sigmoid(logits), "au_logits": logits}
-
-
-SHARED_SUBMODULES = ("backbone", "global_linear", "afg", "sc")
-
-
-def init_stage2_from_stage1(stage2: Stage2Model, stage1: Stage1Model) -> Stage2Model:
-  """Copies backbone, global_linear, AFG and the SC vectors from a stage-1 model (as the official resume).
-
-  The official second stage loads the stage-1 checkpoint with ``strict=False``, so every key the
-  two models share by name is copied: these four sub-modules. Returns ``stage2`` updated in place.
-  """
-  if (stage1.backbone_name, stage1.num_aus, stage1.channels) != (stage2.backbone_name, stage2.num_aus, stage2.channels):
-    raise ValueError(
-      f"stage-1 model ({stage1.backbone_name}, N={stage1.num_aus}) does not match stage 2 "
-      f"({stage2.backbone_name}, N={stage2.num_aus})"
-    )
-  for name in SHARED_SUBMODULES:
-    nnx.update(getattr(stage2, name), nnx.state(getattr(stage1, name)))
-  return stage2

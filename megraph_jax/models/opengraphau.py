@@ -147,16 +147,3 @@ class OpenGraphAUStage2(_OpenGraphAUBase):
     v = jnp.mean(u, axis=2)  # [B, 27, C]
     v, e = self.gnn(v, self.mefl(u, x))  # edges [B, 27*27, C], p = i*27 + j
     return {"au_probs": self.sc(v), "node_features": v, "edge_features": e}
-
-
-SHARED_SUBMODULES = ("backbone", "global_linear", "afg", "sc")
-
-
-def init_stage2_from_stage1(stage2: OpenGraphAUStage2, stage1: OpenGraphAUStage1) -> OpenGraphAUStage2:
-  """Copies what the official ``train_stage2.py --resume`` of a stage-1 file shares by name (backbone,
-  ``global_linear``, ``main_class_linears``, ``main_sc``, ``sub_sc``); returns ``stage2`` updated in place."""
-  if (stage1.backbone_name, stage1.channels) != (stage2.backbone_name, stage2.channels):
-    raise ValueError(f"stage-1 model ({stage1.backbone_name}) does not match stage 2 ({stage2.backbone_name})")
-  for name in SHARED_SUBMODULES:
-    nnx.update(getattr(stage2, name), nnx.state(getattr(stage1, name)))
-  return stage2

@@ -54,3 +54,21 @@ class FaceTrunk(nnx.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"images must be [B, H, W, 3] (NHWC), got shape {images.shape}")
     return self.global_linear(self.backbone(images.astype(self.dtype)))
+
+
+# What a stage-1 and a stage-2 model (ME-GraphAU's or OpenGraphAU's) share by name: the official second stage
+# loads the stage-1 file with ``strict=False``, so exactly these sub-modules carry over.
+SHARED_SUBMODULES = ("backbone", "global_linear", "afg", "sc")
+
+
+def init_stage2_from_stage1(stage2: FaceTrunk, stage1: FaceTrunk) -> FaceTrunk:
+  """Copies backbone, ``global_linear``, AFG and the SC vectors of a stage-1 model into a stage-2 model of the
+  same family (the official ``train_stage2.py`` resume of a stage-1 file); returns ``stage2`` updated in place."""
+  if (stage1.backbone_name, stage1.num_aus, stage1.channels) != (stage2.backbone_name, stage2.num_aus, stage2.channels):
+    raise ValueError(
+      f"stage-1 model ({stage1.backbone_name}, N={stage1.num_aus}) does not match stage 2 "
+      f"({stage2.backbone_name}, N={stage2.num_aus})"
+    )
+  for name in SHARED_SUBMODULES:
+    nnx.update(getattr(stage2, name), nnx.state(getattr(stage1, name)))
+  return stage2
