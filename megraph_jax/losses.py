@@ -14,6 +14,36 @@ import optax
 from megraph_jax.models.precision import acc_dtype
 
 
+def _entry_losses(
+  probs: jax.Array, labels: jax.Array, weights: jax.Array | None, *, eps: float, focus: bool
+) -> tuple[jax.Array, jax.Array]:
+  """Per-entry log-likelihood terms ``[B, N]`` (0 where the label is not 0/1) and the 0/1 mask of labelled entries.
+
+  y log(max(p, eps)) + [p] (1-y) log(max(1-p, eps)), times w_i; with ``focus`` the negative term is weighted by p
+  held out of the gradient (Eq. 6's asymmetric focusing), without it this is binary cross-entropy.
+  """
+  f = acc_dtype(probs.dtype)  # float32 (float64 for float64 models)
+  p = probs.astype(f)
+  known = ((labels >= 0) & (labels <= 1)).astype(f)  # [B, N]; 0 for UNLABELLED (9) and not annotated (-1)
+  y = jnp.where(known > 0, labels, 0).astype(f)
+  neg = (1.0 - y) * jnp.log(jnp.maximum(1.0 - p, eps))
+  if focus:
+    neg = jax.lax.stop_gradient(p) * neg  # 1 - (1 - p), no gradient
+  loss = (y * jnp.log(jnp.maximum(p, eps)) + neg) * known  # [B, N]
+  if weights is not None:
+    loss = loss * jnp.asarray(weights, f)[None, :]
+  return loss, known
+
+
+def _mean_over_aus_then_examples(loss: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """-mean_b mean_i loss (ME-GraphAU's reduction); ``mask`` ``[B]`` leaves padded examples out."""
+  per_example = jnp.mean(loss, axis=-1)  # [B]
+  if mask is None:
+    return -jnp.mean(per_example)
+  mask = mask.astype(loss.dtype)
+  return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def weighted_asymmetric_loss(
   probs: jax.Array,
   labels: jax.Array,
@@ -28,21 +58,8 @@ def weighted_asymmetric_loss(
   p on the negative term is held out of the gradient. ``probs``/``labels``: ``[B, N]``;
   ``weights``: ``[N]``; ``mask``: optional ``[B]`` (1 = real example) for padded batches.
   """
-  f = acc_dtype(probs.dtype)  # float32 (float64 for float64 models)
-  p = probs.astype(f)
-  known = (labels >= 0) & (labels <= 1)  # [B, N]; False for UNLABELLED
-  y = jnp.where(known, labels, 0).astype(f)
-  los_pos = y * jnp.log(jnp.maximum(p, eps))
-  los_neg = (1.0 - y) * jnp.log(jnp.maximum(1.0 - p, eps))
-  focus = jax.lax.stop_gradient(p)  # 1 - (1 - p), no gradient
-  loss = (los_pos + focus * los_neg) * known  # [B, N]
-  if weights is not None:
-    loss = loss * jnp.asarray(weights, f)[None, :]
-  per_example = jnp.mean(loss, axis=-1)  # [B]
-  if mask is None:
-    return -jnp.mean(per_example)
-  mask = mask.astype(f)
-  return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  loss, _ = _entry_losses(probs, labels, weights, eps=eps, focus=True)
+  return _mean_over_aus_then_examples(loss, mask)
 
 
 def opengraphau_wa_loss(
@@ -60,15 +77,9 @@ def opengraphau_wa_loss(
   Entries that are not 0/1 (-1, BP4D's 9) add nothing. ``probs``/``labels``: ``[B, N]``; ``weights``: ``[N]``;
   ``mask``: optional ``[B]`` (1 = real example) for padded batches.
   """
-  f = acc_dtype(probs.dtype)
-  p = probs.astype(f)
-  known = ((labels >= 0) & (labels <= 1)).astype(f)  # [B, N]
+  loss, known = _entry_losses(probs, labels, weights, eps=eps, focus=True)
   if mask is not None:
-    known = known * mask.astype(f)[:, None]
-  y = jnp.where(known > 0, labels, 0).astype(f)
-  loss = y * jnp.log(jnp.maximum(p, eps)) + jax.lax.stop_gradient(p) * (1.0 - y) * jnp.log(jnp.maximum(1.0 - p, eps))
-  if weights is not None:
-    loss = loss * jnp.asarray(weights, f)[None, :]
+    known = known * mask.astype(known.dtype)[:, None]
   return -jnp.sum(loss * known) / jnp.maximum(jnp.sum(known), 1.0)
 
 
@@ -81,18 +92,8 @@ def weighted_bce_loss(
   mask: jax.Array | None = None,
 ) -> jax.Array:
   """Weighted binary cross-entropy (the loss of the first two rows of the paper's Table 3)."""
-  f = acc_dtype(probs.dtype)  # float32 (float64 for float64 models)
-  p = probs.astype(f)
-  known = (labels >= 0) & (labels <= 1)  # [B, N]; False for UNLABELLED
-  y = jnp.where(known, labels, 0).astype(f)
-  loss = (y * jnp.log(jnp.maximum(p, eps)) + (1.0 - y) * jnp.log(jnp.maximum(1.0 - p, eps))) * known
-  if weights is not None:
-    loss = loss * jnp.asarray(weights, f)[None, :]
-  per_example = jnp.mean(loss, axis=-1)
-  if mask is None:
-    return -jnp.mean(per_example)
-  mask = mask.astype(f)
-  return -jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  loss, _ = _entry_losses(probs, labels, weights, eps=eps, focus=False)
+  return _mean_over_aus_then_examples(loss, mask)
 
 
 def edge_loss(edge_logits: jax.Array, relations: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:

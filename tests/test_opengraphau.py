@@ -104,6 +104,7 @@ def _check_full(golden, name, tmp_path, dtype="float32", atol=1e-5):
   out = nnx.jit(lambda m, x: m(x)["au_probs"])(model, jnp.asarray(x, spec.dtype))
   want = golden[f"full/{name}/out64" if dtype == "float64" else f"full/{name}/out"]
   assert out.shape == (batch, 41) and out.dtype == jnp.dtype(dtype)
+  print(f"{name} {dtype}: max |ours - official| = {np.abs(np.asarray(out, np.float64) - want).max():.2e}")
   np.testing.assert_allclose(np.asarray(out), want, atol=atol, rtol=0)
   return model
 
