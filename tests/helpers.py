@@ -162,3 +162,17 @@ def write_official_pth(tensors, path):
   torch.save(
     {"epoch": 3, "state_dict": {"module." + k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, path
   )
+
+
+# The whole OpenGraphAU models of tools/make_opengraphau_golden.py ``full/*`` (tests/test_opengraphau.py checks them):
+# name: (backbone, stage, input side, batch, weight seed); the tool also records float64 for its FLOAT64 cases
+OPENGRAPHAU_FULL = {
+  "r18_s1": ("resnet18", 1, 64, 2, 1),
+  "r18_s2": ("resnet18", 2, 64, 2, 2),
+  "r50_s1": ("resnet50", 1, 64, 2, 3),
+  "r50_s2": ("resnet50", 2, 64, 2, 4),
+  "swint_s1": ("swin_transformer_tiny", 1, 224, 1, 5),
+  "swinb_s1": ("swin_transformer_base", 1, 224, 1, 6),
+  "swinb_s2": ("swin_transformer_base", 2, 224, 1, 7),
+  "mae_s1": ("mae_base_patch16_224", 1, 224, 1, 8),
+}

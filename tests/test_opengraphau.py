@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import official_tensors, seeded_images, write_official_pth
+from helpers import OPENGRAPHAU_FULL, official_tensors, seeded_images, write_official_pth
 
 from megraph_jax import loader
 from megraph_jax.errors import CheckpointError
@@ -26,16 +26,6 @@ from megraph_jax.weights.opengraphau import load_opengraphau_head
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
 FAST = ["r18_s1", "r18_s2", "r50_s1", "r50_s2"]
 BIG = ["swint_s1", "swinb_s1", "swinb_s2", "mae_s1"]  # 224 px, ~90M parameters: a few seconds each on 2 cores
-FULL = {  # name: (backbone, stage, input side, batch, weight seed), as the tool
-  "r18_s1": ("resnet18", 1, 64, 2, 1),
-  "r18_s2": ("resnet18", 2, 64, 2, 2),
-  "r50_s1": ("resnet50", 1, 64, 2, 3),
-  "r50_s2": ("resnet50", 2, 64, 2, 4),
-  "swint_s1": ("swin_transformer_tiny", 1, 224, 1, 5),
-  "swinb_s1": ("swin_transformer_base", 1, 224, 1, 6),
-  "swinb_s2": ("swin_transformer_base", 2, 224, 1, 7),
-  "mae_s1": ("mae_base_patch16_224", 1, 224, 1, 8),
-}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +83,7 @@ def test_official_metric_names_are_swapped():
 
 
 def _check_full(golden, name, tmp_path, dtype="float32", atol=1e-5):
-  backbone, stage, size, batch, seed = FULL[name]
+  backbone, stage, size, batch, seed = OPENGRAPHAU_FULL[name]
   tensors = official_tensors(golden, f"full/{name}", seed)
   path = str(tmp_path / f"OpenGprahAU-{name}.pth")
   write_official_pth(tensors, path)

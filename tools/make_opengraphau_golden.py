@@ -27,21 +27,10 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
-from helpers import FIXED_BUFFERS, seeded_images, seeded_photo, seeded_state_dict  # noqa: E402
+from helpers import FIXED_BUFFERS, OPENGRAPHAU_FULL, seeded_images, seeded_photo, seeded_state_dict  # noqa: E402
 from make_golden import _CpuAsDevice0  # noqa: E402  (ME-GraphAU's stage-2 GNN binds its edge matrices on CUDA only)
 
-# name: (backbone, stage, input side, batch, weight seed); the float64 run is recorded for the cases in FLOAT64
-FULL = {
-  "r18_s1": ("resnet18", 1, 64, 2, 1),
-  "r18_s2": ("resnet18", 2, 64, 2, 2),
-  "r50_s1": ("resnet50", 1, 64, 2, 3),
-  "r50_s2": ("resnet50", 2, 64, 2, 4),
-  "swint_s1": ("swin_transformer_tiny", 1, 224, 1, 5),
-  "swinb_s1": ("swin_transformer_base", 1, 224, 1, 6),
-  "swinb_s2": ("swin_transformer_base", 2, 224, 1, 7),
-  "mae_s1": ("mae_base_patch16_224", 1, 224, 1, 8),
-}
-FLOAT64 = ("r18_s2",)
+FLOAT64 = ("r18_s2",)  # whole-model cases: tests/helpers.OPENGRAPHAU_FULL
 PHOTOS = ((300, 200), (181, 257), (256, 256), (97, 143), (480, 641))  # (height, width), seeds 0..4
 DEMO = {"og_r18_s2": ("resnet18", 2, 9), "og_r18_s1": ("resnet18", 1, 10)}  # OpenGraphAU (backbone, stage, seed)
 DEMO_MEGRAPH = {"mg_r18_s2": ("resnet18", 2, 11, 12)}  # ME-GraphAU (backbone, stage, seed, num AUs)
@@ -145,7 +134,7 @@ def _build(anfl, mefl, backbone: str, stage: int):
 
 
 def _full(anfl, mefl, torch, out: dict, only: list[str] | None) -> None:
-  for name, (backbone, stage, size, batch, seed) in FULL.items():
+  for name, (backbone, stage, size, batch, seed) in OPENGRAPHAU_FULL.items():
     if only and name not in only:
       continue
     net = _build(anfl, mefl, backbone, stage)
