@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -231,7 +232,10 @@ def plan(manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[lis
   return planned, meta
 
 
-class Bp4d(tfds.core.GeneratorBasedBuilder):
+DESCRIPTION = __doc__.split("\n\n")[0]  # the module docstring's first paragraph
+
+
+class Bp4d(common.RawBuilder, tfds.core.GeneratorBasedBuilder):
   """BP4D-Spontaneous AU occurrence (12 AUs) with the official ME-GraphAU 3-fold subject split."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -244,32 +248,15 @@ class Bp4d(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Features, keys and metadata."""
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-      features=common.features(len(AUS), cfg.image_size, cfg.image_format),
-      description=__doc__.split("\n\n")[0],
-      citation=CITATION,
-      supervised_keys=("image", "label"),
-      homepage="http://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
-      disable_shuffling=True,  # Keep the official list order.
-      metadata=tfds.core.MetadataDict(),
-    )
+  NAME = "BP4D"
+  NUM_AUS = len(AUS)
+  DESCRIPTION = DESCRIPTION
+  CITATION = CITATION
+  HOMEPAGE = "http://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html"
+  ISSUES = ISSUES
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-    """Plans the three subject groups (reading all labels first, so bad label files fail fast)."""
-    self._log = align.IssueLog(ISSUES)
-    self._planned, self._meta = plan(os.fspath(dl_manager.manual_dir), self.builder_config, self._log)
-    self._done = 0
-    return {common.part_split_name(i): self._generate_examples(i) for i in range(3)}
+  def plan(self, manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[Any], dict[str, Any]]:
+    return plan(manual_dir, cfg, log)
 
-  def _generate_examples(self, part: int):
-    """Aligned examples of subject group ``part``."""
-    frames = self._planned[part]
-    desc = f"BP4D {common.part_split_name(part)}"
-    yield from common.examples(frames, self.builder_config, self._log, desc, len(frames))
-    self._done += 1
-    common.metadata_update(self.info.metadata, self._log, self._meta)
-    if self._done == 3:
-      common.log_summary("BP4D", self._log)
+  def part_frames(self, planned_part: list[align.Frame]) -> tuple[Iterable[align.Frame], int]:
+    return planned_part, len(planned_part)

@@ -265,6 +265,55 @@ def log_summary(name: str, log: align.IssueLog) -> None:
     logging.warning("%s bad input: %s", name, line)
 
 
+class RawBuilder:
+  """What the BP4D and DISFA TFDS builders share (mixed in before ``tfds.core.GeneratorBasedBuilder``): the features
+  and metadata, the three subject groups planned up front (so bad label files fail fast), their examples, and the
+  bad-input summary. A builder sets ``NAME``, ``NUM_AUS``, ``ISSUES``, ``DESCRIPTION``, ``CITATION``, ``HOMEPAGE`` and defines
+  ``plan`` (manual_dir, config, log -> (planned groups, metadata)) and ``part_frames`` (group -> frames, count)."""
+
+  NAME: str
+  NUM_AUS: int
+  ISSUES: dict[str, str]  # kinds of bad input -> what they mean (align.IssueLog)
+  DESCRIPTION: str
+  CITATION: str
+  HOMEPAGE: str
+
+  def plan(self, manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[Any], dict[str, Any]]:
+    raise NotImplementedError
+
+  def part_frames(self, planned_part: Any) -> tuple[Iterable[align.Frame], int]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    """Features, keys and metadata."""
+    cfg = self.builder_config
+    return self.dataset_info_from_configs(
+      features=features(self.NUM_AUS, cfg.image_size, cfg.image_format),
+      description=self.DESCRIPTION,
+      citation=self.CITATION,
+      supervised_keys=("image", "label"),
+      homepage=self.HOMEPAGE,
+      disable_shuffling=True,  # Keep the official list order.
+      metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+    """Plans the three subject groups (reading all labels first, so bad label files fail fast)."""
+    self._log = align.IssueLog(self.ISSUES)
+    self._planned, self._meta = self.plan(os.fspath(dl_manager.manual_dir), self.builder_config, self._log)
+    self._done = 0
+    return {part_split_name(i): self._generate_examples(i) for i in range(3)}
+
+  def _generate_examples(self, part: int):
+    """Aligned examples of subject group ``part``."""
+    frames, total = self.part_frames(self._planned[part])
+    yield from examples(frames, self.builder_config, self._log, f"{self.NAME} {part_split_name(part)}", total)
+    self._done += 1
+    metadata_update(self.info.metadata, self._log, self._meta)
+    if self._done == 3:
+      log_summary(self.NAME, self._log)
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI.
 

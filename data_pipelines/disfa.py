@@ -9,9 +9,10 @@ is absent leaves that AU at 0 (logged).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -282,7 +283,10 @@ def plan(manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[lis
   return planned, meta
 
 
-class Disfa(tfds.core.GeneratorBasedBuilder):
+DESCRIPTION = __doc__.split("\n\n")[0]  # the module docstring's first paragraph
+
+
+class Disfa(common.RawBuilder, tfds.core.GeneratorBasedBuilder):
   """DISFA AU occurrence (8 AUs, intensity >= 2) with the official ME-GraphAU 3-fold subject split."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -300,37 +304,17 @@ class Disfa(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "default"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Features, keys and metadata."""
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-      features=common.features(len(AUS), cfg.image_size, cfg.image_format),
-      description=__doc__.split("\n\n")[0],
-      citation=CITATION,
-      supervised_keys=("image", "label"),
-      homepage="http://mohammadmahoor.com/disfa/",
-      disable_shuffling=True,  # Keep the official list order.
-      metadata=tfds.core.MetadataDict(),
-    )
+  NAME = "DISFA"
+  NUM_AUS = len(AUS)
+  DESCRIPTION = DESCRIPTION
+  CITATION = CITATION
+  HOMEPAGE = "http://mohammadmahoor.com/disfa/"
+  ISSUES = ISSUES
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-    """Plans the three subject groups (reading all labels first, so bad label files fail fast)."""
-    self._log = align.IssueLog(ISSUES)
-    self._planned, self._meta = plan(os.fspath(dl_manager.manual_dir), self.builder_config, self._log)
-    self._done = 0
-    return {common.part_split_name(i): self._generate_examples(i) for i in range(3)}
+  def plan(self, manual_dir: str, cfg: RawConfig, log: align.IssueLog) -> tuple[list[Any], dict[str, Any]]:
+    return plan(manual_dir, cfg, log)
 
-  def _generate_examples(self, part: int):
-    """Aligned examples of subject group ``part``."""
-    subjects = self._planned[part]
-
-    def frames() -> Iterator[align.Frame]:
-      for _, it, _ in subjects:
-        yield from it
-
-    total = sum(c for _, _, c in subjects)
-    yield from common.examples(frames(), self.builder_config, self._log, f"DISFA {common.part_split_name(part)}", total)
-    self._done += 1
-    common.metadata_update(self.info.metadata, self._log, self._meta)
-    if self._done == 3:
-      common.log_summary("DISFA", self._log)
+  def part_frames(
+    self, planned_part: list[tuple[Any, Iterator[align.Frame], int]]
+  ) -> tuple[Iterable[align.Frame], int]:
+    return itertools.chain.from_iterable(it for _, it, _ in planned_part), sum(c for _, _, c in planned_part)
