@@ -266,10 +266,11 @@ def log_summary(name: str, log: align.IssueLog) -> None:
 
 
 class RawBuilder:
-  """What the BP4D and DISFA TFDS builders share (mixed in before ``tfds.core.GeneratorBasedBuilder``): the features
-  and metadata, the three subject groups planned up front (so bad label files fail fast), their examples, and the
-  bad-input summary. A builder sets ``NAME``, ``NUM_AUS``, ``ISSUES``, ``DESCRIPTION``, ``CITATION``, ``HOMEPAGE`` and defines
-  ``plan`` (manual_dir, config, log -> (planned groups, metadata)) and ``part_frames`` (group -> frames, count)."""
+  """What the BP4D and DISFA TFDS builders share (mixed in before ``tfds.core.GeneratorBasedBuilder``): the
+  features and metadata, the three subject groups planned up front (so bad label files fail fast), their examples,
+  and the bad-input summary. A builder sets ``NAME``, ``NUM_AUS``, ``ISSUES``, ``DESCRIPTION``, ``CITATION``,
+  ``HOMEPAGE`` and defines ``plan`` (manual_dir, config, log -> (planned groups, metadata)) and ``part_frames``
+  (group -> frames, count)."""
 
   NAME: str
   NUM_AUS: int
