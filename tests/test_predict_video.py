@@ -100,7 +100,7 @@ def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
 def test_a_crash_at_frame_n_leaves_n_rows(tmp_path, ckpt, monkeypatch):
   frames = list(synthetic_video.frames(10, seed=1))
 
-  def crashing(paths, every=1, max_frames=None):
+  def crashing(paths, every=1, max_frames=None, plain=False):
     for i, f in enumerate(frames):
       yield media.Frame("clip.mp4", i, f, time=i / 25, is_video=True)
     raise RuntimeError("decoder died")
