@@ -12,7 +12,6 @@ step at --memory-batch (temporaries + arguments), streaming MEFL vs the direct f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -23,9 +22,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from megraph_jax import task
+from megraph_jax import numerics, task
 from megraph_jax.model_factory import ModelSpec, build
-from megraph_jax.models import layers
 
 
 def _train_step_fn(graphdef, tx, lam: float):
@@ -117,17 +115,6 @@ def memory_head(backbone, batch, streaming):
   return m.temp_size_in_bytes + m.argument_size_in_bytes
 
 
-@contextlib.contextmanager
-def plain_layouts():
-  """Runs PointwiseConv / FlatLinear as plain nnx.Conv / nnx.Linear (the layouts before them)."""
-  saved = layers.PointwiseConv.__call__, layers.FlatLinear.__call__
-  layers.PointwiseConv.__call__, layers.FlatLinear.__call__ = nnx.Conv.__call__, nnx.Linear.__call__
-  try:
-    yield
-  finally:
-    layers.PointwiseConv.__call__, layers.FlatLinear.__call__ = saved
-
-
 def bench_official(path, backbone, stage, batch, steps):
   import torch  # pylint: disable=import-outside-toplevel
 
@@ -172,40 +159,49 @@ def main(argv=None):
   p.add_argument(
     "--compare-layouts",
     action="store_true",
-    help="also time ours with plain nnx.Conv/nnx.Linear layouts (before/after PointwiseConv, FlatLinear)",
+    help="time ours with both layouts of PointwiseConv/FlatLinear: 2-D matmuls (XLA:CPU's) and plain nnx.Conv/Linear",
   )
+  p.add_argument("--precision", choices=numerics.PRECISIONS, default="default", help="float32 matmul precision")
   args = p.parse_args(argv)
   print(f"devices: {jax.devices()}  batch {args.batch}, 224 px, fp32, stage {args.stage}")
-  for backbone in args.backbones.split(","):
-    tr, ev = bench_ours(backbone, args.stage, args.batch, args.steps)
-    row = f"{backbone:22s} ours: train {tr:6.2f} img/s, eval {ev:6.2f} img/s"
-    if args.official:
-      otr, oev = bench_official(args.official, backbone, args.stage, args.batch, args.steps)
-      row += f" | official: train {otr:6.2f}, eval {oev:6.2f} | ratio train {tr / otr:.2f}x, eval {ev / oev:.2f}x"
-    print(row, flush=True)
-    if args.compare_layouts:
-      with plain_layouts():
-        ptr, pev = bench_ours(backbone, args.stage, args.batch, args.steps)
+  with numerics.compute_settings(precision=args.precision):
+    for backbone in args.backbones.split(","):
+      _bench_backbone(args, backbone)
+
+
+def _bench_backbone(args, backbone: str) -> None:
+  tr, ev = bench_ours(backbone, args.stage, args.batch, args.steps)
+  row = f"{backbone:22s} ours: train {tr:6.2f} img/s, eval {ev:6.2f} img/s"
+  if args.official:
+    otr, oev = bench_official(args.official, backbone, args.stage, args.batch, args.steps)
+    row += f" | official: train {otr:6.2f}, eval {oev:6.2f} | ratio train {tr / otr:.2f}x, eval {ev / oev:.2f}x"
+  print(row, flush=True)
+  if args.compare_layouts:
+    speeds = {}
+    for layout in ("cpu", "plain"):
+      with numerics.compute_settings(precision=args.precision, layout=layout):
+        speeds[layout] = bench_ours(backbone, args.stage, args.batch, args.steps)
+    (ctr, cev), (ptr, pev) = speeds["cpu"], speeds["plain"]
+    print(
+      f"{'':22s} 2-D matmul layouts: train {ctr:6.2f}, eval {cev:6.2f} img/s | plain nnx.Conv/Linear: train "
+      f"{ptr:6.2f}, eval {pev:6.2f} img/s | matmul layouts speed-up train {ctr / ptr:.2f}x, eval {cev / pev:.2f}x",
+      flush=True,
+    )
+  if args.stage == 2 and args.memory_batch:
+    hs, hd = memory_head(backbone, args.memory_batch, True), memory_head(backbone, args.memory_batch, False)
+    print(
+      f"{'':22s} head-only (global_linear..edge FC) fwd+bwd memory at batch {args.memory_batch}: streaming "
+      f"{hs / 2**30:.2f} GiB, direct {hd / 2**30:.2f} GiB, ratio {hs / hd:.2f}",
+      flush=True,
+    )
+    for remat in (False, True):
+      ms = memory_ours(backbone, 2, args.memory_batch, True, remat)
+      md = memory_ours(backbone, 2, args.memory_batch, False, remat)
       print(
-        f"{'':22s} plain nnx.Conv/Linear layouts: train {ptr:6.2f} img/s, eval {pev:6.2f} img/s | "
-        f"layouts speed-up train {tr / ptr:.2f}x, eval {ev / pev:.2f}x",
+        f"{'':22s} train-step memory at batch {args.memory_batch} (backbone remat {remat}): streaming "
+        f"{ms / 2**30:.2f} GiB, direct {md / 2**30:.2f} GiB, ratio {ms / md:.2f}",
         flush=True,
       )
-    if args.stage == 2 and args.memory_batch:
-      hs, hd = memory_head(backbone, args.memory_batch, True), memory_head(backbone, args.memory_batch, False)
-      print(
-        f"{'':22s} head-only (global_linear..edge FC) fwd+bwd memory at batch {args.memory_batch}: streaming "
-        f"{hs / 2**30:.2f} GiB, direct {hd / 2**30:.2f} GiB, ratio {hs / hd:.2f}",
-        flush=True,
-      )
-      for remat in (False, True):
-        ms = memory_ours(backbone, 2, args.memory_batch, True, remat)
-        md = memory_ours(backbone, 2, args.memory_batch, False, remat)
-        print(
-          f"{'':22s} train-step memory at batch {args.memory_batch} (backbone remat {remat}): streaming "
-          f"{ms / 2**30:.2f} GiB, direct {md / 2**30:.2f} GiB, ratio {ms / md:.2f}",
-          flush=True,
-        )
 
 
 if __name__ == "__main__":

@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_path_rate = config_dict.placeholder(float)
   config.model.dtype = "float32"  # compute dtype: float32 (official) or bfloat16 (params stay float32);
   #   float64 (params too; needs JAX_ENABLE_X64=1) for numerical checks
+  config.model.precision = "default"  # matmul/conv precision of float32 compute (megraph_jax/numerics.py):
+  #   'default' (JAX's: full float32 on CPU, TF32/bf16 passes on GPU/TPU, ~1e-4 from the official model there),
+  #   'high' (bf16x3) or 'highest' (full float32 everywhere: the official model's numbers to ~1e-7). Official: fp32
+  config.model.layout = "auto"  # 1x1 convs and Linears as 2-D matmuls: 'auto' (on XLA:CPU only, where they are
+  #   2-7x faster; plain nnx.Conv/Linear on GPU/TPU), 'cpu' or 'plain' to force one. Same parameters and numbers
   config.model.remat = False  # rematerialise backbone blocks in the backward pass: ResNet-50 stage-2 step at batch 64
   #   9.3 -> 3.9 GiB compiled memory on XLA:CPU, for one more backbone forward per step
   config.model.init = "imagenet"  # initial backbone of a fresh stage 1: 'imagenet' (official: always; training refuses

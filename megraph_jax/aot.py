@@ -17,7 +17,6 @@ divisible by the chips, per-chip batch 0, unknown topology, libtpu missing).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -147,7 +146,7 @@ def abstract_steps(config, mesh, stage: int):
   graphdef, state = nnx.split(nnx.eval_shape(lambda m: TrainState(m, tx), model))
   mode, min_size = config.sharding.params, config.sharding.fsdp_min_size
   state_sh = sharding.state_shardings(state, mesh, mode, min_size)
-  repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  data = sharding.data_sharded(mesh)
 
   def spec(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
@@ -171,18 +170,9 @@ def abstract_steps(config, mesh, stage: int):
       out["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=data)  # [B]
     return out
 
-  # As train.jit_train_step / jit_eval_step, with the donation a TPU run gets (the train state in place).
-  train_fn = jax.jit(
-    functools.partial(train.train_step, graphdef, class_weights=class_weights, lam=lam, **options),
-    in_shardings=(state_sh, data),
-    out_shardings=(state_sh, repl),
-    donate_argnums=(0,),
-  )
-  eval_fn = jax.jit(
-    functools.partial(train.eval_step, eval_graphdef, class_weights=class_weights, wa_loss=options["wa_loss"]),
-    in_shardings=(state_sh["model"], data),
-    out_shardings=repl,
-  )
+  # train.jit_train_step / jit_eval_step, with the donation a TPU run gets (the train state in place).
+  train_fn = train.jit_train_step(graphdef, class_weights, lam, mesh, state_sh, donate=True, **options)
+  eval_fn = train.jit_eval_step(eval_graphdef, class_weights, mesh, state_sh["model"], **options)
   eval_batch = -(-config.eval_batch_size // mesh.devices.size) * mesh.devices.size
   train_args = (spec(state, state_sh), batch(config.batch_size, False))
   eval_args = (spec(state["model"], state_sh["model"]), batch(eval_batch, True))

@@ -91,7 +91,7 @@ def evaluate_checkpoint(config, workdir: str) -> FoldResult:
   mesh = sharding.make_mesh()
   class_weights = jnp.asarray(trainer.stage_class_weights(config, dataset.root, fold, train_data))
   state = sharding.put_replicated(state, mesh)
-  p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh, wa_loss=trainer.step_options(config)["wa_loss"])
+  p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh, **trainer.step_options(config))
   result = trainer.evaluate(p_eval, state, test_data, root=dataset.root, config=config, mesh=mesh)
   stage = 2 if isinstance(model, Stage2Model) else 1
   out = _fold_result(dataset, fold, train_data, test_data, checkpoint=config.checkpoint)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from megraph_jax.models.precision import acc_dtype
+from megraph_jax.numerics import acc_dtype
 
 
 def _entry_losses(

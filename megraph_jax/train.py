@@ -24,6 +24,7 @@ from megraph_jax import (
   input_pipeline,
   model_factory,
   monitoring,
+  numerics,
   optim,
   sharding,
   task,
@@ -117,30 +118,60 @@ def eval_step(
   return {"counts": confusion_counts(out["au_probs"], batch["label"], mask), "wa_sum": wa * n, "n": n}
 
 
-def jit_train_step(graphdef, class_weights, lam, mesh, state_sharding=None, **options):
-  """``train_step`` jitted once: train state as given (default replicated), batch split on 'data'; ``options``:
-  its wa_loss / sam_rho / sam_adaptive (``step_options``)."""
+def jit_train_step(
+  graphdef,
+  class_weights,
+  lam,
+  mesh,
+  state_sharding=None,
+  *,
+  precision: str = "default",
+  layout: str = "auto",
+  donate: bool | None = None,
+  **options,
+):
+  """``train_step`` jitted once: train state as given (default replicated), batch split on 'data'; traced with
+  ``precision`` and ``layout`` for the mesh's platform (``megraph_jax.numerics``); the train state donated off
+  CPU (``donate``: force); ``options``: its wa_loss / sam_rho / sam_adaptive (``step_options``)."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
   fn = functools.partial(train_step, graphdef, class_weights=class_weights, lam=lam, **options)
-  donate = (0,) if jax.default_backend() != "cpu" else ()
-  return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=(state_sharding, repl), donate_argnums=donate)
+  fn = numerics.traced_with(fn, precision=precision, layout=layout, platform=numerics.platform_of(mesh))
+  donate = numerics.platform_of(mesh) != "cpu" if donate is None else donate
+  return jax.jit(
+    fn, in_shardings=(state_sharding, data), out_shardings=(state_sharding, repl), donate_argnums=(0,) if donate else ()
+  )
 
 
 def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config's options of ``train_step``: the L_WA of its head, SAM (0 = off)."""
+  """The config's options of the jitted steps: the L_WA of its head, SAM (0 = off), matmul precision, layouts."""
+  numerics.check(config.model.precision, config.model.layout)
   return {
     "wa_loss": task.wa_loss_kind(config.model.head),
     "sam_rho": float(config.optim.sam_rho),
     "sam_adaptive": bool(config.optim.sam_adaptive),
+    "precision": config.model.precision,
+    "layout": config.model.layout,
   }
 
 
-def jit_eval_step(graphdef, class_weights, mesh, state_sharding=None, wa_loss: str = "megraph"):
-  """``eval_step`` jitted once with explicit shardings (``state``: a model state, e.g. a train state's 'model')."""
+def jit_eval_step(
+  graphdef,
+  class_weights,
+  mesh,
+  state_sharding=None,
+  wa_loss: str = "megraph",
+  *,
+  precision: str = "default",
+  layout: str = "auto",
+  **_train_only,
+):
+  """``eval_step`` jitted once with explicit shardings (``state``: a model state, e.g. a train state's 'model'),
+  traced with ``precision`` and ``layout`` for the mesh's platform; SAM options of ``step_options`` are ignored."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
   fn = functools.partial(eval_step, graphdef, class_weights=class_weights, wa_loss=wa_loss)
+  fn = numerics.traced_with(fn, precision=precision, layout=layout, platform=numerics.platform_of(mesh))
   return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=repl)
 
 
@@ -249,7 +280,7 @@ def train_stage(
   lam = float(settings.lam) if stage == 2 else 0.0
   options = step_options(config)
   p_train_step = jit_train_step(graphdef, class_weights, lam, mesh, state_sharding, **options)
-  p_eval_step = jit_eval_step(p_eval_model, class_weights, mesh, state_sharding["model"], options["wa_loss"])
+  p_eval_step = jit_eval_step(p_eval_model, class_weights, mesh, state_sharding["model"], **options)
   data_sharding = sharding.data_sharded(mesh)
 
   writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
@@ -366,6 +397,8 @@ RUN_KEYS = (
   "sharding",
   "model.remat",
   "model.imagenet_weights",
+  "model.precision",
+  "model.layout",
 )
 
 

@@ -30,6 +30,26 @@ except ImportError:  # the torch extra is optional; the tests that need it skip 
 from helpers import TINY_AUS, TINY_SYNTHETIC  # noqa: E402  (after the cache settings above)
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+    "markers", "precision(name): the float32 matmul precision the test needs (megraph_jax.numerics.PRECISIONS)"
+  )
+
+
+@pytest.fixture(autouse=True)
+def _matmul_precision(request):
+  """Parity tests state the precision they need (``pytestmark = pytest.mark.precision('highest')``): on CPU it is
+  what XLA computes anyway; on GPU/TPU JAX's default (TF32 / bf16 passes) is ~1e-4 from the official model."""
+  marker = request.node.get_closest_marker("precision")
+  if marker is None:
+    yield
+    return
+  from megraph_jax import numerics  # pylint: disable=import-outside-toplevel
+
+  with numerics.compute_settings(precision=marker.args[0]):
+    yield
+
+
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory) -> str:
   """Cache dir holding the tiny synthetic set (``tiny_config`` finds it there instead of regenerating)."""

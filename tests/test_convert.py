@@ -15,6 +15,8 @@ from megraph_jax.model_factory import ModelSpec, build  # noqa: E402
 from megraph_jax.weights.common import StateDict  # noqa: E402
 from megraph_jax.weights.megraph import load_head  # noqa: E402
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 N = 4
 C_IN, C = 512, 128  # resnet18 features and global_linear width (C_IN / 4)
 

@@ -15,6 +15,8 @@ from megraph_jax.models.megraph import Stage1Model, Stage2Model
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.megraph import load_head
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_heads.npz")
 CASES = ["s1_dots", "s1_cosine", "s1_l1", "s2", "s2_n8"]
 

@@ -16,6 +16,8 @@ from megraph_jax.model_factory import ModelSpec, build, eval_view
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
 from megraph_jax.train_state import TrainState
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 IMG = 64
 SPECS = [
   ModelSpec("resnet18", 4, 1, img_size=IMG, neighbor_num=3, metric="cosine"),

@@ -23,6 +23,8 @@ from megraph_jax.task import OPENGRAPHAU_AUS
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.opengraphau import load_opengraphau_head
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
 FAST = ["r18_s1", "r18_s2", "r50_s1", "r50_s2"]
 BIG = ["swint_s1", "swinb_s1", "swinb_s2", "mae_s1"]  # 224 px, ~90M parameters: a few seconds each on 2 cores

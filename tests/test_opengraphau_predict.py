@@ -15,6 +15,8 @@ from megraph_jax import media, plots, predict, synthetic_video
 from megraph_jax.task import IMAGENET_MEAN, IMAGENET_STD, OPENGRAPHAU_AUS, au_legend
 from megraph_jax.transforms import eval_transform
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
 
 

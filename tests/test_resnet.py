@@ -12,6 +12,8 @@ from megraph_jax.models.resnet import ResNet, resnet
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.resnet import load_resnet, load_torchvision_imagenet
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 

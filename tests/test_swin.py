@@ -16,6 +16,8 @@ from megraph_jax.models.swin import SwinTransformer
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.swin import load_swin, load_swin_imagenet
 
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+
 torch = pytest.importorskip("torch")
 timm_swin = pytest.importorskip("timm.models.swin_transformer")
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from megraph_jax.models.precision import acc_dtype
+from megraph_jax.numerics import acc_dtype
 
 
 class BatchNorm(nnx.Module):

@@ -11,8 +11,8 @@ from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
 from megraph_jax.models.layers import torch_linear
-from megraph_jax.models.precision import acc_dtype
 from megraph_jax.models.sc_head import l2_normalize
+from megraph_jax.numerics import acc_dtype
 
 METRICS = ("dots", "cosine", "l1", "l2")  # l1: sum |v_i - v_j|; l2: Euclidean distance (smaller = nearer)
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
 from megraph_jax.models.layers import torch_linear
-from megraph_jax.models.precision import acc_dtype
+from megraph_jax.numerics import acc_dtype
 
 
 def edge_gates(edge: jax.Array, n: int) -> jax.Array:

@@ -11,6 +11,7 @@ from flax import nnx
 
 from megraph_jax.models.batchnorm import BatchNorm
 from megraph_jax.models.remat import remat_call
+from megraph_jax.numerics import cpu_layouts
 
 
 def normal_init(std: float):
@@ -43,12 +44,12 @@ def xavier_uniform_init():
 
 
 class FlatLinear(nnx.Linear):
-  """``nnx.Linear`` run as one 2-D matmul over the flattened leading axes: the same function, but XLA:CPU
-  computes the weight gradient of ``[B*L, C] x [C, D]`` 2-2.5x faster than of ``[B, L, C] x [C, D]``
-  (``benchmarks/layouts.py``)."""
+  """``nnx.Linear`` run as one 2-D matmul over the flattened leading axes where ``numerics.cpu_layouts()``: the
+  same function, but XLA:CPU computes the weight gradient of ``[B*L, C] x [C, D]`` 2-2.5x faster than of
+  ``[B, L, C] x [C, D]`` (``benchmarks/layouts.py``). Elsewhere (GPU, TPU) plain ``nnx.Linear``."""
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if x.ndim <= 2:
+    if x.ndim <= 2 or not cpu_layouts():
       return super().__call__(x)
     y = super().__call__(x.reshape(-1, x.shape[-1]))  # [prod(lead), D]
     return y.reshape(*x.shape[:-1], y.shape[-1])  # [..., D]
@@ -56,8 +57,9 @@ class FlatLinear(nnx.Linear):
 
 class PointwiseConv(nnx.Conv):
   """``nnx.Conv`` whose unpadded 1x1 case (ResNet's bottleneck and downsample convs) runs as a strided
-  slice plus one 2-D matmul: the same function, but XLA:CPU's backward pass of a 1x1 convolution is
-  2-7x slower than a matmul's (``benchmarks/layouts.py``). Other kernels fall back to ``nnx.Conv``."""
+  slice plus one 2-D matmul where ``numerics.cpu_layouts()``: the same function, but XLA:CPU's backward pass
+  of a 1x1 convolution is 2-7x slower than a matmul's (``benchmarks/layouts.py``). Other kernels, and every
+  kernel on GPU/TPU (XLA:GPU's Triton GEMM fusion aborts on the slice + reshape form), run as ``nnx.Conv``."""
 
   def _is_pointwise(self, x: jax.Array) -> bool:
     ones = (1,) * len(self.kernel_size)
@@ -72,7 +74,7 @@ class PointwiseConv(nnx.Conv):
     )
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if not self._is_pointwise(x):
+    if not self._is_pointwise(x) or not cpu_layouts():
       return super().__call__(x)
     strides = self.strides if isinstance(self.strides, (tuple, list)) else (self.strides or 1,) * 2
     x = x[:, :: strides[0], :: strides[1], :]  # [B, H', W', C]: the output grid of a 1x1 kernel

@@ -13,9 +13,9 @@ from megraph_jax.models.fgg import FGG
 from megraph_jax.models.gated_gcn import GatedGCN
 from megraph_jax.models.layers import torch_linear, xavier_uniform_init
 from megraph_jax.models.mefl import MEFL
-from megraph_jax.models.precision import acc_dtype
 from megraph_jax.models.sc_head import SCHead
 from megraph_jax.models.trunk import FaceTrunk
+from megraph_jax.numerics import acc_dtype
 
 NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label = 2*y_i + y_j
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from megraph_jax.models.layers import xavier_uniform_init
-from megraph_jax.models.precision import acc_dtype
+from megraph_jax.numerics import acc_dtype
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:

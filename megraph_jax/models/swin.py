@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from megraph_jax.models.layers import DropPath, FlatLinear, apply_block
-from megraph_jax.models.precision import acc_dtype
+from megraph_jax.numerics import acc_dtype
 
 _LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 _ZEROS = nnx.initializers.zeros_init()
