@@ -20,8 +20,10 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from megraph_jax import distributed, errors, experiment  # noqa: E402
-from megraph_jax.preemption import EXIT_PREEMPTED  # noqa: E402
+from megraph_jax import errors
+from megraph_jax.launch import distributed
+from megraph_jax.train import experiment  # noqa: E402
+from megraph_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs, results.json and results.md.")

@@ -1,4 +1,4 @@
-"""The README's TPU table: compiles cells with ``python -m megraph_jax.aot`` and renders what was measured.
+"""The README's TPU table: compiles cells with ``python -m megraph_jax.launch.aot`` and renders what was measured.
 
   python benchmarks/aot_table.py run r50:bf16:v4-8:64 swin:fp32:v5e-8:64:fsdp   # one aot command per cell
   python benchmarks/aot_table.py queue benchmarks/aot/queue.txt                   # cells of a file, one a line
@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from megraph_jax import aot, tpu_topology  # pylint: disable=wrong-import-position
+from megraph_jax.launch import aot, tpu_topology  # pylint: disable=wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -28,12 +28,12 @@ DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
 def command(cell: str) -> list[str]:
-  """The ``python -m megraph_jax.aot`` command of a cell."""
+  """The ``python -m megraph_jax.launch.aot`` command of a cell."""
   model, dtype, topology, batch, *flags = cell.split(":")
   args = [
     "python",
     "-m",
-    "megraph_jax.aot",
+    "megraph_jax.launch.aot",
     f"--config={CONFIGS[model]}",
     f"--topology={topology}",
     "--steps=train",

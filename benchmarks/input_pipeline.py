@@ -5,7 +5,7 @@ Usage: python benchmarks/input_pipeline.py [--root DIR] [--batch 64] [--batches 
 
 Without --root, a synthetic set of 256 px JPEG faces is written in the official layout (img/ + list/,
 as the aligned BP4D crops) under a temporary directory. The pipeline is the training one
-(``megraph_jax.input_pipeline.create_train_dataset``: decode, resize, random crop, flip, colour
+(``megraph_jax.data.input_pipeline.create_train_dataset``: decode, resize, random crop, flip, colour
 jitter, normalise, batch, prefetch); it is timed alone, after one warm-up batch. The train step
 (stage 2, fp32, forward + backward + AdamW, ``benchmarks/throughput.py``) is then timed on this same
 machine, and the ratio input/step is printed: the input pipeline keeps up when it is well above 1.
@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from megraph_jax import datasets, input_pipeline, synthetic  # pylint: disable=wrong-import-position
+from megraph_jax.data import datasets, input_pipeline, synthetic  # pylint: disable=wrong-import-position
 
 
 def input_throughput(

@@ -3,7 +3,7 @@
 Usage: python benchmarks/predict_video.py [--frames 240] [--faces 1] [--backbone resnet50] [--batch 8]
          [--simple-frames 48] [--official PATH_TO_ME-GraphAU] [--memory 48]
 
-A synthetic 640x360 video (``megraph_jax.synthetic_video``; no real data) is predicted by a stage-2 model with
+A synthetic 640x360 video (``megraph_jax.data.synthetic_video``; no real data) is predicted by a stage-2 model with
 random weights (timing does not depend on them), on the default JAX device (CPU here; a GPU when present):
   * decode: reading the frames (OpenCV) and nothing else;
   * end to end: ``Predictor.iter_predict`` (decode, MTCNN detection / ONet tracking, alignment, model) with every
@@ -32,9 +32,12 @@ import tracemalloc
 import jax
 import numpy as np
 
-from megraph_jax import loader, media, predict, synthetic_video
+from megraph_jax import loader
+from megraph_jax.data import synthetic_video
 from megraph_jax.model_factory import ModelSpec, build
-from megraph_jax.records import RecordWriter
+from megraph_jax.predict import media
+from megraph_jax.predict import predictor as predict
+from megraph_jax.predict.records import RecordWriter
 
 
 def _end_to_end(pr: predict.Predictor, video: str, out_csv: str, max_frames: int | None = None):

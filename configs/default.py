@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.color_jitter = True  # official image_train: ColorJitter(brightness 0.4, contrast 0.4,
   #   saturation 0.4)
   config.dataset.random_flip = True  # ME-GraphAU's image_train flips half the images; OpenGraphAU's does not
-  # Synthetic AU faces (megraph_jax/synthetic.py), generated on first use; when enabled, `root` is
+  # Synthetic AU faces (megraph_jax/data/synthetic.py), generated on first use; when enabled, `root` is
   # ignored and the set is written to `cache_dir` ('' = <workdir>/data).
   config.dataset.synthetic = ml_collections.ConfigDict()
   config.dataset.synthetic.enabled = False

@@ -2,7 +2,7 @@
 
   python main.py --config=configs/synthetic.py --workdir=/tmp/synthetic
 
-The set (megraph_jax/synthetic.py, BP4D's 12 AUs) is generated into <workdir>/data on first use.
+The set (megraph_jax/data/synthetic.py, BP4D's 12 AUs) is generated into <workdir>/data on first use.
 Differences from the official recipe, all for a random-init ResNet-18 on a small set and a CPU:
 small images, batch 16, 14 + 4 epochs, 10x the official learning rates (no ImageNet weights) and no
 colour jitter (AU6 is drawn as a cheek colour change). Measured on 2 CPU cores: 12 minutes when idle

@@ -1,8 +1,8 @@
 """Face alignment: MTCNN face and five landmarks, a least-squares similarity onto a fixed template, a square crop.
 
 Landmark order everywhere: left eye, right eye, nose tip, left mouth corner, right mouth corner, where
-"left" is the image's left. The detector, the template and the geometry are ``megraph_jax.faces`` (shared
-with prediction); images and videos are read by ``megraph_jax.media``.
+"left" is the image's left. The detector, the template and the geometry are ``megraph_jax.predict.faces`` (shared
+with prediction); images and videos are read by ``megraph_jax.predict.media``.
 
 CLI: ``python -m data_pipelines.align IN OUT [--size 256] [--workers 2]``; IN is an image, a video or a
 folder of either. A report of frames without a face, with several faces or unreadable is written to
@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines.frame_checks import ISSUES, IssueLog, check_array, load_image  # noqa: F401  (align.IssueLog etc.)
-from megraph_jax import media
-from megraph_jax.faces import AlignError, Detector, align_face, centre_crop
-from megraph_jax.media import IMAGE_EXTS, VIDEO_EXTS
+from megraph_jax.predict import media
+from megraph_jax.predict.faces import AlignError, Detector, align_face, centre_crop
+from megraph_jax.predict.media import IMAGE_EXTS, VIDEO_EXTS
 
 ALIGNERS = ("mtcnn", "none")
 MISSING_FACE = ("previous", "skip")
@@ -264,7 +264,7 @@ def align_frames(
 
 
 def video_frames(path: str) -> Iterator[np.ndarray]:
-  """Decodes a video into RGB uint8 frames (``megraph_jax.media``; OpenCV: pip install opencv-python-headless)."""
+  """Decodes a video into RGB uint8 frames (``megraph_jax.predict.media``; OpenCV: opencv-python-headless)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"video not found: {path}")
   for frame in media.iter_video(path):

@@ -2,7 +2,7 @@
 
 CLI: ``python -m data_pipelines.export OUT --dataset bp4d [--config default] [--data_dir DIR]`` or
 ``python -m data_pipelines.export OUT --builder_dir DATA_DIR/bp4d/CONFIG/1.0.0`` (e.g. for a JSON config). The
-result trains with ``megraph_jax.datasets.read_split(OUT, "BP4D", fold, split)`` or the
+result trains with ``megraph_jax.data.datasets.read_split(OUT, "BP4D", fold, split)`` or the
 official code. The reverse direction needs no import step: ``read_split`` reads an officially prepared
 folder directly.
 """
@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import build as common
 from megraph_jax import task
-from megraph_jax.datasets import list_file
+from megraph_jax.data.datasets import list_file
 
 NAMES = {"bp4d": "BP4D", "disfa": "DISFA"}
 

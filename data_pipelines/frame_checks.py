@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from megraph_jax import media
+from megraph_jax.predict import media
 
 # Issues that can befall a frame: kind -> what was done about it.
 ISSUES: dict[str, str] = {
@@ -28,7 +28,8 @@ ISSUES: dict[str, str] = {
 
 
 def load_image(path: str, min_side: int = 32) -> tuple[np.ndarray | None, str | None, str]:
-  """Reads an image as RGB uint8 (``megraph_jax.media``); returns ``(image or None, issue kind or None, detail)``.
+  """Reads an image as RGB uint8 (``megraph_jax.predict.media``); returns ``(image or None, issue kind or None,
+  detail)``.
 
   Corrupt, truncated and tiny images give ``None`` with their issue; grayscale ones are converted
   (issue ``grayscale_image``). Nothing is raised for a bad file.

@@ -1,6 +1,6 @@
 """CLI of the synthetic AU-face set: ``python -m data_pipelines.synthetic OUT [--name BP4D] [--num-subjects 9] ...``.
 
-Writes ``megraph_jax.synthetic.generate``'s set (procedural faces in the official ``img/`` + ``list/``
+Writes ``megraph_jax.data.synthetic.generate``'s set (procedural faces in the official ``img/`` + ``list/``
 layout, 3 subject-independent folds) to OUT. Training generates it by itself on first use
 (``configs/synthetic.py``); this command is for looking at it or using it elsewhere.
 """
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from megraph_jax.synthetic import generate
+from megraph_jax.data.synthetic import generate
 
 
 def main(argv: Sequence[str] | None = None) -> None:

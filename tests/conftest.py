@@ -53,7 +53,7 @@ def _matmul_precision(request):
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory) -> str:
   """Cache dir holding the tiny synthetic set (``tiny_config`` finds it there instead of regenerating)."""
-  from megraph_jax import synthetic  # pylint: disable=import-outside-toplevel
+  from megraph_jax.data import synthetic  # pylint: disable=import-outside-toplevel
 
   cache = str(tmp_path_factory.mktemp("synthetic_cache"))
   synthetic.ensure_generated(cache, name="BP4D", aus=[int(a[2:]) for a in TINY_AUS], **TINY_SYNTHETIC)

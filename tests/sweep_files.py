@@ -24,7 +24,7 @@ def tiny_overrides(cache: str, **extra: Any) -> dict[str, Any]:
 
 
 def write_sweep(path: str, name: str, overrides: dict[str, Any], grid: dict[str, list]) -> str:
-  """Writes a sweep file (``get_sweep()``) for ``python -m megraph_jax.sweep``; returns its path."""
+  """Writes a sweep file (``get_sweep()``) for ``python -m megraph_jax.launch.sweep``; returns its path."""
   spec = {"name": name, "config": "configs/synthetic.py", "overrides": overrides, "grid": grid}
   with open(path, "w") as f:
     f.write(f"import json\n\ndef get_sweep():\n  return json.loads({json.dumps(json.dumps(spec))})\n")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import align
-from megraph_jax import faces
+from megraph_jax.predict import faces
 
 skimage = pytest.importorskip("skimage")
 from skimage import data as skdata  # noqa: E402

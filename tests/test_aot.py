@@ -12,7 +12,7 @@ import sys
 import pytest
 from helpers import REPO, tiny_config
 
-from megraph_jax import aot, tpu_topology
+from megraph_jax.launch import aot, tpu_topology
 
 pytest.importorskip("libtpu")
 
@@ -59,7 +59,7 @@ def test_tiny_config_compiles_for_v5e_2x2(synthetic_cache):
 def _cli(*args):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
   return subprocess.run(
-    [sys.executable, "-m", "megraph_jax.aot", "--config=configs/synthetic.py", *args],
+    [sys.executable, "-m", "megraph_jax.launch.aot", "--config=configs/synthetic.py", *args],
     cwd=REPO,
     env=env,
     capture_output=True,

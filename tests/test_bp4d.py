@@ -13,7 +13,7 @@ from tfds_cli import build_command  # tests/tfds_cli.py
 
 from data_pipelines import bp4d, export
 from data_pipelines import build as common
-from megraph_jax import datasets
+from megraph_jax.data import datasets
 from megraph_jax.task import class_weights
 
 HEADER = list(range(28))  # Column '0' holds the frame number; the others are AU numbers.

@@ -8,8 +8,9 @@ import pytest
 from helpers import id_dataset
 from PIL import Image
 
-from megraph_jax import datasets, task
-from megraph_jax import input_pipeline as ip
+from megraph_jax import task
+from megraph_jax.data import datasets
+from megraph_jax.data import input_pipeline as ip
 from megraph_jax.errors import DatasetError
 
 SIZE, CROP = 64, 56

@@ -12,7 +12,7 @@ from tfds_cli import build_command  # tests/tfds_cli.py
 
 from data_pipelines import align, disfa, export
 from data_pipelines import build as common
-from megraph_jax import datasets
+from megraph_jax.data import datasets
 
 cv2 = pytest.importorskip("cv2")
 

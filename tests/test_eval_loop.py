@@ -6,7 +6,9 @@ import pytest
 from flax import nnx
 from helpers import tiny_config
 
-from megraph_jax import datasets, input_pipeline, sharding, train
+from megraph_jax import sharding
+from megraph_jax.data import datasets, input_pipeline
+from megraph_jax.train import stage as train
 
 
 class FixedScores(nnx.Module):

@@ -9,8 +9,9 @@ import pytest
 from helpers import batch_ids, id_dataset, write_lists
 from PIL import Image
 
-from megraph_jax import datasets, synthetic, task
-from megraph_jax import input_pipeline as ip
+from megraph_jax import task
+from megraph_jax.data import datasets, synthetic
+from megraph_jax.data import input_pipeline as ip
 
 MEAN = np.array(task.IMAGENET_MEAN)
 STD = np.array(task.IMAGENET_STD)

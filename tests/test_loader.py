@@ -11,10 +11,11 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from megraph_jax import checkpointing, convert, loader, predict
+from megraph_jax import checkpointing, convert, loader
 from megraph_jax.model_factory import ModelSpec, build, eval_view
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
-from megraph_jax.train_state import TrainState
+from megraph_jax.predict import predictor as predict
+from megraph_jax.train.train_state import TrainState
 
 pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
 

@@ -1,7 +1,7 @@
 """Two processes x two CPU devices (gloo over loopback), launched through Ray, train like one process with four.
 
 Both runs train stage 2 of the tiny synthetic config for one epoch (4 steps) through ``experiment.run``.
-The two-process run is a one-run sweep on a real local Ray cluster (``python -m megraph_jax.sweep run
+The two-process run is a one-run sweep on a real local Ray cluster (``python -m megraph_jax.launch.sweep run
 --ray=local --hosts=2 --cpu_devices=2``): one Ray worker process per "host", joined by
 ``jax.distributed`` with the first process as coordinator. Each process reads its own half of every
 global batch, orbax writes the checkpoints collectively, only process 0 writes logs and results.
@@ -21,16 +21,16 @@ import pytest
 from helpers import REPO
 from sweep_files import PYTHON, sweep_env, tiny_overrides, write_sweep
 
-from megraph_jax import ray_sweep
+from megraph_jax.launch import ray_sweep
 
 TRAIN = textwrap.dedent("""
     import json, os, sys
     sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
-    from megraph_jax import distributed
+    from megraph_jax.launch import distributed
     distributed.initialize()
     import jax
     from helpers import tiny_config
-    from megraph_jax.experiment import run
+    from megraph_jax.train.experiment import run
     config = tiny_config({cache!r}, mode="stage2", log_every_steps=1, **{{"model.dtype": "float64",
                                                                          "stage2.init": "none"}})
     config.stage2.epochs = 1
@@ -126,7 +126,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, synthetic_c
     [
       PYTHON,
       "-m",
-      "megraph_jax.sweep",
+      "megraph_jax.launch.sweep",
       "run",
       sweep,
       f"--root={tmp_path / 'ray'}",

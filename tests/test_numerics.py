@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from megraph_jax import model_factory, numerics, sharding, train
+from megraph_jax import model_factory, numerics, sharding
 from megraph_jax.model_factory import ModelSpec
 from megraph_jax.models.layers import FlatLinear, PointwiseConv
-from megraph_jax.train_state import TrainState
+from megraph_jax.train import stage as train
+from megraph_jax.train.train_state import TrainState
 
 
 def _primitives(fn, *args) -> list:

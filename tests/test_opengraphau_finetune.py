@@ -15,12 +15,14 @@ from flax import nnx
 from helpers import official_tensors, write_official_pth
 from PIL import Image
 
-from megraph_jax import datasets, loader, optim, sharding, task
-from megraph_jax.experiment import run
+from megraph_jax import loader, sharding, task
+from megraph_jax.data import datasets
 from megraph_jax.metrics import confusion_counts
 from megraph_jax.model_factory import ModelSpec, build
-from megraph_jax.train import jit_train_step
-from megraph_jax.train_state import TrainState
+from megraph_jax.train import optim
+from megraph_jax.train.experiment import run
+from megraph_jax.train.stage import jit_train_step
+from megraph_jax.train.train_state import TrainState
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
 N = len(task.OPENGRAPHAU_AUS)

@@ -11,9 +11,11 @@ from helpers import official_tensors, seeded_photo, write_official_pth
 from PIL import Image
 from torchvision import transforms as T
 
-from megraph_jax import media, plots, predict, synthetic_video
+from megraph_jax.data import synthetic_video
+from megraph_jax.data.transforms import eval_transform
+from megraph_jax.predict import media, plots
+from megraph_jax.predict import predictor as predict
 from megraph_jax.task import IMAGENET_MEAN, IMAGENET_STD, OPENGRAPHAU_AUS, au_legend
-from megraph_jax.transforms import eval_transform
 
 pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
 

@@ -13,8 +13,10 @@ try:  # torchvision segfaults when imported after TensorFlow (which MTCNN loads)
 except ImportError:
   pass
 
-from megraph_jax import loader, media, predict, records
+from megraph_jax import loader
 from megraph_jax.model_factory import ModelSpec, build
+from megraph_jax.predict import media, records
+from megraph_jax.predict import predictor as predict
 from megraph_jax.weights.inspect import infer_backbone
 
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
@@ -222,13 +224,13 @@ def test_eval_transform_matches_the_tf_data_eval_pipeline(tmp_path):
   """Prediction's eval transform (PIL) equals evaluation's (tf.data create_eval_dataset) on the same files."""
   pytest.importorskip("tensorflow")
   try:
-    from megraph_jax import input_pipeline as ip  # pylint: disable=import-outside-toplevel
-    from megraph_jax.datasets import SplitData  # pylint: disable=import-outside-toplevel
+    from megraph_jax.data import input_pipeline as ip  # pylint: disable=import-outside-toplevel
+    from megraph_jax.data.datasets import SplitData  # pylint: disable=import-outside-toplevel
   except ImportError:  # before the pipeline moved into the package
     from data_pipelines import input_pipeline as ip  # pylint: disable=import-outside-toplevel
 
     SplitData = ip.SplitData  # noqa: N806
-  from megraph_jax.transforms import eval_transform  # pylint: disable=import-outside-toplevel
+  from megraph_jax.data.transforms import eval_transform  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
   (tmp_path / "img").mkdir()

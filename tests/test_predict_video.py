@@ -14,8 +14,11 @@ try:  # torchvision segfaults when imported after TensorFlow (which MTCNN loads)
 except ImportError:
   pass
 
-from megraph_jax import faces, loader, media, predict, synthetic_video
+from megraph_jax import loader
+from megraph_jax.data import synthetic_video
 from megraph_jax.model_factory import ModelSpec, build
+from megraph_jax.predict import faces, media
+from megraph_jax.predict import predictor as predict
 
 ASTRONAUT_FACE = (182, 64, 265, 172)  # x0, y0, x1, y1 of the face in skimage's astronaut (by eye)
 
@@ -59,7 +62,7 @@ def _shift(a, b, r=4):
 
 def test_pipelined_rows_equal_the_simple_path(model, video):
   """Same faces, order and track ids; with full detection on every frame also the same numbers; tracked crops stay
-  aligned (the tracking policy of megraph_jax.pipeline)."""
+  aligned (the tracking policy of megraph_jax.predict.pipeline)."""
   pytest.importorskip("mtcnn")
   simple = list(predict.Predictor(model, batch_size=4, threads=False, redetect=1).iter_predict(video))
   batched = list(predict.Predictor(model, batch_size=4, redetect=1).iter_predict(video))
@@ -183,9 +186,9 @@ class _FakeDetector:
 
 
 def test_detection_policy_keyframes_tracking_fallback_and_empty_scenes():
-  """megraph_jax.pipeline's policy with a fake detector: full detection on every K-th frame (batched), ONet tracking
-  between, a full detection when a face is lost, and on every frame (batched) while no face is tracked."""
-  from megraph_jax import pipeline  # pylint: disable=import-outside-toplevel
+  """megraph_jax.predict.pipeline's policy with a fake detector: full detection on every K-th frame (batched), ONet
+  tracking between, a full detection when a face is lost, and on every frame (batched) while no face is tracked."""
+  from megraph_jax.predict import pipeline  # pylint: disable=import-outside-toplevel
 
   det = _FakeDetector()
   finder = pipeline.FaceFinder(lambda c: np.zeros((4, 4, 3), np.float32), detector=lambda: det, redetect=4, batch=4)
@@ -206,7 +209,7 @@ def test_detection_policy_keyframes_tracking_fallback_and_empty_scenes():
 
 
 class _AllReady:
-  """An iterator whose next items are always waiting (as a full :class:`megraph_jax.pipeline.Prefetch`)."""
+  """An iterator whose next items are always waiting (as a full :class:`megraph_jax.predict.pipeline.Prefetch`)."""
 
   def __init__(self, items):
     self.it = iter(items)
@@ -223,7 +226,7 @@ class _AllReady:
 
 def test_model_stage_runs_one_batch_shape_and_live_mode_does_not_wait():
   """predict_rows pads every batch to the batch size; files wait for full batches, a live source does not."""
-  from megraph_jax import pipeline, records  # pylint: disable=import-outside-toplevel
+  from megraph_jax.predict import pipeline, records  # pylint: disable=import-outside-toplevel
 
   shapes = []
 

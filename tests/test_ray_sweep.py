@@ -1,7 +1,7 @@
 """Sweeps on a real local Ray cluster: the same results as one by one, and a killed worker resumes from its checkpoint.
 
 One sweep of 3 tiny runs (seeds 0, 1, 2; stage 1, 2 epochs of 4 steps each) goes through
-``python -m megraph_jax.sweep run --ray=local`` on a 2-CPU local cluster, two runs side by side.
+``python -m megraph_jax.launch.sweep run --ray=local`` on a 2-CPU local cluster, two runs side by side.
 While it runs, the test SIGKILLs the Ray worker process training seed 1 once that run's first
 stage-1 checkpoint exists. The same sweep file, run one after another without Ray, is the
 reference: F1 tables, loss histories and every parameter must be identical. Both share JAX's
@@ -20,7 +20,8 @@ from flax import nnx
 from helpers import tiny_config
 from sweep_files import PYTHON, sweep_env, tiny_overrides, write_sweep
 
-from megraph_jax import checkpointing, model_factory, ray_sweep, sweep_spec
+from megraph_jax import checkpointing, model_factory
+from megraph_jax.launch import ray_sweep, sweep_spec
 
 pytest.importorskip("ray")
 
@@ -63,7 +64,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
   ref, on_ray = str(tmp / "one_by_one"), str(tmp / "ray")
   t0 = time.time()
   seq = subprocess.run(
-    [PYTHON, "-m", "megraph_jax.sweep", "run", sweep, f"--root={ref}"],
+    [PYTHON, "-m", "megraph_jax.launch.sweep", "run", sweep, f"--root={ref}"],
     env=_env(tmp),
     capture_output=True,
     text=True,
@@ -78,7 +79,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
     [
       PYTHON,
       "-m",
-      "megraph_jax.sweep",
+      "megraph_jax.launch.sweep",
       "run",
       sweep,
       f"--root={on_ray}",

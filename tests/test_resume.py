@@ -13,8 +13,8 @@ from flax import nnx
 from helpers import tiny_config
 
 from megraph_jax import checkpointing, model_factory
-from megraph_jax.experiment import run
-from megraph_jax.preemption import StopRequest
+from megraph_jax.train.experiment import run
+from megraph_jax.train.preemption import StopRequest
 
 
 def _final(workdir, config, stage):

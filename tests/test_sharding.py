@@ -26,7 +26,7 @@ WORKER = textwrap.dedent("""
     from flax import nnx
     from helpers import tiny_config
     from megraph_jax import checkpointing, model_factory
-    from megraph_jax.experiment import run
+    from megraph_jax.train.experiment import run
     workdir, out, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     config = tiny_config({cache!r}, mode="stage2", log_every_steps=1,
                          **{{"model.dtype": "float64", "stage2.init": "none"}}, **extra)

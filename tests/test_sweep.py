@@ -6,7 +6,7 @@ import os
 import pytest
 from helpers import TINY_AUS, TINY_SYNTHETIC
 
-from megraph_jax import sweep, sweep_spec
+from megraph_jax.launch import sweep, sweep_spec
 
 
 def _tiny_sweep(cache: str) -> dict:

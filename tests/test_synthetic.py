@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import synthetic as synthetic_cli
-from megraph_jax import synthetic
+from megraph_jax.data import synthetic
 
 BP4D_KW = dict(name="BP4D", num_subjects=6, frames_per_subject=12, image_size=64, seed=3)
 

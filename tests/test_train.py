@@ -14,13 +14,14 @@ import pytest
 from flax import nnx
 from helpers import REPO, TINY_AUS, tiny_config, tiny_main_args
 
-from megraph_jax import loader, model_factory, optim, sharding, task
+from megraph_jax import loader, model_factory, sharding, task
 from megraph_jax.errors import CheckpointError, ConfigError
-from megraph_jax.experiment import run
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
-from megraph_jax.results import EvalResult, FoldResult, RunResult, StageResult, table
-from megraph_jax.train import jit_train_step
-from megraph_jax.train_state import TrainState
+from megraph_jax.train import optim
+from megraph_jax.train.experiment import run
+from megraph_jax.train.results import EvalResult, FoldResult, RunResult, StageResult, table
+from megraph_jax.train.stage import jit_train_step
+from megraph_jax.train.train_state import TrainState
 
 IMG = 32
 

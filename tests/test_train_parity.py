@@ -100,8 +100,10 @@ def _run_stage(model, g, tool, stage: int, first_step: int, lam: float):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
-  from megraph_jax import optim, sharding, train  # pylint: disable=import-outside-toplevel
-  from megraph_jax.train_state import TrainState  # pylint: disable=import-outside-toplevel
+  from megraph_jax import sharding
+  from megraph_jax.train import optim  # pylint: disable=import-outside-toplevel
+  from megraph_jax.train import stage as train
+  from megraph_jax.train.train_state import TrainState  # pylint: disable=import-outside-toplevel
 
   s = tool.STAGE1 if stage == 1 else tool.STAGE2
   steps = s["epochs"] * s["batches_per_epoch"]
@@ -153,7 +155,8 @@ def worker(out_path: str) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
-  from megraph_jax import initialization, loader, model_factory, task  # pylint: disable=import-outside-toplevel
+  from megraph_jax import loader, model_factory, task
+  from megraph_jax.train import initialization  # pylint: disable=import-outside-toplevel
 
   assert jax.config.jax_enable_x64
   tool = _tool()
@@ -297,7 +300,7 @@ def test_fgg_adjacency_follows_model_dtype(runs):
 
 SCHEDULE_CHECK = """
 import math, jax.numpy as jnp
-from megraph_jax import optim
+from megraph_jax.train import optim
 
 pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
 init, worst = 1e-4, 0.0

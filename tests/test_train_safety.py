@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from helpers import REPO, TINY_AUS, TINY_SYNTHETIC, tiny_config, tiny_main_args
 
-from megraph_jax import checkpointing, initialization, synthetic
+from megraph_jax import checkpointing
+from megraph_jax.data import synthetic
 from megraph_jax.errors import ConfigChangedError, ImageNetWeightsError, TrainingDiverged, WorkdirLockedError
-from megraph_jax.experiment import run
-from megraph_jax.preemption import EXIT_PREEMPTED
+from megraph_jax.train import initialization
+from megraph_jax.train.experiment import run
+from megraph_jax.train.preemption import EXIT_PREEMPTED
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -90,7 +92,7 @@ def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, synth
 
 def test_nan_stops_at_the_first_bad_step_and_never_saves_it(tmp_path, synthetic_cache, monkeypatch):
   """NaN images from the second epoch on: the epoch-1 checkpoint stays the newest, the error names step 5."""
-  from megraph_jax import train  # pylint: disable=import-outside-toplevel
+  from megraph_jax.train import stage as train  # pylint: disable=import-outside-toplevel
 
   real, calls = train._model_inputs, []  # pylint: disable=protected-access
 

@@ -1,6 +1,6 @@
 """lambda x K on the synthetic set, fold 1 (the paper's Figure 5 / Table 5 style study, 9 runs of ~5 min).
 
-python -m megraph_jax.sweep run configs/sweeps/synthetic_lambda_k.py --root=/tmp/sweep_lk
+python -m megraph_jax.launch.sweep run configs/sweeps/synthetic_lambda_k.py --root=/tmp/sweep_lk
 """
 
 

@@ -1,6 +1,6 @@
 """2 folds x 2 values of lambda on a tiny synthetic set (about 2 minutes on 2 CPU cores): a sweep smoke test.
 
-python -m megraph_jax.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep
+python -m megraph_jax.launch.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep
 """
 
 

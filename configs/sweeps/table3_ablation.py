@@ -1,6 +1,6 @@
 """The paper's Table 3 ablation on the synthetic set (3 runs, ~5 min each on an idle 2-core machine).
 
-  python -m megraph_jax.sweep run configs/sweeps/table3_ablation.py --root=/tmp/ablation
+  python -m megraph_jax.launch.sweep run configs/sweeps/table3_ablation.py --root=/tmp/ablation
 
 Rows (same data, schedule and seed; F1 of the last epoch; the table is ROOT/sweep.md):
   backbone_only (stage 1): backbone + global_linear + average pooling + linear classifier (model.head='baseline');

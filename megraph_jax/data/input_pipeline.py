@@ -1,4 +1,4 @@
-"""tf.data batches over a split of a dataset (``megraph_jax.datasets``), augmented as the official transforms.
+"""tf.data batches over a split of a dataset (``megraph_jax.data.datasets``), augmented as the official transforms.
 
 Training: resize the shorter side to ``image_size`` (bilinear, antialiased like PIL), random ``crop_size``
 crop at a uniform offset, random horizontal flip, ColorJitter(brightness=.4, contrast=.4, saturation=.4)
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from megraph_jax import task
-from megraph_jax.datasets import SplitData
+from megraph_jax.data.datasets import SplitData
 from megraph_jax.errors import DatasetError
 
 if TYPE_CHECKING:

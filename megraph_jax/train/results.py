@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from megraph_jax import reporting
+from megraph_jax.train import reporting
 
 SELECTED = " (selected on the test fold)"
 
@@ -118,7 +118,7 @@ class FoldResult:
 
 @dataclasses.dataclass(frozen=True)
 class RunResult:
-  """What ``megraph_jax.experiment.run`` returns and writes as ``results.json`` (or ``results_eval.json``)."""
+  """What ``megraph_jax.train.experiment.run`` returns and writes as ``results.json`` (or ``results_eval.json``)."""
 
   mode: str
   workdir: str

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from megraph_jax import optional
-from megraph_jax.synthetic_faces import ALL_AUS, render_face, sample_identity
+from megraph_jax.data.synthetic_faces import ALL_AUS, render_face, sample_identity
 
 
 def frames(

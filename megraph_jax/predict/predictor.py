@@ -3,10 +3,10 @@
   python -m megraph_jax.predict --checkpoint CKPT photo.jpg folder/ clip.mp4 -o out.csv --plot pics/
 
 CKPT is a directory written by ``python -m megraph_jax.convert`` or by training (``<workdir>/fold1/stage2``),
-or an official ME-GraphAU or OpenGraphAU ``.pth``. Faces are found and aligned with MTCNN (``megraph_jax.faces``),
-or, with ``--no-align``, the whole image goes through the official demo's transform (shorter side 256, centre
-224 crop). One output row per face (and one per unreadable file or faceless frame, with its status), as CSV or
-JSON (with a legend: AU code -> FACS name).
+or an official ME-GraphAU or OpenGraphAU ``.pth``. Faces are found and aligned with MTCNN
+(``megraph_jax.predict.faces``), or, with ``--no-align``, the whole image goes through the official demo's
+transform (shorter side 256, centre 224 crop). One output row per face (and one per unreadable file or faceless
+frame, with its status), as CSV or JSON (with a legend: AU code -> FACS name).
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from megraph_jax import faces as facelib
-from megraph_jax import loader, media, numerics, pipeline, plots
+from megraph_jax import loader, numerics
+from megraph_jax.data.transforms import eval_transform
 from megraph_jax.errors import UserError
 from megraph_jax.model_factory import Model, ModelSpec, eval_view
 from megraph_jax.models.fgg import knn_adjacency
 from megraph_jax.models.gated_gcn import edge_gates
-from megraph_jax.records import FacePrediction, RecordWriter, Smoother, plot_stem, smooth, unique_stem
+from megraph_jax.predict import faces as facelib
+from megraph_jax.predict import media, pipeline, plots
+from megraph_jax.predict.records import FacePrediction, RecordWriter, Smoother, plot_stem, smooth, unique_stem
 from megraph_jax.task import au_legend
-from megraph_jax.transforms import eval_transform
 
 
 def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, k: int) -> dict[str, jax.Array]:
@@ -54,7 +55,7 @@ def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, k: 
 class Predictor:
   """Detect, align and predict AUs on images, folders, videos and live sources (the CLI's engine, for notebooks too).
 
-  Frames flow through :mod:`megraph_jax.pipeline` (decode -> faces -> model, overlapped in threads with
+  Frames flow through :mod:`megraph_jax.predict.pipeline` (decode -> faces -> model, overlapped in threads with
   ``threads=True``); the model always runs at ``batch_size`` (padded), so it compiles once.
   """
 
@@ -127,7 +128,7 @@ class Predictor:
     return self._detector
 
   def transform(self, crop: np.ndarray) -> np.ndarray:
-    """The model input of an aligned crop (:func:`megraph_jax.transforms.eval_transform`)."""
+    """The model input of an aligned crop (:func:`megraph_jax.data.transforms.eval_transform`)."""
     return eval_transform(crop, self.img_size, self.resize)
 
   def faces(self, rgb: np.ndarray) -> list[facelib.AlignedFace]:
@@ -191,7 +192,7 @@ class Predictor:
     progress: bool = False,
   ) -> Iterator[FacePrediction]:
     """Predictions for images, folders and videos (every ``every``-th frame), or for a live ``camera`` source (a
-    device number, device path or URL: :func:`megraph_jax.media.iter_capture`), streamed in input order."""
+    device number, device path or URL: :func:`megraph_jax.predict.media.iter_capture`), streamed in input order."""
     if camera is not None:
       frames, total = media.iter_capture(camera, every=every, max_frames=max_frames), max_frames
     else:

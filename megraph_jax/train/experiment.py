@@ -1,7 +1,7 @@
 """One run of an experiment config (``config.mode``): train one fold's stages, the multi-fold protocol, or
-evaluate a checkpoint; typed results (``megraph_jax.results``), ``results.json`` and the F1 table.
+evaluate a checkpoint; typed results (``megraph_jax.train.results``), ``results.json`` and the F1 table.
 
-Sweeps (``megraph_jax.sweep``, including the paper's Table 3 ablation, ``configs/sweeps/table3_ablation.py``)
+Sweeps (``megraph_jax.launch.sweep``, including the paper's Table 3 ablation, ``configs/sweeps/table3_ablation.py``)
 are sets of such runs, and build their tables from the same results.
 """
 
@@ -17,12 +17,14 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from megraph_jax import checkpointing, datasets, initialization, input_pipeline, model_factory, reporting, sharding
-from megraph_jax import train as trainer
+from megraph_jax import checkpointing, model_factory, sharding
+from megraph_jax.data import datasets, input_pipeline
 from megraph_jax.errors import CheckpointAUsError, CheckpointError, ConfigError, StageOneMissingError
 from megraph_jax.models.megraph import Stage2Model
-from megraph_jax.preemption import Preempted, StopRequest
-from megraph_jax.results import FoldResult, RunResult, StageResult, table
+from megraph_jax.train import initialization, reporting
+from megraph_jax.train import stage as trainer
+from megraph_jax.train.preemption import Preempted, StopRequest
+from megraph_jax.train.results import FoldResult, RunResult, StageResult, table
 
 MODES = ("train", "stage1", "stage2", "eval", "folds")
 STAGES = {"train": (1, 2), "folds": (1, 2), "stage1": (1,), "stage2": (2,)}

@@ -12,7 +12,7 @@ The output is ``ROOT/img/<subject>/<task>/<frame>.jpg`` (DISFA: ``ROOT/img/<subj
 and ``ROOT/list/NAME_{train,test}_{img_path,label}_foldK.txt``, ``NAME_train_AU_relation_foldK.txt``
 and ``NAME_weight_foldK.txt`` for three subject-independent folds, byte-identical for a given seed.
 
-The faces are drawn by ``megraph_jax.synthetic_faces``. ``configs/synthetic.py`` generates a set on first use
+The faces are drawn by ``megraph_jax.data.synthetic_faces``. ``configs/synthetic.py`` generates a set on first use
 (``ensure_generated``); CLI: ``python -m data_pipelines.synthetic OUT --name BP4D --num-subjects 9
 --frames-per-subject 40``.
 """
@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from megraph_jax import task
-from megraph_jax.synthetic_faces import ALL_AUS, render_face, sample_identity
-from megraph_jax.synthetic_faces import AU_INDEX as _A
+from megraph_jax.data.synthetic_faces import ALL_AUS, render_face, sample_identity
+from megraph_jax.data.synthetic_faces import AU_INDEX as _A
 
 VERSION = 1  # Bump when the rendering or the label model changes (keys the ensure_generated cache).
 

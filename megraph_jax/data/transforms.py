@@ -1,7 +1,7 @@
 """The eval transform, defined once: shorter side to ``resize``, centre ``img_size`` crop, ImageNet normalisation.
 
 It is the official test transform (torchvision ``Resize(256)``, ``CenterCrop(224)``, ``Normalize``) on one RGB
-image; ``megraph_jax.input_pipeline.create_eval_dataset`` is the same on tf.data batches (tested equal).
+image; ``megraph_jax.data.input_pipeline.create_eval_dataset`` is the same on tf.data batches (tested equal).
 """
 
 from __future__ import annotations

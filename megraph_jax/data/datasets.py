@@ -10,7 +10,7 @@ out of the losses, the class weights and the metrics: ``megraph_jax.task``), opt
 
 ``Dataset`` is a dataset with its root; ``from_config`` gives the one a config names. Every problem with
 the data is a ``DatasetError`` (``DatasetNotFoundError`` for what does not exist), which ``main.py`` turns
-into exit status 2 with the message. The tf.data batches over a split are ``megraph_jax.input_pipeline``'s.
+into exit status 2 with the message. The tf.data batches over a split are ``megraph_jax.data.input_pipeline``'s.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from megraph_jax import synthetic, task
+from megraph_jax import task
+from megraph_jax.data import synthetic
 from megraph_jax.errors import DatasetError, DatasetNotFoundError
 
 __all__ = [

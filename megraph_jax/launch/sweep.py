@@ -1,15 +1,15 @@
 """Experiment sweeps: expand a grid into runs with their own workdirs, run them (here or on Ray), gather them.
 
-The sweep file format is described in ``megraph_jax.sweep_spec``; every run lives in ``ROOT/<run name>``.
+The sweep file format is described in ``megraph_jax.launch.sweep_spec``; every run lives in ``ROOT/<run name>``.
 
-  python -m megraph_jax.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep     # one after another
-  python -m megraph_jax.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep --ray=local --ray_cpus=2
-  python -m megraph_jax.sweep run configs/sweeps/bp4d_paper.py --root=/mnt/runs --ray=auto --tpu=v5e:2x4
-  python -m megraph_jax.sweep gather configs/sweeps/synthetic_tiny.py --root=/tmp/sweep  # one table
+  python -m megraph_jax.launch.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep     # one after another
+  python -m megraph_jax.launch.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep --ray=local --ray_cpus=2
+  python -m megraph_jax.launch.sweep run configs/sweeps/bp4d_paper.py --root=/mnt/runs --ray=auto --tpu=v5e:2x4
+  python -m megraph_jax.launch.sweep gather configs/sweeps/synthetic_tiny.py --root=/tmp/sweep  # one table
 
 ``--set key=value`` (repeatable) adds overrides on the command line. A run whose ``results.json``
 exists is skipped by ``run``; an interrupted one resumes from its checkpoints. With ``--ray`` every
-run is Ray work (``megraph_jax.ray_sweep``): runs go side by side as the cluster's resources allow,
+run is Ray work (``megraph_jax.launch.ray_sweep``): runs go side by side as the cluster's resources allow,
 one process per host of a run, failed runs retried from their checkpoints.
 """
 
@@ -22,8 +22,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from megraph_jax import experiment, ray_sweep, reporting, sweep_spec
-from megraph_jax.results import RunResult
+from megraph_jax.launch import ray_sweep, sweep_spec
+from megraph_jax.train import experiment, reporting
+from megraph_jax.train.results import RunResult
 
 
 def run_all(runs: list[dict[str, Any]], root: str) -> list[str]:

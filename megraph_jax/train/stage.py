@@ -1,6 +1,6 @@
 """Training one stage of ME-GraphAU: the train state, the pure jitted steps, evaluation and the epoch loop.
 
-The run modes (folds, stages, evaluating a checkpoint) are in ``megraph_jax.experiment``."""
+The run modes (folds, stages, evaluating a checkpoint) are in ``megraph_jax.train.experiment``."""
 
 from __future__ import annotations
 
@@ -17,23 +17,14 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from megraph_jax import (
-  checkpointing,
-  datasets,
-  initialization,
-  input_pipeline,
-  model_factory,
-  monitoring,
-  numerics,
-  optim,
-  sharding,
-  task,
-)
+from megraph_jax import checkpointing, model_factory, numerics, sharding, task
+from megraph_jax.data import datasets, input_pipeline
 from megraph_jax.errors import ConfigError
 from megraph_jax.metrics import AUMetrics, confusion_counts
-from megraph_jax.preemption import Preempted, StopRequest
-from megraph_jax.results import EvalResult, StageResult
-from megraph_jax.train_state import TrainState
+from megraph_jax.train import initialization, monitoring, optim
+from megraph_jax.train.preemption import Preempted, StopRequest
+from megraph_jax.train.results import EvalResult, StageResult
+from megraph_jax.train.train_state import TrainState
 
 # ----------------------------------------------------------------------------- the train state
 

@@ -1,13 +1,13 @@
 """Sweeps as Ray work: every run of a sweep on a Ray cluster, one process per host, retried and resumed.
 
-  python -m megraph_jax.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep --ray=local
-  python -m megraph_jax.sweep run configs/sweeps/bp4d_paper.py --root=/mnt/runs --ray=auto --tpu=v5e:2x4
+  python -m megraph_jax.launch.sweep run configs/sweeps/synthetic_tiny.py --root=/tmp/sweep --ray=local
+  python -m megraph_jax.launch.sweep run configs/sweeps/bp4d_paper.py --root=/mnt/runs --ray=auto --tpu=v5e:2x4
 
 A run is ``Resources.hosts`` processes (one per host of its slice, or ``--hosts`` processes on CPU or
 GPU nodes), each a fresh Ray worker process (``max_calls=1``: JAX's devices and ``jax.distributed``
 are per process) that runs ``experiment.run`` on the run's config in ``ROOT/<run name>``. Several
 processes join with ``jax.distributed`` through the ``MEGRAPH_*`` variables of
-``megraph_jax.distributed``, the coordinator being the run's first host. Ray places runs as its
+``megraph_jax.launch.distributed``, the coordinator being the run's first host. Ray places runs as its
 resources allow (``--ray=local`` starts a one-machine cluster with ``--ray_cpus`` CPUs), so several
 runs go side by side.
 
@@ -33,8 +33,10 @@ from typing import Any
 import jax
 import tensorflow as tf
 
-from megraph_jax import distributed, errors, experiment, optional, sweep_spec, tpu_topology
-from megraph_jax.preemption import EXIT_PREEMPTED
+from megraph_jax import errors, optional
+from megraph_jax.launch import distributed, sweep_spec, tpu_topology
+from megraph_jax.train import experiment
+from megraph_jax.train.preemption import EXIT_PREEMPTED
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTEMPTS = "attempts.jsonl"

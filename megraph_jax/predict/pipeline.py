@@ -14,7 +14,7 @@ Detection policy along a video (:class:`FaceFinder`), ``redetect`` = K:
   * while no face is tracked (an empty scene, or all faces lost), every frame gets a full detection, batched
     across the frames that are ready, so a face appearing there is found at once;
   * ``redetect=1`` is full detection on every frame (the reference path the tests compare with).
-Track ids (:class:`megraph_jax.faces.FaceTracker`) are assigned in frame order in this single stage.
+Track ids (:class:`megraph_jax.predict.faces.FaceTracker`) are assigned in frame order in this single stage.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from megraph_jax import faces as facelib
-from megraph_jax import media
-from megraph_jax.records import FacePrediction
+from megraph_jax.predict import faces as facelib
+from megraph_jax.predict import media
+from megraph_jax.predict.records import FacePrediction
 
 MOVE_LIMIT = 0.2  # a tracked face's centre may move this fraction of its box side per frame ...
 SCALE_LIMIT = 1.25  # ... and its side change by this factor, else the frame gets a full detection

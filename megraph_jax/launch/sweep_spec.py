@@ -5,7 +5,7 @@ A sweep file (``configs/sweeps/*.py``) defines ``get_sweep()`` returning a dict 
 ``grid`` ({key: [values]}; the key ``config`` varies the base config file itself, e.g. over datasets and
 backbones) and ``variants`` ({name: {key: value}}, e.g. the rows of the paper's Table 3). Every variant at
 every grid point is one run, named by the variant and its grid values; keys are ml_collections' dotted keys
-of the locked config. Running and gathering sweeps: ``megraph_jax.sweep``.
+of the locked config. Running and gathering sweeps: ``megraph_jax.launch.sweep``.
 """
 
 from __future__ import annotations

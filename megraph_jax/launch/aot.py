@@ -1,7 +1,7 @@
 """Compile the train and eval steps for a TPU slice on this host (no TPU needed) and report what it costs.
 
-  python -m megraph_jax.aot --config=configs/bp4d_swin.py --topology=v5e:4x4 --config.model.dtype=bfloat16
-  python -m megraph_jax.aot --config=configs/bp4d_resnet50.py --topology=v4-8 --config.sharding.params=fsdp
+  python -m megraph_jax.launch.aot --config=configs/bp4d_swin.py --topology=v5e:4x4 --config.model.dtype=bfloat16
+  python -m megraph_jax.launch.aot --config=configs/bp4d_resnet50.py --topology=v4-8 --config.sharding.params=fsdp
 
 The steps are the training job's own (``train.train_step`` / ``train.eval_step`` with the shardings of
 ``train.jit_train_step``: batch split over a 'data' axis of every chip, parameters replicated or FSDP),
@@ -31,8 +31,10 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from megraph_jax import model_factory, sharding, tpu_topology, train
-from megraph_jax.train_state import TrainState
+from megraph_jax import model_factory, sharding
+from megraph_jax.launch import tpu_topology
+from megraph_jax.train import stage as train
+from megraph_jax.train.train_state import TrainState
 
 EXIT_CONFIG_ERROR = 2
 EXIT_DOES_NOT_FIT = 3
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:  # pylint: disable=unused-argume
   except (ShapeError, ValueError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
-  report["command"] = " ".join(["python -m megraph_jax.aot"] + sys.argv[1:])
+  report["command"] = " ".join(["python -m megraph_jax.launch.aot"] + sys.argv[1:])
   print(format_report(report), flush=True)
   if flags_.json:
     os.makedirs(os.path.dirname(os.path.abspath(flags_.json)), exist_ok=True)

@@ -3,7 +3,7 @@
 Faces are drawn in canonical face units (face half-width 1, y down) through a similarity transform on a
 supersampled PIL canvas, then downsampled, shaded, lit and given sensor noise. Each AU moves or shades
 the regions FACS describes (brows, lids, nose, lips, chin, wrinkles). The label model and the dataset
-writer that use this are in ``megraph_jax.synthetic``.
+writer that use this are in ``megraph_jax.data.synthetic``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from megraph_jax.errors import TrainingDiverged
-from megraph_jax.results import EvalResult
+from megraph_jax.train.results import EvalResult
 
 
 def write_eval(writer, step: int, r: EvalResult) -> None:
