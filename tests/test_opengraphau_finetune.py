@@ -165,3 +165,6 @@ def test_finetune_from_a_released_checkpoint(tmp_path):
     np.testing.assert_array_equal(np.asarray(v[...]), np.asarray(want[p][...]), err_msg=str(p))
   stage2 = loader.load(os.path.join(workdir, "fold0", "stage2", "checkpoints"))[0]
   assert type(stage2).__name__ == "OpenGraphAUStage2"
+  # Mode 'eval' of that stage-2 checkpoint reports it as stage 2 (it was labelled stage 1: an isinstance check)
+  evaluated = run(_config(root, mode="eval", checkpoint=os.path.join(workdir, "fold0", "stage2")), str(tmp_path / "ev"))
+  assert set(evaluated.folds[0].stages) == {2}

@@ -20,7 +20,6 @@ from flax import nnx
 from megraph_jax import checkpointing, model_factory, sharding
 from megraph_jax.data import datasets, input_pipeline
 from megraph_jax.errors import CheckpointAUsError, CheckpointError, ConfigError, StageOneMissingError
-from megraph_jax.models.megraph import Stage2Model
 from megraph_jax.train import initialization, reporting
 from megraph_jax.train import stage as trainer
 from megraph_jax.train.preemption import Preempted, StopRequest
@@ -95,7 +94,7 @@ def evaluate_checkpoint(config, workdir: str) -> FoldResult:
   state = sharding.put_replicated(state, mesh)
   p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh, **trainer.step_options(config))
   result = trainer.evaluate(p_eval, state, test_data, root=dataset.root, config=config, mesh=mesh)
-  stage = 2 if isinstance(model, Stage2Model) else 1
+  stage = model_factory.ModelSpec.of(model).stage  # every head's stage 2 (OpenGraphAU's too), not a class check
   out = _fold_result(dataset, fold, train_data, test_data, checkpoint=config.checkpoint)
   return out.with_stage(StageResult(stage, fold, last=result, best=result))
 
