@@ -7,6 +7,7 @@ commands use (MTCNN and its TensorFlow graph, OpenCV), so that importing the pac
 
 from __future__ import annotations
 
+import functools
 import importlib
 import types
 
@@ -20,7 +21,7 @@ EXTRAS = {
     "face detection and alignment",
   ),
   "cv2": ("pip install opencv-python-headless (a dependency of this package)", "reading videos"),
-  "tensorflow": ("pip install tensorflow-cpu (a dependency of this package)", "MTCNN face detection"),
+  "tensorflow": ("pip install tensorflow-cpu (a dependency of this package)", "tf.data input and MTCNN face detection"),
 }
 
 
@@ -40,3 +41,15 @@ def require(module: str) -> types.ModuleType:
     if isinstance(e, MissingDependencyError):
       raise
     raise MissingDependencyError(module, e) from e
+
+
+@functools.cache
+def tensorflow() -> types.ModuleType:
+  """TensorFlow (tf.data input, MTCNN's graphs) with the GPUs hidden from it: the accelerators are JAX's. The one
+  place TensorFlow is imported in the package, so its GPU hiding happens once, before anything initialises it."""
+  tf = require("tensorflow")
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except (RuntimeError, ValueError):
+    pass  # already initialised by the caller (e.g. a notebook): keep its setting
+  return tf

@@ -9,7 +9,7 @@ import pytest
 from helpers import batch_ids, id_dataset, write_lists
 from PIL import Image
 
-from megraph_jax import task
+from megraph_jax import optional, task
 from megraph_jax.data import datasets, synthetic
 from megraph_jax.data import input_pipeline as ip
 
@@ -241,7 +241,7 @@ def test_color_jitter_matches_torchvision_in_every_order(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   ref = np.load(tmp_path / "out.npz")
-  tf = ip._tf()
+  tf = optional.tensorflow()
   slots = ip._jitter_slots(factors, order_ids)
   got = np.stack(
     [ip._color_jitter(tf.constant(x.astype(np.float32) / 255), tf.constant(s)).numpy() for x, s in zip(images, slots)]

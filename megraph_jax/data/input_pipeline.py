@@ -12,7 +12,6 @@ and line when the batch holding it is read (``create_*_dataset(...).as_numpy_ite
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from megraph_jax import task
+from megraph_jax import optional, task
 from megraph_jax.data.datasets import SplitData
 from megraph_jax.errors import DatasetError
 
@@ -46,18 +45,6 @@ def num_eval_steps(num_examples: int, global_batch: int) -> int:
 # tf.data.
 
 
-@functools.cache
-def _tf():
-  """Imports TensorFlow for data loading only: it must not take GPU/TPU memory from JAX."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:
-    pass  # Already initialised by the caller; keep its setting.
-  return tf
-
-
 def _root(data: SplitData, root: str | None) -> str:
   """The dataset root of ``data`` (``root`` when given, for a SplitData not read from a dataset)."""
   root = data.root if root is None else root
@@ -76,7 +63,7 @@ def _check_shard(batch_size: int, process_index: int, process_count: int) -> Non
 
 def _decode_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
   """Reads an image file, decodes it to RGB and resizes its shorter side: float32 [H', W', 3] in [0, 255]."""
-  tf = _tf()
+  tf = optional.tensorflow()
   img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
   img.set_shape([None, None, 3])
   shape = tf.shape(img)
@@ -91,13 +78,13 @@ def _decode_resize(path: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def _normalise(img: tf.Tensor) -> tf.Tensor:
   """[0, 1] RGB -> ImageNet-normalised float32."""
-  tf = _tf()
+  tf = optional.tensorflow()
   return (img - tf.constant(task.IMAGENET_MEAN, tf.float32)) / tf.constant(task.IMAGENET_STD, tf.float32)
 
 
 def _grayscale(img: tf.Tensor) -> tf.Tensor:
   """ITU-R 601-2 luma (as PIL's convert('L')), [H, W, 1]."""
-  tf = _tf()
+  tf = optional.tensorflow()
   return tf.tensordot(img, tf.constant([0.299, 0.587, 0.114], tf.float32), axes=[[2], [0]])[..., None]
 
 
@@ -121,7 +108,7 @@ def _color_jitter(img: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
   (contrast) or the grey image (saturation); written branch-free, which tf.data runs ~2x faster
   than a switch over the 6 orders.
   """
-  tf = _tf()
+  tf = optional.tensorflow()
   for k in range(3):
     f, is_con, is_sat = slots[k, 0], slots[k, 1], slots[k, 2]
     gray = _grayscale(img)
@@ -147,7 +134,7 @@ def _op_message(e: Exception) -> str:
 
 def _find_bad_image(data: SplitData, root: str, indices: np.ndarray, image_size: int) -> DatasetError | None:
   """The first of ``indices`` whose image is missing or does not decode (read eagerly as the pipeline reads it)."""
-  tf = _tf()
+  tf = optional.tensorflow()
   img_dir = os.path.join(root, "img")
   bad = []
   for i in dict.fromkeys(int(i) for i in indices):
@@ -203,7 +190,7 @@ class CheckedDataset:
     return getattr(self.dataset, name)
 
   def _iterate(self, it):
-    errors = _tf().errors
+    errors = optional.tensorflow().errors
     k = 0  # Batches yielded so far: the failing one is batch k (the order is deterministic).
     while True:
       try:
@@ -230,7 +217,7 @@ def _checked(
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
   """Deterministic element order despite parallel decoding."""
-  tf = _tf()
+  tf = optional.tensorflow()
   opts = tf.data.Options()
   opts.deterministic = True
   return ds.with_options(opts)
@@ -281,7 +268,7 @@ def create_train_dataset(
   resume that decodes nothing it skips and gives the same later batches). A missing or undecodable image raises
   DatasetError naming it and its list line when its batch is read (see CheckedDataset).
   """
-  tf = _tf()
+  tf = optional.tensorflow()
   root, m, gb = _prepare(data, root, batch_size, image_size, crop_size, process_index, process_count)
   steps = num_train_steps_per_epoch(m, gb)
   if steps == 0:
@@ -343,7 +330,7 @@ def create_eval_dataset(
   mask 0 and index -1, so each real image appears exactly once over all processes. A missing or
   undecodable image raises DatasetError naming it and its list line when its batch is read.
   """
-  tf = _tf()
+  tf = optional.tensorflow()
   root, m, gb = _prepare(data, root, batch_size, image_size, crop_size, process_index, process_count)
   steps = num_eval_steps(m, gb)
   pos = np.arange(steps * gb).reshape(steps, process_count, batch_size)[:, process_index].reshape(-1)

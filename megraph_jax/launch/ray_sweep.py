@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 import jax
-import tensorflow as tf
 
 from megraph_jax import errors, optional
 from megraph_jax.launch import distributed, sweep_spec, tpu_topology
@@ -96,7 +95,6 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
       "time": time.time(),
     },
   )
-  tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's
   try:
     config = sweep_spec.build_config(run)
   except (KeyError, ValueError, FileNotFoundError) as e:  # the sweep file, not the cluster: no retry

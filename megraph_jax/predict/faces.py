@@ -159,10 +159,10 @@ class Detector:
 
   def __init__(self, min_face_size: int | None = None, max_side: int = 2048):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:  # MTCNN runs on TensorFlow: keep it off the GPU that JAX uses.
-      optional.require("tensorflow").config.set_visible_devices([], "GPU")
-    except (ImportError, RuntimeError, ValueError):
-      pass
+    try:  # MTCNN runs on TensorFlow, kept off the GPU that JAX uses
+      optional.tensorflow()
+    except ImportError:
+      pass  # mtcnn's own import below names what is missing
     MTCNN = optional.require("mtcnn").MTCNN  # noqa: N806
     self._mtcnn = MTCNN()
     self._onet = None
@@ -212,7 +212,7 @@ class Detector:
     """ONet on the squared ``boxes`` (continuous px) of ``image``: one refined :class:`Face` per box, same order."""
     cv2 = optional.require("cv2")
     if self._onet is None:  # one traced graph for any number of boxes: 3x faster than the eager Keras call
-      tf = optional.require("tensorflow")
+      tf = optional.tensorflow()
       onet = self._mtcnn.get_stage(stage_id=3).model
       spec = tf.TensorSpec([None, ONET_SIZE, ONET_SIZE, 3], tf.float32)
       self._onet = tf.function(lambda x: onet(x, training=False), input_signature=[spec])
