@@ -20,7 +20,6 @@ from flax import nnx
 from megraph_jax import checkpointing
 from megraph_jax.errors import CheckpointError, CheckpointNotFoundError
 from megraph_jax.model_factory import MODEL_JSON, Model, ModelSpec, build, dtype_name, eval_view
-from megraph_jax.models.megraph import BaselineModel
 from megraph_jax.torch_io import load_pth
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.inspect import infer_backbone
@@ -124,7 +123,7 @@ def spec_from_official(
 
 def load_official_state_dict(model: Model, tensors: dict[str, np.ndarray], *, source: str = "<state_dict>") -> None:
   """Maps every tensor of an official state_dict onto ``model``; missing/unexpected/mis-shaped keys raise."""
-  if isinstance(model, BaselineModel):
+  if model.HEAD == "baseline":
     raise CheckpointError(f"{source}: the official code has no baseline model; load a megraph-jax checkpoint")
   spec = ModelSpec.of(model)
   spec_from_official(tensors, source=source, backbone=spec.backbone, num_aus=spec.num_aus, stage=spec.stage)

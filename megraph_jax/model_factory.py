@@ -17,14 +17,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from megraph_jax.errors import ConfigError
 from megraph_jax.models.backbones import BACKBONES, backbone_family
 from megraph_jax.models.fgg import METRICS
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
 from megraph_jax.models.opengraphau import OpenGraphAUStage1, OpenGraphAUStage2
+from megraph_jax.models.trunk import FaceTrunk
 from megraph_jax.task import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_AUS
 from megraph_jax.task import au_names as dataset_au_names
 
 Model = Stage1Model | Stage2Model | BaselineModel | OpenGraphAUStage1 | OpenGraphAUStage2
+# The model family as data: (head, stage) -> class. Building, describing (ModelSpec.of), the stage-1 -> stage-2
+# hand-over and loading official weights look a model up here or read its HEAD / STAGE / SPEC_FIELDS.
+MODELS: dict[tuple[str, int], type[FaceTrunk]] = {
+  (cls.HEAD, cls.STAGE): cls for cls in (Stage1Model, Stage2Model, BaselineModel, OpenGraphAUStage1, OpenGraphAUStage2)
+}
 MODEL_JSON = "model.json"  # the spec as JSON, next to a model's weights (training stage dirs, convert dirs)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 # ME-GraphAU, Table 3's "backbone only" (BaselineModel), or OpenGraphAU (27 main + 14 left/right AUs, 41 outputs)
@@ -157,53 +164,63 @@ class ModelSpec:
     """The model of ``stage`` that a training config (``configs/default.py``) describes."""
     m, data = config.model, config.dataset
     if m.head not in HEADS:
-      raise ValueError(f"config key 'model.head' = {m.head!r}; choose one of {', '.join(HEADS)}")
+      raise ConfigError(f"config key 'model.head' = {m.head!r}; choose one of {', '.join(HEADS)}")
     if m.head == "baseline" and stage != 1:
-      raise ValueError(
+      raise ConfigError(
         "config key 'model.head' = 'baseline' (backbone + linear classifier) has only one stage; "
         "use --config.mode=stage1"
       )
+    if m.backbone not in BACKBONES:
+      raise ConfigError(f"config key 'model.backbone' = {m.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if m.metric not in METRICS:
+      raise ConfigError(f"config key 'model.metric' = {m.metric!r}; choose one of {', '.join(METRICS)}")
     if m.dtype not in DTYPES:
-      raise ValueError(f"config key 'model.dtype' = {m.dtype!r}; choose one of {sorted(DTYPES)}")
+      raise ConfigError(f"config key 'model.dtype' = {m.dtype!r}; choose one of {sorted(DTYPES)}")
     if m.dtype == "float64" and not jax.config.jax_enable_x64:
-      raise ValueError("config key 'model.dtype' = 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
+      raise ConfigError("config key 'model.dtype' = 'float64' needs 64-bit JAX: set JAX_ENABLE_X64=1")
+    for key, value in (("model.neighbor_num", m.neighbor_num), ("model.gnn_layers", m.gnn_layers),
+                       ("dataset.crop_size", data.crop_size)):  # fmt: skip
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config key {key!r} = {value!r}: must be a positive integer")
     au_names = dataset_au_names(data)  # N follows from the dataset (or dataset.au_names)
-    return cls(
-      backbone=m.backbone,
-      num_aus=len(au_names),
-      stage=stage,
-      head=m.head,
-      au_names=au_names,
-      neighbor_num=m.neighbor_num,
-      metric=m.metric,
-      use_fgg=bool(m.use_fgg),
-      gnn_layers=m.gnn_layers,
-      img_size=data.crop_size,
-      dtype=m.dtype,
-    )
+    if m.head == "megraph" and stage == 1 and m.use_fgg and m.neighbor_num > len(au_names):
+      raise ConfigError(
+        f"config key 'model.neighbor_num' = {m.neighbor_num}: K of the FGG's kNN graph must be at most the "
+        f"{len(au_names)} AUs (config key 'dataset.au_names' / 'dataset.name')"
+      )
+    try:
+      return cls(
+        backbone=m.backbone,
+        num_aus=len(au_names),
+        stage=stage,
+        head=m.head,
+        au_names=au_names,
+        neighbor_num=m.neighbor_num,
+        metric=m.metric,
+        use_fgg=bool(m.use_fgg),
+        gnn_layers=m.gnn_layers,
+        img_size=data.crop_size,
+        dtype=m.dtype,
+      )
+    except ValueError as e:  # what the checks above leave to the spec: the AUs (number, head), use_fgg
+      raise ConfigError(
+        f"config keys model.* / dataset.au_names / dataset.name describe no model: {e} (configs/default.py "
+        "describes each key)"
+      ) from None
 
   @classmethod
   def of(cls, model: Model, *, au_names: Any = None) -> ModelSpec:
     """The spec that rebuilds ``model`` (an instance built by :func:`build` or by hand)."""
-    common = dict(
+    return cls(
       backbone=model.backbone_name,
       num_aus=model.num_aus,
       img_size=model.img_size,
       dtype=dtype_name(model.dtype),
       au_names=au_names,
+      head=model.HEAD,
+      stage=model.STAGE,
+      **model.spec_fields(),
     )
-    if isinstance(model, OpenGraphAUStage2):
-      return cls(stage=2, head="opengraphau", gnn_layers=len(model.gnn.layers), **common)
-    if isinstance(model, OpenGraphAUStage1):
-      f = model.fgg
-      return cls(stage=1, head="opengraphau", neighbor_num=f.neighbor_num, metric=f.metric, **common)
-    if isinstance(model, BaselineModel):
-      return cls(stage=1, head="baseline", **common)
-    if isinstance(model, Stage2Model):
-      return cls(stage=2, gnn_layers=len(model.gnn.layers), **common)
-    if model.fgg is None:
-      return cls(stage=1, use_fgg=False, **common)
-    return cls(stage=1, neighbor_num=model.fgg.neighbor_num, metric=model.fgg.metric, **common)
 
 
 def build(spec: ModelSpec, *, seed: int = 0, drop_path_rate: float | None = None, remat: bool = False) -> Model:
@@ -222,18 +239,8 @@ def build(spec: ModelSpec, *, seed: int = 0, drop_path_rate: float | None = None
     param_dtype=param_dtype,
     rngs=nnx.Rngs(params=seed, dropout=seed + 1),
   )
-  if spec.head == "baseline":
-    model = BaselineModel(spec.backbone, spec.num_aus, **common)
-  elif spec.head == "opengraphau" and spec.stage == 1:
-    model = OpenGraphAUStage1(spec.backbone, neighbor_num=spec.neighbor_num, metric=spec.metric, **common)
-  elif spec.head == "opengraphau":
-    model = OpenGraphAUStage2(spec.backbone, gnn_layers=spec.gnn_layers, **common)
-  elif spec.stage == 1:
-    model = Stage1Model(
-      spec.backbone, spec.num_aus, neighbor_num=spec.neighbor_num, metric=spec.metric, use_fgg=spec.use_fgg, **common
-    )
-  else:
-    model = Stage2Model(spec.backbone, spec.num_aus, gnn_layers=spec.gnn_layers, **common)
+  cls = MODELS[(spec.head, spec.stage)]
+  model = cls(spec.backbone, num_aus=spec.num_aus, **{f: getattr(spec, f) for f in cls.SPEC_FIELDS}, **common)
   if remat:
     model.set_attributes(remat=True, raise_if_not_found=False)
   return model

@@ -106,3 +106,39 @@ def test_ablation_variants():
   b.eval()
   p = np.asarray(b(_images(2))["au_probs"])
   assert p.shape == (2, 4) and np.all((p > 0) & (p < 1))
+
+
+# Every model of the family: registered under (head, stage), its spec read back from the instance, the output
+# contract (trunk.ModelOutput) and what its relation-graph picture shows.
+FAMILY = [
+  ("megraph", 1, dict(neighbor_num=3, metric="cosine"), {"adjacency"}, {"node_features", "adjacency"}),
+  ("megraph", 1, dict(use_fgg=False), {"adjacency"}, {"node_features"}),
+  ("megraph", 2, dict(gnn_layers=1), {"adjacency", "edge_strength"}, {"node_features", "edge_features", "edge_logits"}),
+  ("baseline", 1, {}, set(), {"au_logits"}),
+  ("opengraphau", 1, dict(neighbor_num=5), {"adjacency"}, {"node_features", "adjacency"}),
+  ("opengraphau", 2, dict(gnn_layers=3), {"adjacency", "edge_strength"}, {"node_features", "edge_features"}),
+]
+
+
+@pytest.mark.parametrize("head,stage,fields,graph,outputs", FAMILY)
+def test_model_family_as_data(head, stage, fields, graph, outputs):
+  from megraph_jax.model_factory import MODELS, ModelSpec, build  # pylint: disable=import-outside-toplevel
+
+  n = 41 if head == "opengraphau" else 5
+  spec = ModelSpec("resnet18", n, stage=stage, head=head, img_size=IMG, **fields)
+  model = nnx.eval_shape(lambda: build(spec))
+  assert type(model) is MODELS[(head, stage)] and (model.HEAD, model.STAGE) == (head, stage)
+  assert ModelSpec.of(model) == spec  # every field, read from the instance
+  graphdef, state = nnx.split(model)
+
+  def run(state, x):
+    m = nnx.merge(graphdef, state)
+    out = m(x)
+    return out, m.relation_graph(out, 2)
+
+  out, pictures = jax.eval_shape(run, state, jax.ShapeDtypeStruct((2, IMG, IMG, 3), jnp.float32))
+  assert out["au_probs"].shape == (2, n) and set(out) == {"au_probs"} | outputs
+  assert set(pictures) == graph
+  nodes = 27 if head == "opengraphau" else n
+  for v in pictures.values():
+    assert v.shape == (2, nodes, nodes)

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from typing_extensions import Unpack
 
 from megraph_jax.models.afg import AFG
 from megraph_jax.models.fgg import FGG
@@ -14,7 +15,7 @@ from megraph_jax.models.gated_gcn import GatedGCN
 from megraph_jax.models.layers import torch_linear, xavier_uniform_init
 from megraph_jax.models.mefl import MEFL
 from megraph_jax.models.sc_head import SCHead
-from megraph_jax.models.trunk import FaceTrunk
+from megraph_jax.models.trunk import FaceTrunk, ModelOutput, TrunkOptions
 from megraph_jax.numerics import acc_dtype
 
 NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label = 2*y_i + y_j
@@ -23,12 +24,14 @@ NUM_RELATION_CLASSES = 4  # (0,0), (0,1), (1,0), (1,1) for (AU i, AU j); label =
 class _MEGraphBase(FaceTrunk):
   """FaceTrunk, AFG and the SC head, shared by both ME-GraphAU stages."""
 
-  def __init__(self, *, num_aus: int, param_dtype: Any, rngs: nnx.Rngs, **trunk):
+  HEAD = "megraph"
+
+  def __init__(self, backbone: str, num_aus: int, *, rngs: nnx.Rngs, **trunk: Unpack[TrunkOptions]):
     if num_aus < 2:
       raise ValueError(f"num_aus must be at least 2, got {num_aus}")
-    super().__init__(num_aus=num_aus, param_dtype=param_dtype, rngs=rngs, **trunk)
-    self.afg = AFG(self.channels, num_aus, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
-    self.sc = SCHead(self.channels, num_aus, param_dtype=param_dtype, rngs=rngs)
+    super().__init__(backbone=backbone, num_aus=num_aus, rngs=rngs, **trunk)
+    self.afg = AFG(self.channels, num_aus, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+    self.sc = SCHead(self.channels, num_aus, param_dtype=self.param_dtype, rngs=rngs)
 
 
 class Stage1Model(_MEGraphBase):
@@ -36,6 +39,9 @@ class Stage1Model(_MEGraphBase):
 
   ``use_fgg=False`` gives the "backbone + AFG" row of the paper's Table 3 (no graph).
   """
+
+  STAGE = 1
+  SPEC_FIELDS = ("neighbor_num", "metric", "use_fgg")
 
   def __init__(
     self,
@@ -45,23 +51,10 @@ class Stage1Model(_MEGraphBase):
     neighbor_num: int = 4,
     metric: str = "dots",
     use_fgg: bool = True,
-    img_size: int = 224,
-    drop_path_rate: float | None = None,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
+    **trunk: Unpack[TrunkOptions],
   ):
-    super().__init__(
-      backbone=backbone,
-      num_aus=num_aus,
-      img_size=img_size,
-      drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-      backbone_module=backbone_module,
-    )
+    super().__init__(backbone, num_aus, rngs=rngs, **trunk)
     self.use_fgg = use_fgg
     self.fgg = (
       FGG(
@@ -69,13 +62,22 @@ class Stage1Model(_MEGraphBase):
         num_aus,
         neighbor_num=neighbor_num,
         metric=metric,
-        dtype=dtype,
-        param_dtype=param_dtype,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
         rngs=rngs,
       )
       if use_fgg
       else None
     )
+
+  def spec_fields(self) -> dict[str, Any]:
+    if self.fgg is None:
+      return {"use_fgg": False}
+    return {"neighbor_num": self.fgg.neighbor_num, "metric": self.fgg.metric}
+
+  def relation_graph(self, out: ModelOutput, k: int) -> dict[str, jax.Array]:
+    """The FGG's own kNN graph (the one the model used); without the FGG, that of the node features."""
+    return {"adjacency": out["adjacency"]} if self.fgg is not None else super().relation_graph(out, k)
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """ANFL on X ``[B, D, C]``."""
@@ -93,36 +95,33 @@ class Stage1Model(_MEGraphBase):
 class Stage2Model(_MEGraphBase):
   """Stage 2: backbone -> global_linear -> AFG -> MEFL -> GatedGCN -> SC head and edge FC (Sec. 2.2)."""
 
+  STAGE = 2
+  SPEC_FIELDS = ("gnn_layers",)
+
   def __init__(
     self,
     backbone: str,
     num_aus: int,
     *,
-    img_size: int = 224,
-    drop_path_rate: float | None = None,
     gnn_layers: int = 2,
     mefl_streaming: bool = True,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
+    **trunk: Unpack[TrunkOptions],
   ):
-    super().__init__(
-      backbone=backbone,
-      num_aus=num_aus,
-      img_size=img_size,
-      drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-      backbone_module=backbone_module,
-    )
-    c = self.channels
-    self.mefl = MEFL(c, num_aus, streaming=mefl_streaming, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.gnn = GatedGCN(c, num_aus, num_layers=gnn_layers, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.edge_fc = torch_linear(
-      c, NUM_RELATION_CLASSES, kernel_init=xavier_uniform_init(), dtype=dtype, param_dtype=param_dtype, rngs=rngs
-    )
+    super().__init__(backbone, num_aus, rngs=rngs, **trunk)
+    c, kw = self.channels, dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+    self.mefl = MEFL(c, num_aus, streaming=mefl_streaming, **kw)
+    self.gnn = GatedGCN(c, num_aus, num_layers=gnn_layers, **kw)
+    self.edge_fc = torch_linear(c, NUM_RELATION_CLASSES, kernel_init=xavier_uniform_init(), **kw)
+
+  def spec_fields(self) -> dict[str, Any]:
+    return {"gnn_layers": len(self.gnn.layers)}
+
+  def relation_graph(self, out: ModelOutput, k: int) -> dict[str, jax.Array]:
+    """kNN graph of the node features and ``edge_strength``: the edge classifier's P(both AUs occur), class (1,1)."""
+    n = out["au_probs"].shape[1]
+    strength = jax.nn.softmax(out["edge_logits"], axis=-1)[..., 3].reshape(-1, n, n)  # [B, N*N, 4] -> [B, N, N]
+    return {**super().relation_graph(out, k), "edge_strength": strength}
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """AFG + MEFL + GatedGCN on X ``[B, D, C]``."""
@@ -144,29 +143,15 @@ class Stage2Model(_MEGraphBase):
 class BaselineModel(FaceTrunk):
   """Backbone -> global_linear -> GAP -> FC -> sigmoid: the "backbone only" row of the paper's Table 3."""
 
-  def __init__(
-    self,
-    backbone: str,
-    num_aus: int,
-    *,
-    img_size: int = 224,
-    drop_path_rate: float | None = None,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
-  ):
-    super().__init__(
-      backbone=backbone,
-      num_aus=num_aus,
-      img_size=img_size,
-      drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-      backbone_module=backbone_module,
-    )
-    self.fc = torch_linear(self.channels, num_aus, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  HEAD, STAGE = "baseline", 1
+
+  def __init__(self, backbone: str, num_aus: int, *, rngs: nnx.Rngs, **trunk: Unpack[TrunkOptions]):
+    super().__init__(backbone=backbone, num_aus=num_aus, rngs=rngs, **trunk)
+    self.fc = torch_linear(self.channels, num_aus, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+
+  def relation_graph(self, out: ModelOutput, k: int) -> dict[str, jax.Array]:
+    """No graph: nothing to draw."""
+    return {}
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     x = self.features(images)  # [B, D, C]

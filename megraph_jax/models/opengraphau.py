@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from typing_extensions import Unpack
 
 from megraph_jax.models.afg import AFG
 from megraph_jax.models.fgg import FGG
-from megraph_jax.models.gated_gcn import GatedGCN
+from megraph_jax.models.gated_gcn import GatedGCN, edge_gates
 from megraph_jax.models.mefl import MEFL
 from megraph_jax.models.sc_head import SCHead
-from megraph_jax.models.trunk import FaceTrunk
+from megraph_jax.models.trunk import FaceTrunk, ModelOutput, TrunkOptions
 from megraph_jax.task import OPENGRAPHAU_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_NODES
 
 NUM_MAIN = len(OPENGRAPHAU_MAIN_AUS)  # 27 graph nodes
@@ -49,30 +50,15 @@ class MainSubSC(nnx.Module):
 class _OpenGraphAUBase(FaceTrunk):
   """FaceTrunk, the AFG over the 27 main AUs and the 41-output SC head, shared by both stages."""
 
-  def __init__(
-    self,
-    backbone: str,
-    *,
-    img_size: int,
-    drop_path_rate: float | None,
-    dtype: Any,
-    param_dtype: Any,
-    rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
-  ):
-    super().__init__(
-      backbone=backbone,
-      num_aus=NUM_OUTPUTS,
-      img_size=img_size,
-      drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-      backbone_module=backbone_module,
-    )
+  HEAD = "opengraphau"
+
+  def __init__(self, backbone: str, *, num_aus: int = NUM_OUTPUTS, rngs: nnx.Rngs, **trunk: Unpack[TrunkOptions]):
+    if num_aus != NUM_OUTPUTS:
+      raise ValueError(f"OpenGraphAU has {NUM_OUTPUTS} outputs, got num_aus={num_aus}")
+    super().__init__(backbone=backbone, num_aus=NUM_OUTPUTS, rngs=rngs, **trunk)
     self.num_main = NUM_MAIN
-    self.afg = AFG(self.channels, NUM_MAIN, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.sc = MainSubSC(self.channels, param_dtype=param_dtype, rngs=rngs)
+    self.afg = AFG(self.channels, NUM_MAIN, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+    self.sc = MainSubSC(self.channels, param_dtype=self.param_dtype, rngs=rngs)
 
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     return self.head(self.features(images))
@@ -81,30 +67,28 @@ class _OpenGraphAUBase(FaceTrunk):
 class OpenGraphAUStage1(_OpenGraphAUBase):
   """Stage 1 (official ``model/ANFL.py``): AFG -> FGG over the 27 main nodes -> 41 scores."""
 
+  STAGE = 1
+  SPEC_FIELDS = ("neighbor_num", "metric")
+
   def __init__(
     self,
     backbone: str,
     *,
     neighbor_num: int = 4,
     metric: str = "dots",
-    img_size: int = 224,
-    drop_path_rate: float | None = None,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
+    **trunk: Unpack[TrunkOptions],
   ):
-    super().__init__(
-      backbone,
-      img_size=img_size,
-      drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-      backbone_module=backbone_module,
-    )
-    kw = dict(neighbor_num=neighbor_num, metric=metric, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    super().__init__(backbone, rngs=rngs, **trunk)
+    kw = dict(neighbor_num=neighbor_num, metric=metric, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
     self.fgg = FGG(self.channels, NUM_MAIN, **kw)
+
+  def spec_fields(self) -> dict[str, Any]:
+    return {"neighbor_num": self.fgg.neighbor_num, "metric": self.fgg.metric}
+
+  def relation_graph(self, out: ModelOutput, k: int) -> dict[str, jax.Array]:
+    """The FGG's own kNN graph over the 27 main AUs."""
+    return {"adjacency": out["adjacency"]}
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """ANFL on X ``[B, D, C]``: scores ``[B, 41]``, node features ``[B, 27, C]``, kNN adjacency ``[B, 27, 27]``."""
@@ -116,30 +100,24 @@ class OpenGraphAUStage1(_OpenGraphAUBase):
 class OpenGraphAUStage2(_OpenGraphAUBase):
   """Stage 2 (official ``model/MEFL.py``): AFG -> MEFL -> 2 GatedGCN layers (v + ReLU(BN(.))) -> 41 scores."""
 
-  def __init__(
-    self,
-    backbone: str,
-    *,
-    gnn_layers: int = 2,
-    img_size: int = 224,
-    drop_path_rate: float | None = None,
-    dtype: Any = jnp.float32,
-    param_dtype: Any = jnp.float32,
-    rngs: nnx.Rngs,
-    backbone_module: nnx.Module | None = None,
-  ):
-    super().__init__(
-      backbone,
-      img_size=img_size,
-      drop_path_rate=drop_path_rate,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-      backbone_module=backbone_module,
-    )
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  STAGE = 2
+  SPEC_FIELDS = ("gnn_layers",)
+
+  def __init__(self, backbone: str, *, gnn_layers: int = 2, rngs: nnx.Rngs, **trunk: Unpack[TrunkOptions]):
+    super().__init__(backbone, rngs=rngs, **trunk)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
     self.mefl = MEFL(self.channels, NUM_MAIN, **kw)
     self.gnn = GatedGCN(self.channels, NUM_MAIN, num_layers=gnn_layers, relu_in_residual=True, **kw)
+
+  def spec_fields(self) -> dict[str, Any]:
+    return {"gnn_layers": len(self.gnn.layers)}
+
+  def relation_graph(self, out: ModelOutput, k: int) -> dict[str, jax.Array]:
+    """kNN graph of the node features and ``edge_strength``: N' x the channel-mean gate of the last GatedGCN layer
+    (no edge classifier in OpenGraphAU)."""
+    n = out["node_features"].shape[1]
+    strength = n * jnp.mean(edge_gates(out["edge_features"], n), axis=-1).astype(jnp.float32)  # [B, 27, 27]
+    return {**super().relation_graph(out, k), "edge_strength": strength}
 
   def head(self, x: jax.Array) -> dict[str, jax.Array]:
     """On X ``[B, D, C]``: scores ``[B, 41]``, node ``[B, 27, C]`` and edge features ``[B, 27*27, C]``."""

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
+from typing_extensions import NotRequired, Required
 
 from megraph_jax.models.backbones import build_backbone, global_linear_channels
+from megraph_jax.models.fgg import knn_adjacency
 from megraph_jax.models.layers import LinearBlock
+
+
+class TrunkOptions(TypedDict, total=False):
+  """What every model takes besides its backbone name, AU count, head options and ``rngs`` (defaults: FaceTrunk's)."""
+
+  img_size: int  # input side, px (official 224)
+  drop_path_rate: float | None  # Swin/ViT stochastic depth; None = the backbone's official preset
+  dtype: Any  # compute dtype (float32, bfloat16, float64)
+  param_dtype: Any  # parameter dtype (float32; float64 for float64 models)
+  backbone_module: nnx.Module | None  # a ready backbone instead of building one (tests: the heads alone)
+
+
+class ModelOutput(TypedDict):
+  """What every model returns (the output contract ``predict``, the losses and the pictures read).
+
+  ``au_probs`` ``[B, N]`` always; ``node_features`` ``[B, N', C]`` where the model has a graph (N' = 27 for
+  OpenGraphAU); ``adjacency`` ``[B, N', N']`` from a stage-1 FGG; ``edge_features`` ``[B, N'*N', C]`` in stage 2;
+  ``edge_logits`` ``[B, N*N, 4]`` from ME-GraphAU's stage-2 edge classifier; ``au_logits`` from the baseline.
+  """
+
+  au_probs: Required[jax.Array]
+  node_features: NotRequired[jax.Array]
+  adjacency: NotRequired[jax.Array]
+  edge_features: NotRequired[jax.Array]
+  edge_logits: NotRequired[jax.Array]
+  au_logits: NotRequired[jax.Array]
 
 
 class FaceTrunk(nnx.Module):
@@ -16,24 +45,32 @@ class FaceTrunk(nnx.Module):
 
   The start of every model here (ME-GraphAU's stages, the baseline, OpenGraphAU's stages); subclasses add
   their heads after calling ``__init__`` (parameters are drawn in that order: backbone, global_linear, heads).
+  Each model class names its place in the family (``HEAD``, ``STAGE``: the key it is registered under in
+  ``megraph_jax.model_factory.MODELS``) and the spec fields its constructor takes (``SPEC_FIELDS``; their values
+  on an instance: :meth:`spec_fields`), so building, describing and converting models are lookups.
   """
+
+  HEAD: ClassVar[str] = ""
+  STAGE: ClassVar[int] = 0
+  SPEC_FIELDS: ClassVar[tuple[str, ...]] = ()
 
   def __init__(
     self,
     *,
     backbone: str,
     num_aus: int,
-    img_size: int,
-    drop_path_rate: float | None,
-    dtype: Any,
-    param_dtype: Any,
     rngs: nnx.Rngs,
+    img_size: int = 224,
+    drop_path_rate: float | None = None,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
     backbone_module: nnx.Module | None = None,
   ):
     self.backbone_name = backbone
     self.num_aus = num_aus
     self.img_size = img_size
     self.dtype = dtype
+    self.param_dtype = param_dtype
     self.backbone = (
       backbone_module
       if backbone_module is not None
@@ -44,6 +81,15 @@ class FaceTrunk(nnx.Module):
     c_in = self.backbone.num_features
     self.channels = global_linear_channels(backbone, c_in)
     self.global_linear = LinearBlock(c_in, self.channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def spec_fields(self) -> dict[str, Any]:
+    """This model's values of its ``SPEC_FIELDS`` (what rebuilds its head)."""
+    return {}
+
+  def relation_graph(self, out: ModelOutput, k: int) -> dict[str, jax.Array]:
+    """What the relation-graph picture shows: ``adjacency`` ``[B, N', N']``, here the kNN graph (K = ``k``) of the
+    node features; subclasses use their FGG's own graph, add stage 2's ``edge_strength`` or show nothing."""
+    return {"adjacency": knn_adjacency(out["node_features"], k)}
 
   def set_remat(self, remat: bool) -> None:
     """Rematerialise backbone blocks in the backward pass (less activation memory, more compute)."""

@@ -29,8 +29,6 @@ from megraph_jax import loader, numerics
 from megraph_jax.data.transforms import eval_transform
 from megraph_jax.errors import UserError
 from megraph_jax.model_factory import Model, ModelSpec, eval_view
-from megraph_jax.models.fgg import knn_adjacency
-from megraph_jax.models.gated_gcn import edge_gates
 from megraph_jax.predict import faces as facelib
 from megraph_jax.predict import media, pipeline, plots
 from megraph_jax.predict.records import FacePrediction, RecordWriter, Smoother, plot_stem, smooth, unique_stem
@@ -38,18 +36,11 @@ from megraph_jax.task import au_legend
 
 
 def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, k: int) -> dict[str, jax.Array]:
-  """Probabilities, kNN links of the node features (not for the baseline) and (stage 2) edge strengths."""
-  out = nnx.merge(graphdef, state)(images)
-  res = {"probs": out["au_probs"].astype(jnp.float32)}
-  if "adjacency" in out or "node_features" in out:
-    res["adjacency"] = out["adjacency"] if "adjacency" in out else knn_adjacency(out["node_features"], k)
-  if "edge_logits" in out:  # [B, N*N, 4], classes (0,0) (0,1) (1,0) (1,1)
-    n = res["probs"].shape[1]
-    res["edge_strength"] = jax.nn.softmax(out["edge_logits"], axis=-1)[..., 3].reshape(-1, n, n)
-  elif "edge_features" in out:  # OpenGraphAU stage 2, no edge classifier: N x channel-mean gate of the last layer
-    n = out["node_features"].shape[1]
-    res["edge_strength"] = n * jnp.mean(edge_gates(out["edge_features"], n), axis=-1).astype(jnp.float32)
-  return res
+  """Probabilities and what the model's relation-graph picture shows (``FaceTrunk.relation_graph``: kNN links of
+  the node features, stage 2's edge strengths; nothing for the baseline)."""
+  model = nnx.merge(graphdef, state)
+  out = model(images)
+  return {"probs": out["au_probs"].astype(jnp.float32), **model.relation_graph(out, k)}
 
 
 class Predictor:

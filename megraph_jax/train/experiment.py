@@ -94,7 +94,7 @@ def evaluate_checkpoint(config, workdir: str) -> FoldResult:
   state = sharding.put_replicated(state, mesh)
   p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh, **trainer.step_options(config))
   result = trainer.evaluate(p_eval, state, test_data, root=dataset.root, config=config, mesh=mesh)
-  stage = model_factory.ModelSpec.of(model).stage  # every head's stage 2 (OpenGraphAU's too), not a class check
+  stage = model.STAGE  # every head's stage 2 (OpenGraphAU's too), not a class check
   out = _fold_result(dataset, fold, train_data, test_data, checkpoint=config.checkpoint)
   return out.with_stage(StageResult(stage, fold, last=result, best=result))
 

@@ -14,7 +14,6 @@ from flax import nnx
 from megraph_jax import loader
 from megraph_jax.errors import CheckpointError, ConfigError, ImageNetWeightsError
 from megraph_jax.model_factory import Model
-from megraph_jax.models import opengraphau
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
 from megraph_jax.models.trunk import init_stage2_from_stage1
 from megraph_jax.torch_io import load_pth
@@ -46,11 +45,9 @@ def copy_weights(target: Model, source: Model) -> None:
       f"trains {target.backbone_name} with {target.num_aus} (config keys model.backbone, "
       "dataset.au_names)"
     )
-  if type(source) is type(target):
+  if (source.HEAD, source.STAGE) == (target.HEAD, target.STAGE):
     nnx.update(target, nnx.state(source, nnx.Any(nnx.Param, nnx.BatchStat)))
-  elif (isinstance(source, Stage1Model) and isinstance(target, Stage2Model)) or (
-    isinstance(source, opengraphau.OpenGraphAUStage1) and isinstance(target, opengraphau.OpenGraphAUStage2)
-  ):
+  elif source.HEAD == target.HEAD and (source.STAGE, target.STAGE) == (1, 2):  # ME-GraphAU's or OpenGraphAU's
     init_stage2_from_stage1(target, source)
   else:
     raise CheckpointError(f"cannot initialise a {type(target).__name__} from a {type(source).__name__} checkpoint")

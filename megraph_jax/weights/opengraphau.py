@@ -15,7 +15,7 @@ def load_opengraphau_head(sd: StateDict, model: OpenGraphAUStage1 | OpenGraphAUS
   load_afg(sd, "head.main_class_linears", model.afg)
   load_sc(sd, "head.main_sc", model.sc.main_sc)
   load_sc(sd, "head.sub_sc", model.sc.sub_sc)
-  if isinstance(model, OpenGraphAUStage1):
+  if model.STAGE == 1:
     load_fgg(sd, "head.gnn", model.fgg)
     return
   load_mefl(sd, "head.edge_extractor", model.mefl)
