@@ -218,6 +218,8 @@ def check_stage_config(stage_dir: str, config: dict[str, Any]) -> None:
     )
     return
   old, new = _flatten(stored), _flatten(json.loads(json.dumps(config)))  # tuples -> lists, as stored
+  if "data" not in stored:  # written before data fingerprints were stored: nothing to compare them with
+    new = {k: v for k, v in new.items() if not k.startswith("data.")}
   changed = [
     (k, old.get(k, "<absent>"), new.get(k, "<absent>"))
     for k in sorted(set(old) | set(new))

@@ -4,15 +4,18 @@ with a Swin backbone) end with the same parameters and the same evaluations as a
 import glob
 import json
 import os
+import shutil
 import signal
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import tiny_config
+from helpers import TINY_AUS, TINY_SYNTHETIC, tiny_config
 
-from megraph_jax import checkpointing, model_factory
+from megraph_jax import checkpointing, model_factory, task
+from megraph_jax.data import synthetic
+from megraph_jax.errors import ConfigChangedError
 from megraph_jax.train.experiment import run
 from megraph_jax.train.preemption import StopRequest
 
@@ -167,3 +170,33 @@ def test_stop_signals_request_a_stop_at_the_next_step(sig):
   finally:
     stop.uninstall()
   assert signal.getsignal(sig) is not stop._handle  # pylint: disable=protected-access
+
+
+def test_resume_refuses_other_labels_and_accepts_the_same_data_moved(tmp_path, synthetic_cache):
+  """A stage stores a fingerprint of each split it reads (image paths and labels): a rerun on a copy of the dataset
+  in another folder resumes; one whose training labels differ is refused, naming the split."""
+  src = synthetic.ensure_generated(
+    synthetic_cache, name="BP4D", aus=[int(a[2:]) for a in TINY_AUS], **TINY_SYNTHETIC
+  )  # the session's set
+  first, moved, other = (str(tmp_path / d) for d in ("first", "moved", "other"))
+  for d in (first, moved, other):
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("synthetic.json"))
+  labels = os.path.join(other, "list", "BP4D_train_label_fold1.txt")
+  y = np.loadtxt(labels, dtype=np.int64)
+  y[:4] = 1 - y[:4]  # same images, other labels for 4 of them
+  np.savetxt(labels, y, fmt="%d")
+  relations = os.path.join(other, "list", "BP4D_train_AU_relation_fold1.txt")
+  np.savetxt(relations, task.relation_labels(y), fmt="%d")  # consistent with them
+
+  def config(root, **kw):
+    return tiny_config(
+      synthetic_cache, mode="stage1", **{"dataset.synthetic.enabled": False, "dataset.root": root}, **kw
+    )
+
+  workdir = str(tmp_path / "work")
+  assert run(config(first, stop_after_steps=3), workdir).preempted
+  with pytest.raises(ConfigChangedError, match=r"data\.train: .*sha256") as e:
+    run(config(other), workdir)
+  assert [k for k, _, _ in e.value.changed] == ["data.train"]  # the test split is unchanged
+  done = run(config(moved), workdir)  # the same content elsewhere: a legitimate rerun
+  assert not done.preempted and _history(workdir, 1)

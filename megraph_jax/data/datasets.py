@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import warnings
@@ -96,6 +97,14 @@ class SplitData:
   def num_examples(self) -> int:
     """M."""
     return len(self.paths)
+
+  def fingerprint(self) -> str:
+    """What a run trains or evaluates on, independent of where the dataset lies: a hash of the image paths (relative
+    to ``ROOT/img``) and the AU labels, in list order. Stored with each stage; a resume on other content is refused."""
+    h = hashlib.sha256()
+    h.update("\n".join(self.paths).encode())
+    h.update(np.ascontiguousarray(self.labels, np.int64).tobytes())
+    return f"sha256 {h.hexdigest()[:16]} of {len(self.paths)} images x {self.labels.shape[-1]} AU labels"
 
   @property
   def num_aus(self) -> int:

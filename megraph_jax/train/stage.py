@@ -239,7 +239,7 @@ def train_stage(
 
   resuming = checkpointing.has_checkpoints(stage_dir)
   if resuming:  # refuse a changed experiment before touching anything
-    checkpointing.check_stage_config(stage_dir, experiment_config(config, stage))
+    checkpointing.check_stage_config(stage_dir, experiment_config(config, stage, (train_data, test_data)))
   model = model_factory.build_from_config(config, stage)
   ckpt = checkpointing.StageCheckpoints(stage_dir, keep=config.keep_checkpoints)
   tx, schedule = make_optimizer(config, stage, nnx.state(model, nnx.Param), total_steps)
@@ -249,7 +249,7 @@ def train_stage(
   if restored is None:  # a fresh start: initial weights, then the stage's config and model description
     source = initialization.init_stage_weights(model, config, init_from)
     logging.info("%s: initialised from %s", tag, source)
-    checkpointing.write_stage_config(stage_dir, experiment_config(config, stage), init=source)
+    checkpointing.write_stage_config(stage_dir, experiment_config(config, stage, (train_data, test_data)), init=source)
     checkpointing.write_model_json(stage_dir, model_factory.ModelSpec.from_config(config, stage).to_json())
   graphdef, state = nnx.split(ts)  # after init_stage_weights, which writes into ts.model
   if restored is not None:
@@ -393,9 +393,13 @@ RUN_KEYS = (
 )
 
 
-def experiment_config(config: ml_collections.ConfigDict, stage: int) -> dict[str, Any]:
-  """The config of ``stage`` without RUN_KEYS and the other stage's settings: what a resume must keep."""
+def experiment_config(config: ml_collections.ConfigDict, stage: int, splits=()) -> dict[str, Any]:
+  """The config of ``stage`` without RUN_KEYS and the other stage's settings, plus the fingerprint of each split it
+  reads (``data.<split>``: image paths and labels, so a moved dataset resumes and other content does not): what a
+  resume must keep."""
   out = config.to_dict()
+  if splits:
+    out["data"] = {s.split or f"split{i}": s.fingerprint() for i, s in enumerate(splits)}
   for key in RUN_KEYS + (("stage2",) if stage == 1 else ("stage1",)):
     *parents, leaf = key.split(".")
     node = out
