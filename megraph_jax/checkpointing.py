@@ -3,8 +3,10 @@ stage's config and model description; and the workdir lock that keeps two traini
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging as pylogging
 import os
 import shutil
 import socket
@@ -145,15 +147,34 @@ def write_model_json(stage_dir: str, cfg: dict[str, Any]) -> None:
       json.dump(cfg, f, indent=2)
 
 
+@contextlib.contextmanager
+def _quiet_read_only():
+  """Drops orbax's warnings that a read-only manager is read-only (they look like problems at every stage-2 start and
+  every checkpoint load, and are not)."""
+
+  def keep(record: pylogging.LogRecord) -> bool:
+    return not record.getMessage().startswith(("Given directory is read only", "CheckpointManagerOptions.read_only"))
+
+  logger = pylogging.getLogger("absl")
+  logger.addFilter(keep)
+  try:
+    yield
+  finally:
+    logger.removeFilter(keep)
+
+
 def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "best") -> tuple[int, Any]:
   """(step, model state) from ``stage_dir/best`` (which='best') or ``stage_dir/checkpoints`` ('latest')."""
   sub = "best" if which == "best" else "checkpoints"
   directory = os.path.join(os.path.abspath(stage_dir), sub)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints; train that stage first or point to another directory")
-  with ocp.CheckpointManager(
-    directory, item_names=(ITEM,), options=ocp.CheckpointManagerOptions(read_only=True)
-  ) as mgr:
+  with (
+    _quiet_read_only(),
+    ocp.CheckpointManager(
+      directory, item_names=(ITEM,), options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+    ) as mgr,
+  ):
     step = mgr.latest_step()  # the best manager keeps only the best one
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint saved yet")

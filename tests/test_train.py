@@ -4,6 +4,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -137,6 +138,23 @@ def test_main_eval_mode_cli(trained, synthetic_cache):
   best = results.folds[1].stages[2].best  # the stage dir's best checkpoint is what eval loads
   assert evaluated["f1"] == pytest.approx(best.f1, abs=1e-6)
   assert "| Method | AU1 | AU2 | AU6 | AU12 | Avg. |" in proc.stdout
+
+
+def test_console_shows_progress_results_and_real_warnings_only(trained, synthetic_cache, tmp_path):
+  """A rerun of a trained workdir whose stage 2 was removed: stage 1 says it is already trained (not 'resuming'),
+  stage 2 says it compiles, then one line per log step; no clu metric dumps, no orbax read-only warnings."""
+  workdir = str(tmp_path / "w")
+  shutil.copytree(trained[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "fold1", "stage2"))
+  proc = subprocess.run(tiny_main_args(synthetic_cache, workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  err = proc.stderr
+  assert "fold 1 stage 1: already trained (8 of 8 steps" in err and "resuming from" not in err
+  assert "fold 1 stage 2: compiling the train step" in err
+  assert err.count("fold 1 stage 2 epoch 1/1 step") == 2  # log_every_steps=2 of 4 steps
+  for noise in ("logging_writer", "Setting work unit notes", "read only", "read_only"):
+    assert noise not in err, noise
+  assert "| stage 2, fold 1, last epoch (1) |" in proc.stdout
 
 
 def test_eval_of_a_checkpoint_with_other_aus_names_both(trained, synthetic_cache, tmp_path):

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from megraph_jax import task
@@ -295,6 +296,13 @@ def ensure_generated(
     return root
   os.makedirs(cache_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{key}.tmp", dir=cache_dir)
+  logging.info(
+    "generating the synthetic %s set (%d images of %d px) in %s: once, later runs reuse it",
+    name,
+    num_subjects * frames_per_subject,
+    image_size,
+    root,
+  )
   try:
     generate(
       tmp,

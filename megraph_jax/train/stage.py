@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax import nnx
 
 from megraph_jax import checkpointing, model_factory, numerics, sharding, task
@@ -254,14 +254,18 @@ def train_stage(
   graphdef, state = nnx.split(ts)  # after init_stage_weights, which writes into ts.model
   if restored is not None:
     step, state = restored
-    logging.info(
-      "%s: resuming from step %d (epoch %d, batch %d) in %s",
-      tag,
-      step,
-      step // steps_per_epoch,
-      step % steps_per_epoch,
-      ckpt.checkpoint_dir(step),
-    )
+    if step >= total_steps:
+      logging.info("%s: already trained (%d of %d steps, %s); nothing to retrain", tag, step, total_steps, stage_dir)
+    else:
+      logging.info(
+        "%s: resuming from step %d of %d (epoch %d, batch %d) in %s",
+        tag,
+        step,
+        total_steps,
+        step // steps_per_epoch,
+        step % steps_per_epoch,
+        ckpt.checkpoint_dir(step),
+      )
   state_sharding = sharding.state_shardings(state, mesh, config.sharding.params, config.sharding.fsdp_min_size)
   state = jax.device_put(state, state_sharding)
   p_eval_model = eval_graphdef(model)
@@ -274,16 +278,15 @@ def train_stage(
   p_eval_step = jit_eval_step(p_eval_model, class_weights, mesh, state_sharding["model"], **options)
   data_sharding = sharding.data_sharded(mesh)
 
-  writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
-  report = periodic_actions.ReportProgress(
-    num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps
-  )
+  writer = _metric_writer(stage_dir)
   history = monitoring.read_history(stage_dir, step)
   log_every = max(int(config.log_every_steps), 1)
   pending, t_log, steps_at_log = [], time.time(), step
   guard = monitoring.FiniteGuard(tag, stage, settings.learning_rate, steps_per_epoch, schedule, ckpt)
   # A stop on an epoch's last step leaves that epoch unevaluated: resume at its end, not after it.
   first_epoch = (step - 1) // steps_per_epoch if step else 0
+  if step < total_steps:
+    logging.info("%s: compiling the train step for %s (the first step takes a while)", tag, mesh.devices.flat[0])
   try:
     for epoch in range(first_epoch, settings.epochs):
       if step < (epoch + 1) * steps_per_epoch:
@@ -306,7 +309,6 @@ def train_stage(
           step += 1
           guard.push(step, metrics)  # checks the previous step's (already computed) metrics: no pipeline stall
           pending.append(metrics)
-          report(step)
           if step % log_every == 0 or step == total_steps:
             monitoring.log_train(
               writer,
@@ -363,6 +365,14 @@ def train_stage(
   init = checkpointing.read_stage_config(stage_dir).get("init", "")
   return StageResult(stage, fold, last=history[-1], best=best, steps=step, epochs=settings.epochs, init=init,
                      history=tuple(history))  # fmt: skip
+
+
+def _metric_writer(stage_dir: str) -> metric_writers.MetricWriter:
+  """TensorBoard scalars of process 0 in ``stage_dir`` (the console gets ``monitoring.log_train``'s one line per
+  log step instead of clu's metric dumps); nothing on other processes."""
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
 
 
 def stage_class_weights(config, root: str, fold: int, train_data) -> np.ndarray:
