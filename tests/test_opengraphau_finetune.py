@@ -113,32 +113,83 @@ def test_sam_perturbation_is_the_official_formula():
       np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-5, atol=1e-7)
 
 
-def test_sam_step_keeps_first_pass_batch_statistics_and_changes_the_update():
-  spec = ModelSpec("resnet18", N, 1, head="opengraphau", img_size=32)
-  rng = np.random.default_rng(2)
-  batch = {
-    "image": rng.normal(size=(4, 32, 32, 3)).astype(np.float32),
-    "label": rng.choice([-1.0, 0.0, 1.0], size=(4, N)).astype(np.float32),
-  }
-  out = {}
-  for rho in (0.0, 2.0):
-    model = build(spec, seed=0)
-    params = nnx.state(model, nnx.Param)
-    tx, _ = optim.create_optimizer(params, learning_rate=1e-3, total_steps=10, weight_decay=5e-4, b1=0.9, b2=0.999,
-                                   eps=1e-8)  # fmt: skip
-    graphdef, state = nnx.split(TrainState(model, tx))
-    step = jit_train_step(graphdef, jnp.ones(N), 0.0, sharding.make_mesh(), wa_loss="opengraphau", sam_rho=rho)
-    state, metrics = step(state, batch)
-    assert np.isfinite(float(metrics["total"]))
-    out[rho] = (nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state).model, nnx.BatchStat)),
-                nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state).model, nnx.Param)))  # fmt: skip
-  for (p, a), (_, b) in zip(*(out[r][0] for r in (0.0, 2.0))):  # the second pass left the statistics alone
-    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))
-  diffs = [
-    float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
-    for (_, a), (_, b) in zip(*(out[r][1] for r in (0.0, 2.0)))
-  ]
-  assert max(diffs) > 0  # the gradient at w + e(w) differs from the one at w
+def _flat(state) -> dict:
+  return {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+
+
+def _loss_grad(spec, batch):
+  """(initial params, jitted ``params -> (grad, (loss, BatchNorm statistics after the pass))``): jax.grad of the loss
+  of a pure function of the parameters, the model of ``spec`` (seed 0) in train mode on ``batch``."""
+  graphdef, params, stats, rest = nnx.split(build(spec, seed=0), nnx.Param, nnx.BatchStat, ...)
+
+  def loss(p, images):
+    m = nnx.merge(graphdef, p, stats, rest, copy=True)
+    total = task.loss_terms(m(images), batch, jnp.ones(N), 0.0, wa_loss="opengraphau")["total"]
+    return total, (total, nnx.state(m, nnx.BatchStat))
+
+  grad = jax.jit(jax.grad(loss, has_aux=True))
+  return params, lambda p: grad(p, batch["image"])
+
+
+def _sam_reference(params, grad, *, rho, adaptive, lr, wd, eps):
+  """One step written from the algorithm (OpenGraphAU's ``sam.py`` around ``torch.optim.AdamW``): g = grad at w (this
+  pass sets the BatchNorm statistics), e = rho T(w)^2 g / ||T(w) g||, T(w) = |w| (ASAM) or 1, g' = grad at w + e,
+  AdamW's first step from w with g'. Returns (params, statistics, loss, |g'|)."""
+  g, (total, new_stats) = grad(params)
+  if rho:
+    t = jax.tree.map(lambda w, g: (jnp.abs(w) if adaptive else 1.0) * g, params, g)
+    scale = rho / jnp.sqrt(sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(t)))
+    # in float32 as the step computes it: w + e is where the gradient is taken, and a deep net at a point moved that
+    # far amplifies a last-bit difference of w + e ~1000 times in its gradient
+    g, _ = grad(jax.tree.map(lambda w, g: w + (jnp.square(w) if adaptive else 1.0) * g * scale, params, g))
+  w = {k: v.astype(np.float64) for k, v in _flat(params).items()}
+  g = {k: v.astype(np.float64) for k, v in _flat(g).items()}
+  # torch.optim.AdamW, step 1: m = (1 - b1) g, v = (1 - b2) g^2, bias-corrected to g and g^2
+  new_w = {k: w[k] - lr * (g[k] / (np.abs(g[k]) + eps) + wd * w[k]) for k in w}
+  grad_norm = np.sqrt(sum(np.sum(v**2) for v in g.values()))
+  return new_w, _flat(new_stats), float(total), grad_norm
+
+
+def test_sam_step_is_the_sam_algorithm():
+  """The jitted train step with SAM (ASAM rho 2 as OpenGraphAU, and plain SAM) against ``_sam_reference``: the
+  parameters, every BatchNorm statistic (the first pass's), the loss at w and the norm of the gradient at w + e.
+
+  In float64: at w + e a deep net amplifies a last-bit difference of the point 1e3..1e6 times in its gradient, so in
+  float32 two correct implementations differ by up to 1e-4 of the gradient. Measured in float64 (x86 CPU): ASAM
+  rho 2 parameters 2e-10 (2e-7 lr) and |g'| 2e-10 relative; plain SAM rho 0.05 3e-13. A wrong sign of e or the
+  gradient taken at w instead moves parameters by ~lr and |g'| by > 10%."""
+  with jax.enable_x64(True):
+    spec = ModelSpec("resnet18", N, 1, head="opengraphau", img_size=32, dtype="float64")
+    rng = np.random.default_rng(2)
+    batch = {"image": rng.normal(size=(4, 32, 32, 3)), "label": rng.choice([-1.0, 0.0, 1.0], size=(4, N))}
+    # eps 1e-3 (official 1e-8): Adam's first step is then g / (|g| + eps), not sign(g): it shows the gradient's size
+    lr, wd, eps = 1e-3, 5e-4, 1e-3
+    w0, grad = _loss_grad(spec, batch)
+    plain = _sam_reference(w0, grad, rho=0.0, adaptive=True, lr=lr, wd=wd, eps=eps)[0]  # AdamW alone
+    for rho, adaptive in ((2.0, True), (0.05, False)):
+      model = build(spec, seed=0)
+      tx, _ = optim.create_optimizer(nnx.state(model, nnx.Param), learning_rate=lr, total_steps=10, weight_decay=wd,
+                                     b1=0.9, b2=0.999, eps=eps)  # fmt: skip
+      graphdef, state = nnx.split(TrainState(model, tx))
+      step = jit_train_step(graphdef, jnp.ones(N, jnp.float64), 0.0, sharding.make_mesh(), wa_loss="opengraphau",
+                            sam_rho=rho, sam_adaptive=adaptive)  # fmt: skip
+      state, metrics = step(state, batch)
+      trained = nnx.merge(graphdef, state).model
+      got_w, got_stats = _flat(nnx.state(trained, nnx.Param)), _flat(nnx.state(trained, nnx.BatchStat))
+      want_w, want_stats, want_loss, want_norm = _sam_reference(w0, grad, rho=rho, adaptive=adaptive, lr=lr, wd=wd,
+                                                                eps=eps)  # fmt: skip
+      tag = f"rho={rho} adaptive={adaptive}"
+      assert got_w.keys() == want_w.keys() and got_stats.keys() == want_stats.keys() and len(got_stats) > 40, tag
+      dw = {k: np.abs(got_w[k] - want_w[k]).max() for k in want_w}
+      worst = max(dw, key=dw.get)
+      stat = max(np.abs(got_stats[k] - want_stats[k]).max() for k in want_stats)
+      norm = abs(float(metrics["grad_norm"]) / want_norm - 1)
+      print(f"{tag}: parameters {dw[worst]:.1e} ({worst}), statistics {stat:.1e}, |g'| {norm:.1e} off; lr {lr}")
+      assert dw[worst] < 1e-5 * lr, f"{tag}: {worst} {dw[worst]:.3g} off the reference step (it moves it ~lr)"
+      assert stat < 1e-12, f"{tag}: BatchNorm statistics {stat:.3g} off the first pass's"
+      assert norm < 1e-7, f"{tag}: the gradient at w + e has a norm {norm:.3g} relative off the reference's"
+      np.testing.assert_allclose(float(metrics["total"]), want_loss, rtol=1e-12, err_msg=tag)
+      assert max(np.abs(got_w[k] - plain[k]).max() for k in plain) > 0.1 * lr  # SAM changed the step
 
 
 def test_finetune_from_a_released_checkpoint(tmp_path):
