@@ -18,6 +18,7 @@ from megraph_jax.predict import predictor as predict
 from megraph_jax.task import IMAGENET_MEAN, IMAGENET_STD, OPENGRAPHAU_AUS, au_legend
 
 pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+ATOL = 1e-6  # the whole-image scores against the official demo's: 1.2e-7 measured (x86 CPU)
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
 
@@ -72,8 +73,9 @@ def test_cli_no_align_is_the_official_demo(golden, photos, tmp_path, name, seed)
   np.testing.assert_allclose(got, want, atol=6e-5, rtol=0)  # rounded to 4 decimals
   api = predict.Predictor.from_checkpoint(ckpt, align=False)
   full = np.stack([api.predict(str(photos / f"photo{i}.png"))[0].probs for i in range(5)])
-  print(f"{name}: max |ours - official| = {np.abs(full - want).max():.2e}")
-  np.testing.assert_allclose(full, want, atol=1e-5, rtol=0)
+  err = np.abs(full - want).max()
+  print(f"{name}: max |ours - official| = {err:.2e}")
+  assert err < ATOL, f"{name}: max |ours - official| = {err:.2e}"
 
 
 def _official_input(path):
@@ -108,7 +110,9 @@ def test_no_align_reads_files_as_the_official_loader(golden, tmp_path):
   rows = api.predict(files)
   assert [r.file for r in rows] == files and all(r.status == "ok" for r in rows)
   got = np.stack([r.probs for r in rows])
-  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  err = np.abs(got - want).max()
+  print(f"rows: max |ours - model on the official input| = {err:.2e}")
+  assert err < ATOL, f"rows {err:.2e} off the model on the official loader's input"
   # face mode does turn the photo upright: its whole-image pixels would differ
   assert media.read_image(files[0]).shape == (200, 300, 3) and media.read_image(files[0], plain=True).shape == (
     300,
@@ -122,7 +126,9 @@ def test_megraph_cli_no_align_is_the_official_test_transform(golden, photos, tmp
   ckpt = _pth(golden, "mg_r18_s2", 11, tmp_path / "MEFARG_resnet18_BP4D_fold1.pth")
   api = predict.Predictor.from_checkpoint(ckpt, align=False)
   got = np.stack([api.predict(str(photos / f"photo{i}.png"))[0].probs for i in range(5)])
-  np.testing.assert_allclose(got, golden["demo/mg_r18_s2/out"], atol=1e-5, rtol=0)
+  err = np.abs(got - golden["demo/mg_r18_s2/out"]).max()
+  print(f"mg_r18_s2: max |ours - official| = {err:.2e}")
+  assert err < ATOL, f"mg_r18_s2: max |ours - official| = {err:.2e}"
 
 
 def test_csv_columns_pictures_and_video(golden, tmp_path):
