@@ -3,7 +3,8 @@
 Exit statuses of ``python main.py`` (also in the README):
   0   finished (results.json written)
   1   an unexpected error (a bug: the traceback is printed)
-  2   the input is wrong: config, dataset, checkpoint, weights file, or the workdir is in use
+  2   the input is wrong: config (a bad value or an unknown key), dataset, checkpoint or weights file (also one that
+      is not a plain tensor checkpoint: never loaded), the workdir is in use or is not a directory
   3   training diverged (a non-finite loss or gradient); nothing was saved after the last good step
   75  stopped early (SIGTERM, SIGINT, ``stop_after_steps``) after saving a checkpoint: rerun to resume
 """
@@ -67,7 +68,11 @@ class WorkdirLockedError(UserError):
 
 
 class ImageNetWeightsError(UserError):
-  """The paper's recipe starts from ImageNet weights and the file is not there."""
+  """The paper's recipe starts from ImageNet weights and the file is not there (or is refused: not plain tensors)."""
+
+
+class WorkdirError(UserError):
+  """A ``--workdir`` that cannot be one: an existing file, or a directory that cannot be created."""
 
 
 class CheckpointAUsError(CheckpointError):
@@ -97,6 +102,10 @@ class StageOneMissingError(ConfigError):
 
 class CaptureError(UserError):
   """A live source (``predict --camera``) that cannot be opened; the message names it."""
+
+
+class NoInputsError(UserError):
+  """``predict`` inputs (files, folders) that hold no image or video at all."""
 
 
 class TrainingDiverged(Exception):

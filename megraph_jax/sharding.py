@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from megraph_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -38,7 +40,7 @@ def check_batch_size(global_batch: int, mesh: Mesh, key: str = "batch_size") -> 
   """Raises unless ``global_batch`` divides over the devices and processes."""
   n = mesh.devices.size
   if global_batch % n or global_batch % jax.process_count():
-    raise ValueError(
+    raise ConfigError(
       f"config key '{key}' = {global_batch} must be a multiple of the {n} devices "
       f"({jax.process_count()} processes); set --config.{key}=<multiple of {n}>"
     )
@@ -75,5 +77,5 @@ def leaf_sharding(shape: tuple[int, ...], mesh: Mesh, mode: str, min_size: int) 
 def state_shardings(tree: Any, mesh: Mesh, mode: str = "replicated", min_size: int = 2**14) -> Any:
   """Per-leaf shardings of a model / optimizer state pytree (config keys sharding.params, .fsdp_min_size)."""
   if mode not in PARAM_MODES:
-    raise ValueError(f"config key 'sharding.params' = {mode!r}; choose one of {PARAM_MODES}")
+    raise ConfigError(f"config key 'sharding.params' = {mode!r}; choose one of {PARAM_MODES}")
   return jax.tree.map(lambda x: leaf_sharding(tuple(np.shape(x)), mesh, mode, min_size), tree)

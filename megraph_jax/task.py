@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from megraph_jax import losses
+from megraph_jax.errors import ConfigError
 
 # ----------------------------------------------------------------------------- AUs
 
@@ -105,10 +106,10 @@ def au_name(au: int) -> str:
 
 
 def au_number(name: str, *, key: str = "dataset.au_names") -> int:
-  """'AU12' -> 12; ValueError naming the config ``key`` otherwise."""
+  """'AU12' -> 12; a ConfigError (a ValueError) naming the config ``key`` otherwise."""
   m = re.fullmatch(r"AU(\d+)", str(name))
   if not m:
-    raise ValueError(f"config key {key!r}: {name!r} is not of the form AU<number>")
+    raise ConfigError(f"config key {key!r}: {name!r} is not of the form AU<number>")
   return int(m.group(1))
 
 
@@ -143,7 +144,7 @@ def au_names(dataset: Any) -> tuple[str, ...]:
   if dataset.name == HYBRID:
     return OPENGRAPHAU_AUS
   if dataset.name not in DATASET_AUS:
-    raise ValueError(
+    raise ConfigError(
       f"config key 'dataset.name' = {dataset.name!r} has no AU list of its own (known: "
       f"{', '.join(DATASET_AUS)}); set config key 'dataset.au_names' to its label columns"
     )

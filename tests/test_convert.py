@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from megraph_jax import convert, loader  # noqa: E402
+from megraph_jax.errors import CheckpointError  # noqa: E402
 from megraph_jax.model_factory import ModelSpec, build  # noqa: E402
 from megraph_jax.weights.common import StateDict  # noqa: E402
 from megraph_jax.weights.megraph import load_head  # noqa: E402
@@ -134,7 +135,7 @@ def test_malicious_pickle_is_refused(tmp_path):
   path = os.path.join(tmp_path, "evil.pth")
   with open(path, "wb") as f:
     pickle.dump({"state_dict": {"x": _Evil()}}, f)
-  with pytest.raises(ValueError, match="evil.pth: refused"):
+  with pytest.raises(CheckpointError, match="evil.pth: not a plain tensor checkpoint .*, so it will not be loaded"):
     loader.load(path, backbone="resnet18", num_aus=N, stage=1)
 
 

@@ -253,3 +253,78 @@ def test_eval_transform_matches_the_tf_data_eval_pipeline(tmp_path):
     assert ours.shape == batch["image"][i].shape == (224, 224, 3)
     diff = np.abs(ours - batch["image"][i]) * std * 255  # in 0..255 grey levels; PIL rounds its resize to uint8
     assert diff.mean() < 0.5 and diff.max() < 1.5, (sizes[i], diff.mean(), diff.max())  # measured 0.30, 1.0
+
+
+# ----------------------------------------------------------------------------- the -o file of a failed run
+
+
+def _previous_results(path) -> str:
+  text = "".join(f"earlier,row,{i}\n" for i in range(301))
+  path.write_text(text)
+  return text
+
+
+def test_a_failed_predict_leaves_the_output_file_alone(tmp_path, stage1_dir, capsys):
+  """A wrong checkpoint, a source that cannot be opened, inputs without images: the earlier -o file stays whole."""
+  out = tmp_path / "prev.csv"
+  before = _previous_results(out)
+  (tmp_path / "empty").mkdir()
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "photo.png")
+  common = ["-o", str(out), "--no-align", "--no-progress"]
+  runs = [
+    (["-c", str(tmp_path / "WRONG.pth"), str(tmp_path / "photo.png")], "WRONG.pth: no such checkpoint"),
+    (["-c", str(stage1_dir), "--camera", str(tmp_path / "no_such_stream.mp4")], "cannot open this capture source"),
+    (["-c", str(stage1_dir), str(tmp_path / "empty")], "no image or video found in " + str(tmp_path / "empty")),
+  ]
+  for argv, message in runs:
+    assert predict.main(argv + common) == 2, argv
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("predict: error: ") and message in lines[0], err
+    assert "rows" not in err, err
+    assert out.read_text() == before
+    assert sorted(os.listdir(tmp_path)) == ["empty", "photo.png", "prev.csv"]  # no partial file of an empty run
+
+
+def test_a_crash_mid_run_keeps_the_rows_so_far_beside_the_output(tmp_path, stage1_dir, monkeypatch, capsys):
+  """Rows are on disk as they are produced (a temporary file beside -o); a run that fails after writing some keeps
+  them as <output>.partial and says so; the earlier file of that name stays as it was."""
+  out = tmp_path / "prev.csv"
+  before = _previous_results(out)
+  (tmp_path / "in").mkdir()
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+  on_disk = []
+
+  def crashing(self, inputs, **kw):  # two rows, then an error the run does not expect
+    for i in range(2):
+      yield records.FacePrediction(f"a{i}.png", face=0, probs=np.full(self.num_aus, 0.25, np.float32))
+    partial = [n for n in os.listdir(tmp_path) if n.endswith(".partial")]
+    on_disk.append((partial, (tmp_path / partial[0]).read_text().count("\n")))
+    raise error
+
+  monkeypatch.setattr(predict.Predictor, "iter_predict", crashing)
+  argv = ["-c", str(stage1_dir), str(tmp_path / "in"), "-o", str(out), "--no-align", "--no-progress"]
+  error = RuntimeError("a bug mid-run")
+  with pytest.raises(RuntimeError, match="a bug mid-run"):
+    predict.main(argv)
+  assert on_disk == [([f".prev.csv.{os.getpid()}.partial"], 3)]  # streamed: header + 2 rows before the crash
+  assert out.read_text() == before
+  rows = _read_csv(str(out) + ".partial")
+  assert [(r["file"], r["status"], r["AU1_prob"]) for r in rows] == [("a0.png", "ok", "0.25"), ("a1.png", "ok", "0.25")]
+  assert f"{out} left as it was; the 2 rows written are in {out}.partial" in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path)) == ["in", "prev.csv", "prev.csv.partial"]
+  error = KeyboardInterrupt()  # Ctrl-C on files: exit status 130, the same partial file
+  assert predict.main(argv) == 130
+  assert out.read_text() == before and len(_read_csv(str(out) + ".partial")) == 2
+  assert "interrupted" in capsys.readouterr().err
+
+
+def test_a_successful_predict_replaces_the_output_file(tmp_path, stage1_dir):
+  out = tmp_path / "prev.csv"
+  _previous_results(out)
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+  assert (
+    predict.main(["-c", str(stage1_dir), str(tmp_path / "a.png"), "-o", str(out), "--no-align", "--no-progress"]) == 0
+  )
+  assert [(os.path.basename(r["file"]), r["status"]) for r in _read_csv(out)] == [("a.png", "ok")]
+  assert sorted(os.listdir(tmp_path)) == ["a.png", "prev.csv"]

@@ -27,11 +27,19 @@ from flax import nnx
 
 from megraph_jax import loader, numerics
 from megraph_jax.data.transforms import eval_transform
-from megraph_jax.errors import UserError
+from megraph_jax.errors import NoInputsError, UserError
 from megraph_jax.model_factory import Model, ModelSpec, eval_view
 from megraph_jax.predict import faces as facelib
 from megraph_jax.predict import media, pipeline, plots
-from megraph_jax.predict.records import FacePrediction, RecordWriter, Smoother, plot_stem, smooth, unique_stem
+from megraph_jax.predict.records import (
+  FacePrediction,
+  RecordWriter,
+  Smoother,
+  StagedOutput,
+  plot_stem,
+  smooth,
+  unique_stem,
+)
 from megraph_jax.task import au_legend
 
 
@@ -283,9 +291,11 @@ def _parser() -> argparse.ArgumentParser:
 class _Output:
   """The CLI's end of the stream: pictures, the per-video timeline (kept only with --plot), stderr notes, rows."""
 
-  def __init__(self, args: argparse.Namespace, predictor: Predictor, writer: RecordWriter):
+  def __init__(
+    self, args: argparse.Namespace, predictor: Predictor, writer: RecordWriter, counts: collections.Counter[str]
+  ):
     self.args, self.predictor, self.writer = args, predictor, writer
-    self.counts: collections.Counter[str] = collections.Counter()
+    self.counts = counts  # rows written, by status (filled as they are written: read after a failure too)
     self.stems: dict[str, str] = {}  # input file -> picture name
     self.video: list[FacePrediction] = []  # slim rows of the current video, for its timeline picture
 
@@ -302,11 +312,11 @@ class _Output:
         p.crop = None
       if p.is_video and p.status == "ok":
         self.video.append(dataclasses.replace(p, adjacency=None, edge_strength=None))
-    self.counts[p.status] += 1
     if p.status != "ok":
       where = f" frame {p.frame}" if p.is_video else ""
       print(f"predict: {p.file}{where}: {p.status}: {p.message}", file=sys.stderr)
     self.writer.write(p)
+    self.counts[p.status] += 1
 
   def timeline(self) -> None:
     if self.video:
@@ -315,10 +325,10 @@ class _Output:
       self.video = []
 
 
-def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
-  """Predicts ``args.inputs`` (or ``args.camera``) into ``out``, row by row; returns counts of rows by status."""
+def cli_predictor(args: argparse.Namespace) -> Predictor:
+  """The CLI's Predictor (its checkpoint loaded): before any output file is opened."""
   au_names = args.au_names.split(",") if args.au_names else None
-  predictor = Predictor.from_checkpoint(
+  return Predictor.from_checkpoint(
     args.checkpoint,
     backbone=args.backbone,
     neighbor_num=args.neighbor_num,
@@ -334,10 +344,22 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
     threads=not args.no_threads,
     precision=args.precision,
   )
+
+
+def run_cli(
+  args: argparse.Namespace,
+  out: TextIO,
+  predictor: Predictor | None = None,
+  counts: collections.Counter[str] | None = None,
+) -> dict[str, int]:
+  """Predicts ``args.inputs`` (or ``args.camera``) into ``out``, row by row; returns counts of rows by status
+  (``counts``, when given, is filled as rows are written)."""
+  predictor = predictor or cli_predictor(args)
+  counts = collections.Counter() if counts is None else counts
   fmt = args.format or ("json" if args.output.lower().endswith(".json") else "csv")
   header = {"checkpoint": args.checkpoint, "legend": au_legend(predictor.au_names)}
   writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header=header)
-  output, smoother = _Output(args, predictor, writer), Smoother(args.smooth)
+  output, smoother = _Output(args, predictor, writer, counts), Smoother(args.smooth)
   stream = predictor.iter_predict(
     args.inputs, camera=args.camera, every=args.every, max_frames=args.max_frames, progress=not args.no_progress
   )
@@ -359,31 +381,72 @@ def run_cli(args: argparse.Namespace, out: TextIO) -> dict[str, int]:
   return dict(output.counts)
 
 
+def _read_any(counts: collections.Counter[str]) -> bool:
+  """Whether an input was read (rows ``ok`` or ``no_face``), not only errors."""
+  return counts.get("ok", 0) + counts.get("no_face", 0) > 0
+
+
+def _kept(staged: StagedOutput, counts: collections.Counter[str], why: str) -> None:
+  """Ends a run that failed: its rows (if any) to ``<output>.partial``, said on stderr; the output left alone."""
+  rows = sum(counts.values())
+  kept = staged.keep_partial(rows)
+  if kept:
+    print(f"predict: {why}: {staged.path} left as it was; the {rows} rows written are in {kept}", file=sys.stderr)
+
+
+def _run_to_file(args: argparse.Namespace, predictor: Predictor, counts: collections.Counter[str]) -> None:
+  """``run_cli`` into ``args.output`` through a :class:`StagedOutput`: the file is replaced only by a run that read
+  an input; a failed or interrupted one leaves it alone and its rows, if any, in ``<output>.partial``."""
+  staged = StagedOutput(args.output)
+  try:
+    run_cli(args, staged.open(), predictor, counts)
+  except KeyboardInterrupt:
+    _kept(staged, counts, "interrupted")
+    raise
+  except BaseException as e:
+    _kept(staged, counts, "failed" if isinstance(e, UserError) else f"failed ({type(e).__name__})")
+    raise
+  if _read_any(counts):
+    staged.commit()
+  else:
+    _kept(staged, counts, "no input could be read")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point. Exit status: 0 when at least one input was read (unreadable ones are rows in the output),
-  1 when none could be, 2 for a bad checkpoint, camera or argument (an ``error:`` line names it)."""
+  1 when none could be, 2 for a bad checkpoint, camera or argument, or inputs without an image or video (an
+  ``error:`` line names it), 130 when interrupted (Ctrl-C) on files. ``-o FILE`` is replaced only at the end of a
+  run that read an input; otherwise it is left as it was, and the rows written go to ``FILE.partial``."""
   ap = _parser()
   args = ap.parse_args(argv)
   if not args.inputs and args.camera is None:
     ap.error("give inputs (images, folders, videos) or --camera SOURCE")
+  counts: collections.Counter[str] = collections.Counter()
   try:
+    if args.camera is None and not media.expand_inputs(args.inputs):
+      raise NoInputsError(
+        f"no image or video found in {', '.join(args.inputs)} (folders are searched recursively for "
+        f"{', '.join(media.IMAGE_EXTS + media.VIDEO_EXTS)}); name files or folders that hold some"
+      )
+    predictor = cli_predictor(args)  # a wrong checkpoint stops here, before any output file is opened
     if args.output == "-":
-      counts = run_cli(args, sys.stdout)
+      run_cli(args, sys.stdout, predictor, counts)
     else:
-      os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-      with open(args.output, "w", newline="") as f:
-        counts = run_cli(args, f)
+      _run_to_file(args, predictor, counts)
   except UserError as e:
     print(f"predict: error: {e}", file=sys.stderr)
     return e.exit_status
+  except KeyboardInterrupt:
+    print("predict: interrupted", file=sys.stderr)
+    return 130
   print(
     "predict: "
     + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     + " rows"
-    + ("" if args.output == "-" else f" -> {args.output}"),
+    + ("" if args.output == "-" or not _read_any(counts) else f" -> {args.output}"),
     file=sys.stderr,
   )
-  return 0 if counts.get("ok", 0) + counts.get("no_face", 0) > 0 else 1
+  return 0 if _read_any(counts) else 1
 
 
 if __name__ == "__main__":

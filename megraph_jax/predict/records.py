@@ -1,5 +1,6 @@
 """Prediction output: one :class:`FacePrediction` per face (or per unreadable file / faceless frame), its CSV row
-and JSON record, writers for both, and the moving average of video probabilities."""
+and JSON record, writers for both, the output file a failed run leaves alone, and the moving average of video
+probabilities."""
 
 from __future__ import annotations
 
@@ -116,6 +117,47 @@ class RecordWriter:
     if not self.csv:
       self.out.write("\n ]\n}\n")
     self.out.flush()
+
+
+class StagedOutput:
+  """An output file that a failed run never touches: rows stream into ``.NAME.<pid>.partial`` beside ``path``
+  (flushed row by row by :class:`RecordWriter`, so a killed run leaves them there), and :meth:`commit` renames that
+  onto ``path`` (``os.replace``: atomic; an earlier file of that name stays whole until then). :meth:`keep_partial`
+  ends a failed or interrupted run: the rows written so far move to ``NAME.partial``, ``path`` left as it was."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(self.path)
+    self.temp = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    self.partial = self.path + ".partial"
+    self.file: TextIO | None = None
+
+  def open(self) -> TextIO:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self.file = open(self.temp, "w", newline="")  # noqa: SIM115  (closed by commit / keep_partial)
+    return self.file
+
+  def _close(self) -> None:
+    if self.file is not None and not self.file.closed:
+      self.file.close()
+
+  def commit(self) -> str:
+    """Moves the finished file onto ``path``; returns ``path``."""
+    self._close()
+    os.replace(self.temp, self.path)
+    return self.path
+
+  def keep_partial(self, rows: int) -> str | None:
+    """After a failed or interrupted run: ``NAME.partial`` holding the ``rows`` written so far (returned), or, with
+    none, nothing left behind (None)."""
+    self._close()
+    if not os.path.exists(self.temp):
+      return None
+    if rows:
+      os.replace(self.temp, self.partial)
+      return self.partial
+    os.remove(self.temp)
+    return None
 
 
 class Smoother:

@@ -19,7 +19,7 @@ from flax import nnx
 
 from megraph_jax import checkpointing, model_factory, sharding
 from megraph_jax.data import datasets, input_pipeline
-from megraph_jax.errors import CheckpointAUsError, CheckpointError, ConfigError, StageOneMissingError
+from megraph_jax.errors import CheckpointAUsError, CheckpointError, ConfigError, StageOneMissingError, WorkdirError
 from megraph_jax.train import initialization, reporting
 from megraph_jax.train import stage as trainer
 from megraph_jax.train.preemption import Preempted, StopRequest
@@ -99,16 +99,71 @@ def evaluate_checkpoint(config, workdir: str) -> FoldResult:
   return out.with_stage(StageResult(stage, fold, last=result, best=result))
 
 
+def _positive_int(config, key: str) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f"config key {key!r} = {value!r}: must be a positive integer; set --config.{key}=<n>")
+
+
+def check_config(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The config's own problems, found before anything is written or read: a :class:`ConfigError` naming the key
+  and what to do. Returns the stages a training mode trains (``()`` for mode 'eval')."""
+  if config.mode not in MODES:
+    raise ConfigError(f"config key 'mode' = {config.mode!r}; choose one of {MODES}")
+  for key in ("batch_size", "eval_batch_size", "keep_checkpoints", "eval_every_epochs"):
+    _positive_int(config, key)
+  if config.mode == "folds":
+    key, value, folds, example = "dataset.folds", tuple(config.dataset.folds), list(config.dataset.folds), "(1,2,3)"
+  else:
+    key, value, folds, example = "dataset.fold", config.dataset.fold, [config.dataset.fold], "1"
+  known = (*datasets.FOLDS, datasets.NO_FOLDS)
+  if not folds or any(isinstance(k, bool) or k not in known for k in folds):
+    raise ConfigError(
+      f"config key {key!r} = {value!r}: folds are {', '.join(map(str, datasets.FOLDS))} (the official subject-"
+      f"independent 3-fold split) or {datasets.NO_FOLDS} (a layout without folds); e.g. --config.{key}={example}"
+    )
+  split = config.dataset.eval_split
+  if split not in datasets.SPLITS:
+    raise ConfigError(f"config key 'dataset.eval_split' = {split!r}; choose one of {datasets.SPLITS}")
+  if split == "val" and any(k != datasets.NO_FOLDS for k in folds):
+    raise ConfigError(
+      f"config key 'dataset.eval_split' = 'val': split 'val' exists only in the layout without folds (fold 0), not "
+      f"with {key} = {value!r}; evaluate on 'test'"
+    )
+  if config.mode == "eval":
+    return ()
+  stages = STAGES[config.mode]
+  if config.model.head == "baseline" and config.mode != "stage2":
+    stages = (1,)  # one model, no graph stage (ModelSpec.from_config rejects mode 'stage2')
+  for s in stages:
+    _positive_int(config, f"stage{s}.epochs")
+    model_factory.ModelSpec.from_config(config, s)  # a ConfigError naming the model key
+  return stages
+
+
+def _make_workdir(workdir: str) -> str:
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"--workdir {workdir}: a file, not a directory; name a new or existing directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:  # a parent that is a file, no permission, a read-only file system
+    raise WorkdirError(
+      f"--workdir {workdir}: cannot create the directory ({e.strerror or e}); name one you can write"
+    ) from e
+  return path
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Runs ``config.mode``; returns the results and writes them to ``workdir``.
 
   Training modes write results.json / results.md and hold the workdir's lock; mode 'eval' writes
   results_eval.json / results_eval.md beside them. A stop request returns a result with ``preempted``.
   """
-  if config.mode not in MODES:
-    raise ConfigError(f"config key 'mode' = {config.mode!r}; choose one of {MODES}")
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  stages = check_config(config)
+  workdir = _make_workdir(workdir)
   reporting.quiet_library_logs()
   t0 = time.time()
   stop = StopRequest(config.stop_after_steps).install()
@@ -116,11 +171,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     if config.mode == "eval":
       folds = {config.dataset.fold: evaluate_checkpoint(config, workdir)}
     else:
-      stages = STAGES[config.mode]
-      if config.model.head == "baseline":
-        stages = (1,)  # one model, no graph stage (ModelSpec.from_config rejects mode 'stage2')
-        if config.mode == "stage2":
-          model_factory.ModelSpec.from_config(config, 2)
       fold_list = list(config.dataset.folds) if config.mode == "folds" else [config.dataset.fold]
       with checkpointing.WorkdirLock(workdir):
         folds = {k: run_fold(config, workdir, k, stages, stop) for k in fold_list}

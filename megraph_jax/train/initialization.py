@@ -100,7 +100,10 @@ def init_stage_weights(
     return os.path.abspath(init_from)
   if config.model.init == "imagenet":
     path = imagenet_weights_file(config.model.imagenet_weights, model.backbone_name)
-    loader.init_backbone_from_imagenet(model, path)
+    try:
+      loader.init_backbone_from_imagenet(model, path)
+    except CheckpointError as e:  # e.g. a pickle that would run code: refused, nothing in it ran
+      raise ImageNetWeightsError(f"config key 'model.imagenet_weights': {e}") from None
     return f"ImageNet weights {path}"
   if config.model.init == "random":
     return f"a random initialisation (seed {config.seed}; config model.init='random')"

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from megraph_jax.errors import ConfigError
+
 TRAIN, FROZEN = "train", "frozen"
 
 
@@ -56,7 +58,7 @@ def _compile(regex: str, key: str) -> re.Pattern:
   try:
     return re.compile(regex)
   except re.error as e:
-    raise ValueError(f"config key '{key}': {regex!r} is not a valid regular expression ({e})") from e
+    raise ConfigError(f"config key '{key}': {regex!r} is not a valid regular expression ({e})") from e
 
 
 def path_mask(params: Any, regex: str, *, key: str = "regex") -> Any:
@@ -69,7 +71,7 @@ def param_labels(params: Any, trainable_regex: str, *, key: str = "trainable_par
   """'train' / 'frozen' per parameter leaf; raises if the regex selects nothing."""
   mask = path_mask(params, trainable_regex, key=key)
   if not any(jax.tree.leaves(mask)):
-    raise ValueError(
+    raise ConfigError(
       f"config key '{key}': {trainable_regex!r} matches no parameter; paths look like "
       f"{path_str(jax.tree_util.tree_flatten_with_path(params)[0][0][0])!r}"
     )
