@@ -6,7 +6,7 @@ g / (|g| + eps), so gradients that are pure reduction-order noise (e.g. of Batch
 exact gradient nearly cancels) become full-size steps of either sign. That is a property of float32
 Adam, not of the sharding; in float64 the noise is 1e-16 and any real sharding bug (a BatchNorm moment
 over the local instead of the global batch, a missed gradient all-reduce) changes
-losses and parameters far beyond the 1e-5 tolerance.
+losses and parameters far beyond the tolerances (LOSS_RTOL, STATE_ATOL).
 """
 
 import json
@@ -18,6 +18,12 @@ import textwrap
 import numpy as np
 import pytest
 from helpers import REPO
+
+# float64 reduction-order noise, measured (x86 CPU, 8 vs 1 devices, 4 steps): losses equal, parameters and BatchNorm
+# statistics 1.5e-12 apart (Adam's g / (|g| + eps) of near-zero gradients). A bug that moves the loss by 1e-7 of
+# itself on 8 devices fails here.
+LOSS_RTOL = 1e-11
+STATE_ATOL = 1e-9
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -87,8 +93,10 @@ def test_one_vs_eight_devices_same_training(tmp_path, synthetic_cache):
     eight, p8 = _run(8, tmp_path, synthetic_cache, **extra)
     if extra:
       assert eight["sharded_leaves"] > 30  # the big kernels and their AdamW moments are split 8 ways
-    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    loss = np.max(np.abs(np.subtract(eight["losses"], one["losses"])) / np.abs(one["losses"]))
     assert eight["f1"] == pytest.approx(one["f1"], abs=1e-6)
     assert p1.keys() == p8.keys() and len(p1) > 50
-    for k in p1:
-      np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5, atol=1e-7, err_msg=f"{extra} {k}")
+    name, worst = max(((k, np.max(np.abs(p8[k] - p1[k]), initial=0.0)) for k in p1), key=lambda t: t[1])
+    print(f"8 devices {extra}: losses {loss:.2e} relative, parameters and statistics {worst:.2e} ({name}) off 1")
+    assert loss <= LOSS_RTOL, f"{extra}: losses {loss:.3g} relative off the 1-device run (noise ~1e-16)"
+    assert worst <= STATE_ATOL, f"{extra}: {name} {worst:.3g} off the 1-device run (noise ~1.5e-12)"
