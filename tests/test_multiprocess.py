@@ -6,8 +6,8 @@ The two-process run is a one-run sweep on a real local Ray cluster (``python -m 
 ``jax.distributed`` with the first process as coordinator. Each process reads its own half of every
 global batch, orbax writes the checkpoints collectively, only process 0 writes logs and results.
 A third, single-device process then restores both runs' checkpoints (a different device count) and
-the test compares losses, F1 and every parameter in float64 (see test_sharding.py for why float32
-Adam cannot be compared at 1e-5 after several steps).
+the test compares losses, F1 and every parameter in float64 to float64 noise (see test_sharding.py for why
+float32 Adam cannot be compared closely after several steps).
 """
 
 import json
@@ -22,6 +22,11 @@ from helpers import REPO
 from sweep_files import PYTHON, sweep_env, tiny_overrides, write_sweep
 
 from megraph_jax.launch import ray_sweep
+
+# float64 noise (as tests/test_sharding.py; measured here on an x86 CPU: see the printed line): losses equal to
+# 1e-16, parameters and BatchNorm statistics 4e-12 apart. A bug that moves the loss by 1e-7 of itself fails.
+LOSS_RTOL = 1e-11
+STATE_ATOL = 1e-9
 
 TRAIN = textwrap.dedent("""
     import json, os, sys
@@ -155,7 +160,9 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, synthetic_c
   info2, p2 = _read(tmp_path, synthetic_cache, two)
   assert info1["step"] == info2["step"] == 4 and info2["event_files"] == 1  # process 0's TensorBoard file only
   assert len(info1["losses"]) == 4
-  np.testing.assert_allclose(info2["losses"], info1["losses"], rtol=1e-5)
+  loss = np.max(np.abs(np.subtract(info2["losses"], info1["losses"])) / np.abs(info1["losses"]))
   assert p1.keys() == p2.keys() and len(p1) > 50
-  for k in p1:
-    np.testing.assert_allclose(p2[k], p1[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  name, worst = max(((k, np.max(np.abs(p2[k] - p1[k]), initial=0.0)) for k in p1), key=lambda t: t[1])
+  print(f"2 processes: losses {loss:.2e} relative, parameters and statistics {worst:.2e} ({name}) off 1 process")
+  assert loss <= LOSS_RTOL, f"losses {loss:.3g} relative off the one-process run (noise ~1e-16)"
+  assert worst <= STATE_ATOL, f"{name} {worst:.3g} off the one-process run (noise ~4e-12)"
