@@ -24,6 +24,10 @@ from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.opengraphau import load_opengraphau_head
 
 pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
+# float32 parity, measured on an x86 CPU: whole models and heads in eval mode 1.8e-7, the heads' running statistics
+# 1.2e-7, heads in train mode (moments of batches of 2..3) 5.5e-7.
+ATOL = 1e-6
+TRAIN_ATOL = 3e-6
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
 FAST = ["r18_s1", "r18_s2", "r50_s1", "r50_s2"]
@@ -71,12 +75,32 @@ def test_heads_match_official_eval_and_train(golden, name):
   x = jnp.asarray(golden[f"head/{name}/x"])
   run = lambda: np.asarray(model.head(model.global_linear(x))["au_probs"])
   model.eval()
-  np.testing.assert_allclose(run(), golden[f"head/{name}/eval"], atol=1e-5, rtol=0)
+  err = np.abs(run() - golden[f"head/{name}/eval"]).max()
+  print(f"{name} eval: max |ours - official| = {err:.2e}")
+  assert err < ATOL, f"{name} eval: max |ours - official| = {err:.2e}"
+  before = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
   model.train()
-  np.testing.assert_allclose(run(), golden[f"head/{name}/train"], atol=2e-5, rtol=0)
-  if name == "h2":  # running statistics after one training step (momentum 0.1), a fine-tuning prerequisite
-    want = golden["head/h2/train_sd/head.gnn.graph_layers.1.bnv.running_var"]
-    np.testing.assert_allclose(np.asarray(model.gnn.layers[1].bnv.var[...]), want, rtol=1e-4, atol=1e-6)
+  err = np.abs(run() - golden[f"head/{name}/train"]).max()
+  print(f"{name} train: max |ours - official| = {err:.2e}")
+  assert err < TRAIN_ATOL, f"{name} train: max |ours - official| = {err:.2e}"
+  # Every BatchNorm running statistic after that training pass (momentum 0.1, unbiased variance), a fine-tuning
+  # prerequisite: the official ones loaded into a fresh model through the loader's names, compared leaf by leaf.
+  p = f"head/{name}/train_sd/"
+  trained = {k[len(p) :]: v for k, v in golden.items() if k.startswith(p)}
+  official = _head_model(cfg)
+  state = StateDict({**sd, **trained}, source=f"{name} trained")
+  load_opengraphau_head(state, official)
+  state.check_all_used()
+  got = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
+  want = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(official, nnx.BatchStat))}
+  sizes = sum(v.size for v in want.values()), sum(v.size for v in trained.values())
+  assert got.keys() == want.keys() and sizes[0] == sizes[1], sizes  # every official statistic is one of ours
+  errs = {p: np.abs(got[p] - want[p]).max() for p in want}
+  worst = max(errs, key=errs.get)
+  print(f"{name}: {len(want)} statistics, max |ours - official| = {errs[worst]:.2e} ({'/'.join(map(str, worst))})")
+  for p in want:
+    assert np.abs(want[p] - before[p]).max() > 1e-3, p  # the pass moved each one
+    assert errs[p] < ATOL, f"{name} {'/'.join(map(str, p))}: {errs[p]:.2e} off the official statistic"
 
 
 def test_official_metric_names_are_swapped():
@@ -84,7 +108,7 @@ def test_official_metric_names_are_swapped():
   assert OFFICIAL_METRICS["l1"] == "l2" and OFFICIAL_METRICS["l2"] == "l1"
 
 
-def _check_full(golden, name, tmp_path, dtype="float32", atol=1e-5):
+def _check_full(golden, name, tmp_path, dtype="float32", atol=ATOL):
   backbone, stage, size, batch, seed = OPENGRAPHAU_FULL[name]
   tensors = official_tensors(golden, f"full/{name}", seed)
   path = str(tmp_path / f"OpenGprahAU-{name}.pth")
@@ -96,8 +120,9 @@ def _check_full(golden, name, tmp_path, dtype="float32", atol=1e-5):
   out = nnx.jit(lambda m, x: m(x)["au_probs"])(model, jnp.asarray(x, spec.dtype))
   want = golden[f"full/{name}/out64" if dtype == "float64" else f"full/{name}/out"]
   assert out.shape == (batch, 41) and out.dtype == jnp.dtype(dtype)
-  print(f"{name} {dtype}: max |ours - official| = {np.abs(np.asarray(out, np.float64) - want).max():.2e}")
-  np.testing.assert_allclose(np.asarray(out), want, atol=atol, rtol=0)
+  err = np.abs(np.asarray(out, np.float64) - want).max()
+  print(f"{name} {dtype}: max |ours - official| = {err:.2e}")
+  assert err < atol, f"{name} {dtype}: max |ours - official| = {err:.2e} (tolerance {atol:.0e})"
   return model
 
 
