@@ -3,8 +3,10 @@ as they are produced), finds faces in large / grayscale / RGBA photos and small 
 
 import csv
 import os
+import time
 import tracemalloc
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +18,7 @@ except ImportError:
 
 from megraph_jax import loader
 from megraph_jax.data import synthetic_video
-from megraph_jax.model_factory import ModelSpec, build
+from megraph_jax.model_factory import ModelSpec, build, eval_view
 from megraph_jax.predict import faces, media
 from megraph_jax.predict import predictor as predict
 
@@ -60,9 +62,28 @@ def _shift(a, b, r=4):
   return max(abs(v) for v in min(err, key=err.get))
 
 
+def _model_on_crops(model, crops):
+  """AU probabilities of the model run directly on aligned crops, through the official eval transform written out
+  (torchvision's Resize to 256/224 of the side, CenterCrop, ToTensor, Normalize with ImageNet's numbers)."""
+  from torchvision import transforms as T  # pylint: disable=import-outside-toplevel
+
+  size = ModelSpec.of(model).img_size
+  official = T.Compose(
+    [
+      T.Resize(round(size * 256 / 224)),
+      T.CenterCrop(size),
+      T.ToTensor(),
+      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+  )
+  x = np.stack([official(Image.fromarray(c)).numpy().transpose(1, 2, 0) for c in crops])
+  return np.asarray(eval_view(model)(jnp.asarray(x))["au_probs"])
+
+
 def test_pipelined_rows_equal_the_simple_path(model, video):
   """Same faces, order and track ids; with full detection on every frame also the same numbers; tracked crops stay
-  aligned (the tracking policy of megraph_jax.predict.pipeline)."""
+  aligned (the tracking policy of megraph_jax.predict.pipeline); every row's probabilities are the model's on that
+  row's own aligned crop."""
   pytest.importorskip("mtcnn")
   simple = list(predict.Predictor(model, batch_size=4, threads=False, redetect=1).iter_predict(video))
   batched = list(predict.Predictor(model, batch_size=4, redetect=1).iter_predict(video))
@@ -81,6 +102,15 @@ def test_pipelined_rows_equal_the_simple_path(model, video):
     assert _iou(s.box, t.box) > 0.8, (s.frame, s.box, t.box)
     assert _shift(s.crop, t.crop) <= 1, (s.frame, s.face)  # at most 1/64 of the crop (4 px of 256) apart
     np.testing.assert_allclose(t.probs, s.probs, atol=0.1)
+  rows = simple + batched + tracked  # each path against the model run here on its crops (batching, order, transform)
+  want = _model_on_crops(model, [p.crop for p in rows])
+  got = np.stack([p.probs for p in rows])
+  err = np.abs(got - want).max()
+  faces = want[: len(simple)].reshape(20, 2, -1)  # a face swapped with the other of its frame would be caught:
+  apart = np.abs(faces[:, 0] - faces[:, 1]).max(-1).min()
+  print(f"rows: max |pipeline - model on the crops| = {err:.2e}; the two faces of a frame >= {apart:.2e} apart")
+  assert err < 1e-6, f"rows {err:.2e} off the model on their crops"
+  assert apart > 1e-3, f"the two faces of a frame score alike ({apart:.2e}): a swap would go unseen"
 
 
 def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
@@ -100,18 +130,35 @@ def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
   assert peaks[1] < 1.2 * peaks[0], [p / 2**20 for p in peaks]  # 108 more frames held would be +75 MB
 
 
+def _rows_on_disk(folder, name):
+  """Complete CSV rows (header excluded) of the largest file in ``folder`` whose name holds ``name``: the output
+  itself or a partial file beside it, wherever a run streams its rows."""
+  counts = [p.read_text().count("\n") - 1 for p in folder.iterdir() if name in p.name]
+  return max([0, *counts])
+
+
 def test_a_crash_at_frame_n_leaves_n_rows(tmp_path, ckpt, monkeypatch):
+  """Rows reach the disk as they are produced (read from inside the run, while the decoder waits), and a crash
+  leaves them."""
   frames = list(synthetic_video.frames(10, seed=1))
+  during = []
 
   def crashing(paths, every=1, max_frames=None, plain=False):
     for i, f in enumerate(frames):
       yield media.Frame("clip.mp4", i, f, time=i / 25, is_video=True)
+    # The decoder stalls here: the two full batches of 4 (frames 0-7) are predicted and must be in the file now;
+    # frames 8, 9 wait for a full batch. A writer that buffered its rows until the end would show none.
+    deadline = time.monotonic() + 20
+    while _rows_on_disk(tmp_path, "rows.csv") < 8 and time.monotonic() < deadline:
+      time.sleep(0.02)
+    during.append(_rows_on_disk(tmp_path, "rows.csv"))
     raise RuntimeError("decoder died")
 
   monkeypatch.setattr(media, "iter_media", crashing)
   out = tmp_path / "rows.csv"
   with pytest.raises(RuntimeError, match="decoder died"):
     predict.main(["-c", str(ckpt), "clip.mp4", "--no-align", "--batch-size", "4", "-o", str(out), "--no-progress"])
+  assert during == [8], f"{during[0]} rows on disk while the run went on, 8 predicted"
   assert [r["frame"] for r in _rows(str(out) + ".partial")] == [str(i) for i in range(10)]  # -o: only on success
   assert not out.exists()
 
