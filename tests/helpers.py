@@ -1,19 +1,27 @@
 """Test helpers (imported by the tests; ``conftest.py`` holds only fixtures and process-wide settings): the tiny
 synthetic set and the tiny training config every end-to-end test trains."""
 
-import json
 import os
 import sys
-import zlib
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
 from megraph_jax import task
-from megraph_jax.models.swin import relative_position_index
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))  # tools/golden_cases.py: the golden cases, shared with benchmarks/
+# The golden-case pieces moved to tools/golden_cases.py (benchmarks/device_check.py reads them too); kept importable
+# from here for the tests and tools/make_opengraphau_golden.py.
+from golden_cases import (  # noqa: E402,F401
+  FIXED_BUFFERS,
+  OPENGRAPHAU_FULL,
+  official_tensors,
+  seeded_images,
+  seeded_state_dict,
+  write_official_pth,
+)
 
 TINY_AUS = ("AU1", "AU2", "AU6", "AU12")
 TINY_SYNTHETIC = dict(num_subjects=3, frames_per_subject=16, image_size=40, seed=0)  # fold 1: 32 train, 16 test
@@ -92,38 +100,6 @@ def batch_ids(batch):
   return np.rint((v - 10) / 20).astype(int).tolist()
 
 
-# Buffers a seeded state_dict leaves alone: integer indices / counters and Swin's attention masks (rebuilt by us).
-FIXED_BUFFERS = ("num_batches_tracked", "relative_position_index", "attn_mask")
-
-
-def seeded_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
-  """Random float32 tensors for a state_dict's keys, each drawn from a generator seeded by (``seed``, key name).
-
-  tools/make_opengraphau_golden.py puts these into the official PyTorch models; tests rebuild the same tensors from
-  the stored key names, so golden files hold no weights. Scales keep a deep random network finite: weights
-  N(0, 1/fan_in), norm scales 1 + N(0, 0.1^2), biases N(0, 0.1^2), BatchNorm means N(0, 0.1^2), variances U(0.5, 1.5).
-  """
-  out = {}
-  for key, shape in shapes.items():
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    leaf = key.rsplit(".", 1)[-1]
-    if leaf == "running_var":
-      v = rng.uniform(0.5, 1.5, shape)
-    elif leaf == "weight" and len(shape) == 1:  # BatchNorm / LayerNorm scale
-      v = 1.0 + 0.1 * rng.standard_normal(shape)
-    elif len(shape) >= 2 and leaf != "relative_position_bias_table":
-      v = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
-    else:  # biases, running means, q/v biases, relative position bias tables
-      v = 0.1 * rng.standard_normal(shape)
-    out[key] = v.astype(np.float32)
-  return out
-
-
-def seeded_images(seed: int, n: int, size: int) -> np.ndarray:
-  """Normalised-looking float32 NHWC inputs ``[n, size, size, 3]`` drawn from ``seed``."""
-  return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
-
-
 def seeded_photo(seed: int, height: int, width: int) -> np.ndarray:
   """A smooth RGB uint8 picture ``[height, width, 3]`` (gradients + blobs) of any size, drawn from ``seed``."""
   rng = np.random.default_rng(seed)
@@ -137,42 +113,3 @@ def seeded_photo(seed: int, height: int, width: int) -> np.ndarray:
   img += 0.05 * rng.standard_normal(img.shape)
   img = (img - img.min()) / (img.max() - img.min())
   return (255 * img).round().astype(np.uint8)
-
-
-def official_tensors(golden, prefix: str, seed: int) -> dict[str, np.ndarray]:
-  """The state_dict tools/make_opengraphau_golden.py put into the official model ``prefix`` of the golden file
-  (``golden``: its arrays): seeded floats plus the fixed buffers' values."""
-
-  shapes = {k: tuple(v) for k, v in json.loads(str(golden[f"{prefix}/keys"])).items()}
-  tensors = seeded_state_dict({k: s for k, s in shapes.items() if not k.endswith(FIXED_BUFFERS)}, seed)
-  for k, s in shapes.items():
-    if k.endswith("num_batches_tracked"):
-      tensors[k] = np.zeros(s, np.int64)
-    elif k.endswith("relative_position_index"):
-      tensors[k] = relative_position_index(7)
-    elif k.endswith("attn_mask"):
-      tensors[k] = np.zeros(s, np.float32)  # a buffer we rebuild; its value is not read
-  return tensors
-
-
-def write_official_pth(tensors, path):
-  """As the official training saves it: {'state_dict': ...} with DataParallel's 'module.' prefix."""
-  import torch  # pylint: disable=import-outside-toplevel  # only the tests that write .pth files load it
-
-  torch.save(
-    {"epoch": 3, "state_dict": {"module." + k: torch.from_numpy(np.array(v)) for k, v in tensors.items()}}, path
-  )
-
-
-# The whole OpenGraphAU models of tools/make_opengraphau_golden.py ``full/*`` (tests/test_opengraphau.py checks them):
-# name: (backbone, stage, input side, batch, weight seed); the tool also records float64 for its FLOAT64 cases
-OPENGRAPHAU_FULL = {
-  "r18_s1": ("resnet18", 1, 64, 2, 1),
-  "r18_s2": ("resnet18", 2, 64, 2, 2),
-  "r50_s1": ("resnet50", 1, 64, 2, 3),
-  "r50_s2": ("resnet50", 2, 64, 2, 4),
-  "swint_s1": ("swin_transformer_tiny", 1, 224, 1, 5),
-  "swinb_s1": ("swin_transformer_base", 1, 224, 1, 6),
-  "swinb_s2": ("swin_transformer_base", 2, 224, 1, 7),
-  "mae_s1": ("mae_base_patch16_224", 1, 224, 1, 8),
-}

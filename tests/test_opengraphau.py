@@ -1,24 +1,37 @@
 """OpenGraphAU models against golden outputs of the official PyTorch code (tools/make_opengraphau_golden.py).
 
 ``head/*``: global_linear + Head of both stages (stored state_dicts), every FGG metric, eval and train mode.
-``full/*``: whole official models with weights from ``helpers.seeded_state_dict`` (only key names stored), loaded
-through ``loader.load`` with the spec read from the tensor names and every tensor mapped.
+``full/*``: whole official models with weights from ``golden_cases.seeded_state_dict`` (only key names stored), loaded
+through ``loader.load`` with the spec read from the tensor names and every tensor mapped. Reading a case, building
+and running its model: tools/golden_cases.py (shared with benchmarks/device_check.py).
 """
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import OPENGRAPHAU_FULL, official_tensors, seeded_images, write_official_pth
+from golden_cases import BIG_FULL as BIG
+from golden_cases import FAST_FULL as FAST
+from golden_cases import (
+  OPENGRAPHAU_FULL,
+  OPENGRAPHAU_HEADS,
+  load_full_case,
+  official_tensors,
+  opengraphau_head_case,
+  opengraphau_head_model,
+  read_opengraphau,
+  run_full,
+  run_head,
+  write_official_pth,
+)
 
 from megraph_jax import loader
 from megraph_jax.errors import CheckpointError
 from megraph_jax.model_factory import ModelSpec, build
-from megraph_jax.models.opengraphau import OFFICIAL_METRICS, OpenGraphAUStage1, OpenGraphAUStage2
+from megraph_jax.models.opengraphau import OFFICIAL_METRICS
 from megraph_jax.task import OPENGRAPHAU_AUS
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.opengraphau import load_opengraphau_head
@@ -29,51 +42,21 @@ pytestmark = pytest.mark.precision("highest")  # parity with the official model 
 ATOL = 1e-6
 TRAIN_ATOL = 3e-6
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "data", "golden_opengraphau.npz")
-FAST = ["r18_s1", "r18_s2", "r50_s1", "r50_s2"]
-BIG = ["swint_s1", "swinb_s1", "swinb_s2", "mae_s1"]  # 224 px, ~90M parameters: a few seconds each on 2 cores
-
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(GOLDEN) as z:
-    return {k: z[k] for k in z.files}
+  return read_opengraphau()
 
 
-def _head_case(golden, name):
-  cfg = json.loads(str(golden[f"head/{name}/cfg"]))
-  p = f"head/{name}/sd/"
-  return cfg, {k[len(p) :]: v for k, v in golden.items() if k.startswith(p)}
-
-
-class _Identity(nnx.Module):
-  """Stands in for the backbone: the golden head inputs are already X [B, D, C_in]."""
-
-  def __init__(self, c):
-    self.num_features = c
-
-  def __call__(self, x):
-    return x
-
-
-def _head_model(cfg):
-  """An OpenGraphAU model of the golden head's sizes (a Swin name: C = C_in / 2), the backbone the identity."""
-  kw = dict(rngs=nnx.Rngs(0), backbone_module=_Identity(cfg["c_in"]))
-  if cfg["stage"] == 1:
-    metric = OFFICIAL_METRICS[cfg["metric"]]
-    return OpenGraphAUStage1("swin_transformer_tiny", neighbor_num=cfg["k"], metric=metric, **kw)
-  return OpenGraphAUStage2("swin_transformer_tiny", **kw)
-
-
-@pytest.mark.parametrize("name", ["h1_dots", "h1_cosine", "h1_l1", "h1_l2", "h2"])
+@pytest.mark.parametrize("name", OPENGRAPHAU_HEADS)
 def test_heads_match_official_eval_and_train(golden, name):
-  cfg, sd = _head_case(golden, name)
-  model = _head_model(cfg)
+  cfg, sd = opengraphau_head_case(golden, name)
+  model = opengraphau_head_model(cfg)
   state = StateDict(sd, source=name)
   load_opengraphau_head(state, model)
   state.check_all_used()
-  x = jnp.asarray(golden[f"head/{name}/x"])
-  run = lambda: np.asarray(model.head(model.global_linear(x))["au_probs"])
+  x = golden[f"head/{name}/x"]
+  run = lambda: np.asarray(run_head(model, x)["au_probs"])
   model.eval()
   err = np.abs(run() - golden[f"head/{name}/eval"]).max()
   print(f"{name} eval: max |ours - official| = {err:.2e}")
@@ -87,7 +70,7 @@ def test_heads_match_official_eval_and_train(golden, name):
   # prerequisite: the official ones loaded into a fresh model through the loader's names, compared leaf by leaf.
   p = f"head/{name}/train_sd/"
   trained = {k[len(p) :]: v for k, v in golden.items() if k.startswith(p)}
-  official = _head_model(cfg)
+  official = opengraphau_head_model(cfg)
   state = StateDict({**sd, **trained}, source=f"{name} trained")
   load_opengraphau_head(state, official)
   state.check_all_used()
@@ -109,16 +92,11 @@ def test_official_metric_names_are_swapped():
 
 
 def _check_full(golden, name, tmp_path, dtype="float32", atol=ATOL):
-  backbone, stage, size, batch, seed = OPENGRAPHAU_FULL[name]
-  tensors = official_tensors(golden, f"full/{name}", seed)
-  path = str(tmp_path / f"OpenGprahAU-{name}.pth")
-  write_official_pth(tensors, path)
-  model, spec = loader.load(path, dtype=dtype, img_size=size)
+  backbone, stage, size, batch, _ = OPENGRAPHAU_FULL[name]
+  model, spec, x, want = load_full_case(golden, name, str(tmp_path), dtype)  # through an official .pth
   assert spec == ModelSpec(backbone, 41, stage, head="opengraphau", img_size=size, dtype=dtype)
   assert spec.names == OPENGRAPHAU_AUS
-  x = seeded_images(seed, batch, size)
-  out = nnx.jit(lambda m, x: m(x)["au_probs"])(model, jnp.asarray(x, spec.dtype))
-  want = golden[f"full/{name}/out64" if dtype == "float64" else f"full/{name}/out"]
+  out = run_full(model, x, spec.dtype)
   assert out.shape == (batch, 41) and out.dtype == jnp.dtype(dtype)
   err = np.abs(np.asarray(out, np.float64) - want).max()
   print(f"{name} {dtype}: max |ours - official| = {err:.2e}")
