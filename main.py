@@ -102,6 +102,9 @@ def main(argv):
   except errors.TrainingDiverged as e:
     print(f"error: training diverged: {e}", file=sys.stderr)
     sys.exit(errors.EXIT_DIVERGED)
+  except errors.DiskFullError as e:  # the last good checkpoint is kept: free space, rerun to resume
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(errors.EXIT_DISK_FULL)
   if results.preempted:
     print(f"stopped before the end (exit status {EXIT_PREEMPTED}): {results.message}", file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)

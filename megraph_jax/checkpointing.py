@@ -4,10 +4,13 @@ stage's config and model description; and the workdir lock that keeps two traini
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import glob
 import json
 import logging as pylogging
 import os
+import re
 import shutil
 import socket
 import time
@@ -19,12 +22,67 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from megraph_jax import sharding
-from megraph_jax.errors import CheckpointError, ConfigChangedError, WorkdirLockedError
+from megraph_jax.errors import CheckpointError, ConfigChangedError, DiskFullError, WorkdirLockedError
 from megraph_jax.model_factory import MODEL_JSON  # the model spec next to its checkpoints, read by megraph_jax.loader
 
 STAGE_CONFIG = "config.json"  # the experiment config of the stage, written at its fresh start
 ITEM = "state"  # the one orbax item of a checkpoint: the train state in checkpoints/, the model state in best/
 UNREADABLE = "unreadable_checkpoints"  # where checkpoints that fail to restore are moved (never deleted)
+NO_SPACE = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EDQUOT: os.strerror(errno.EDQUOT)}  # a full disk, a quota
+
+
+def no_space(e: BaseException | None) -> str | None:
+  """The OS's words ('No space left on device', 'Disk quota exceeded') if ``e`` or an exception it was raised from
+  is a full disk or quota, else None: an ``OSError`` ENOSPC / EDQUOT, or TensorStore's error for one in orbax's
+  writing thread (``ValueError: RESOURCE_EXHAUSTED: ... No space left on device [os_error_code='28']``)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+      return NO_SPACE[e.errno]
+    text = str(e)
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if code and int(code.group(1)) in NO_SPACE:
+      return NO_SPACE[int(code.group(1))]
+    found = [words for words in NO_SPACE.values() if words in text]
+    if found:
+      return found[0]
+    e = e.__cause__ or e.__context__
+  return None
+
+
+class _NoSpaceTracebacks(pylogging.Filter):
+  """Orbax logs a failed write with its traceback from each thread it passes through (hundreds of lines for one full
+  disk); the :class:`DiskFullError` raised for it says it in one line. Keeps the first 300 characters of those."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    if record.exc_info and no_space(record.exc_info[1]):
+      record.msg, record.args = " ".join(record.getMessage().split())[:300], ()
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+_NO_SPACE_FILTER = _NoSpaceTracebacks()
+
+
+def _bytes(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB"):
+    if n < 1000:
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1000
+  return f"{n:.1f} TB"
+
+
+def _tree_size(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def free_space(path: str) -> str:
+  """'<free> free of <total>' on the filesystem of ``path`` (or of its nearest existing parent)."""
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  usage = shutil.disk_usage(path)
+  return f"{_bytes(usage.free)} free of {_bytes(usage.total)}"
 
 
 def _abstract(tree: Any) -> Any:
@@ -43,6 +101,7 @@ class StageCheckpoints:
 
   def __init__(self, stage_dir: str, *, keep: int = 2):
     self.stage_dir = os.path.abspath(stage_dir)
+    pylogging.getLogger("absl").addFilter(_NO_SPACE_FILTER)  # orbax's loggers: once per process
     self.latest = ocp.CheckpointManager(
       os.path.join(self.stage_dir, "checkpoints"),
       item_names=(ITEM,),
@@ -67,10 +126,15 @@ class StageCheckpoints:
     return os.path.join(self.stage_dir, "checkpoints", str(step))
 
   def save(self, step: int, state: Any) -> None:
-    """Saves the train state at ``step`` (asynchronously; ``wait()`` before exiting)."""
+    """Starts saving the train state at ``step`` (in orbax's thread; ``finish_save()`` waits for it)."""
     if step in self.latest.all_steps():
       return
     self.latest.save(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardSave(state)}), force=True)
+
+  def finish_save(self) -> None:
+    """Waits for the train state being saved. A full disk is a :class:`DiskFullError` (the partial checkpoint
+    removed, the previous ones kept); any other failure is raised as orbax raised it."""
+    self._wait(self.latest, "checkpoints")
 
   def restore(self, state: Any) -> tuple[int, Any] | None:
     """(step, train state) of the newest readable checkpoint shaped like ``state``, or None.
@@ -118,7 +182,8 @@ class StageCheckpoints:
     self.latest.reload()
 
   def save_best(self, step: int, state: Any, metrics: dict[str, float]) -> None:
-    """Offers the model state at ``step`` with its validation metrics; kept if its mean F1 is the best."""
+    """Offers the model state at ``step`` with its validation metrics; kept if its mean F1 is the best. Returns once
+    it is written (a full disk: :class:`DiskFullError`, the best one so far kept)."""
     if step in self.best.all_steps():
       return
     self.best.save(
@@ -126,17 +191,61 @@ class StageCheckpoints:
       args=ocp.args.Composite(**{ITEM: ocp.args.StandardSave(state)}),
       metrics={k: float(v) for k, v in metrics.items()},
     )
+    self._wait(self.best, "best")
 
   def best_step(self) -> int | None:
     return self.best.best_step()
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    self._wait(self.latest, "checkpoints")
+    self._wait(self.best, "best")
+
+  def _wait(self, manager: ocp.CheckpointManager, sub: str) -> None:
+    try:
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises its writing thread's error here
+      words = no_space(e)
+      if words is None:
+        raise
+      raise self._disk_full(sub, words) from e
+
+  def _disk_full(self, sub: str, words: str) -> DiskFullError:
+    """The error of a save into ``<stage_dir>/<sub>`` that found the disk full, once its partial files are removed."""
+    directory = os.path.join(self.stage_dir, sub)
+    partial = sorted(glob.glob(os.path.join(directory, "*.orbax-checkpoint-tmp*")))
+    if jax.process_index() == 0:
+      for path in partial:  # orbax writes <step>.orbax-checkpoint-tmp and renames it to <step> once complete
+        shutil.rmtree(path, ignore_errors=True)
+    steps = [int(n) for n in (os.path.basename(p).split(".")[0] for p in partial) if n.isdigit()]
+    what = f"the checkpoint of step {max(steps)}" if steps else "a checkpoint"
+    return self.disk_full_error(words, what, directory, removed=bool(partial))
+
+  def disk_full_error(self, words: str, what: str, path: str, *, removed: bool = False) -> DiskFullError:
+    """One line: ``words`` writing ``what`` to ``path``, the space free there, and what a rerun resumes from."""
+    last = latest_step(self.stage_dir)
+    if last is None:
+      kept = "no checkpoint of this stage is saved yet: free space and rerun the same command to start it again"
+    else:
+      size = _bytes(_tree_size(self.checkpoint_dir(last)))
+      kept = (
+        f"the last good checkpoint (step {last}, {size}) is kept: free space and rerun the same command to resume "
+        "from it"
+      )
+    removed_text = "; the partial files were removed" if removed else ""
+    return DiskFullError(f"{words} writing {what} to {path} ({free_space(path)} there{removed_text}); {kept}")
 
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+  def abort(self) -> None:
+    """``close()`` on the way out of a failure: an error orbax raises again (a failed save's) is logged, not raised
+    over the one that stopped training."""
+    for manager in (self.latest, self.best):
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("closing %s: %s", manager.directory, (str(e) or type(e).__name__).splitlines()[0][:300])
 
 
 def write_model_json(stage_dir: str, cfg: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ Exit statuses of ``python main.py`` (also in the README):
   2   the input is wrong: config (a bad value or an unknown key), dataset, checkpoint or weights file (also one that
       is not a plain tensor checkpoint: never loaded), the workdir is in use or is not a directory
   3   training diverged (a non-finite loss or gradient); nothing was saved after the last good step
+  74  a write found no space left on the device (a checkpoint); the last good checkpoint is kept: free space, rerun
+      to resume
   75  stopped early (SIGTERM, SIGINT, ``stop_after_steps``) after saving a checkpoint: rerun to resume
 """
 
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_DISK_FULL = 74  # sysexits' EX_IOERR
 
 
 class UserError(Exception):
@@ -106,6 +109,13 @@ class CaptureError(UserError):
 
 class NoInputsError(UserError):
   """``predict`` inputs (files, folders) that hold no image or video at all."""
+
+
+class DiskFullError(Exception):
+  """A write that found no space left on its device (ENOSPC, or a quota: EDQUOT). Nothing saved before it is lost;
+  the message names what failed, where, the space free there, and that rerunning the same command resumes."""
+
+  exit_status = EXIT_DISK_FULL
 
 
 class TrainingDiverged(Exception):

@@ -23,12 +23,25 @@ def tiny_overrides(cache: str, **extra: Any) -> dict[str, Any]:
   return {k: list(v) if isinstance(v, tuple) else v for k, v in tiny.items() if k not in base or base[k] != v}
 
 
-def write_sweep(path: str, name: str, overrides: dict[str, Any], grid: dict[str, list]) -> str:
+def write_sweep(
+  path: str, name: str, overrides: dict[str, Any], grid: dict[str, list], variants: dict[str, dict] | None = None
+) -> str:
   """Writes a sweep file (``get_sweep()``) for ``python -m megraph_jax.launch.sweep``; returns its path."""
   spec = {"name": name, "config": "configs/synthetic.py", "overrides": overrides, "grid": grid}
+  if variants:
+    spec["variants"] = variants
   with open(path, "w") as f:
     f.write(f"import json\n\ndef get_sweep():\n  return json.loads({json.dumps(json.dumps(spec))})\n")
   return path
+
+
+def bad_variants(root: str) -> dict[str, dict[str, Any]]:
+  """Two runs whose input is wrong: a backbone that does not exist (found before any run starts) and a dataset
+  folder that does not exist (found when the run reads it)."""
+  return {
+    "resnet19": {"model.backbone": "resnet19"},
+    "nodata": {"dataset.synthetic.enabled": False, "dataset.root": os.path.join(root, "no_such_dataset")},
+  }
 
 
 def sweep_env(**extra: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Sweeps on a real local Ray cluster: the same results as one by one, and a killed worker resumes from its checkpoint.
 
-One sweep of 3 tiny runs (seeds 0, 1, 2; stage 1, 2 epochs of 4 steps each) goes through
-``python -m megraph_jax.launch.sweep run --ray=local`` on a 2-CPU local cluster, two runs side by side.
+One sweep of 3 tiny runs (seeds 0, 1, 2; stage 1, 2 epochs of 4 steps each) and 2 runs whose input is wrong (a
+backbone that does not exist, found before any run starts; a dataset folder that does not exist, found by the run)
+goes through ``python -m megraph_jax.launch.sweep run --ray=local`` on a 2-CPU local cluster, two runs side by side.
 While it runs, the test SIGKILLs the Ray worker process training seed 1 once that run's first
 stage-1 checkpoint exists. The same sweep file, run one after another without Ray, is the
 reference: F1 tables, loss histories and every parameter must be identical. Both share JAX's
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from helpers import tiny_config
-from sweep_files import PYTHON, sweep_env, tiny_overrides, write_sweep
+from sweep_files import PYTHON, bad_variants, sweep_env, tiny_overrides, write_sweep
 
 from megraph_jax import checkpointing, model_factory
 from megraph_jax.launch import ray_sweep, sweep_spec
@@ -27,10 +28,12 @@ pytest.importorskip("ray")
 
 RUNS = ("seed0", "seed1", "seed2")
 KILLED = "seed1"
+BAD = ("resnet19", "nodata")
 
 
 def _sweep_file(tmp_path, cache) -> str:
-  return write_sweep(str(tmp_path / "sweep_ray.py"), "ray", tiny_overrides(cache, mode="stage1"), {"seed": [0, 1, 2]})
+  variants = {**{f"seed{k}": {"seed": k} for k in range(3)}, **bad_variants(str(tmp_path))}
+  return write_sweep(str(tmp_path / "sweep_ray.py"), "ray", tiny_overrides(cache, mode="stage1"), {}, variants)
 
 
 def _env(tmp) -> dict:
@@ -71,7 +74,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
     timeout=600,
     check=False,
   )
-  assert seq.returncode == 0, seq.stderr[-3000:]
+  assert seq.returncode == 4, seq.stderr[-3000:]  # EXIT_RUNS_FAILED: the bad runs
   t_seq = time.time() - t0
 
   t0 = time.time()
@@ -112,7 +115,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
     if proc.poll() is None:
       proc.kill()
       proc.wait()
-  assert proc.returncode == 0, out[-4000:]
+  assert proc.returncode == 4, out[-4000:]
   print(f"one by one {t_seq:.0f} s, on Ray {time.time() - t0:.0f} s")
   return {
     "ref": ref,
@@ -122,6 +125,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
     "t_seq": t_seq,
     "t_ray": time.time() - t0,
     "sweep": sweep,
+    "seq_stderr": seq.stderr,
   }
 
 
@@ -145,9 +149,27 @@ def test_ray_sweep_matches_one_by_one(sweeps):
   assert any(starts[m] < ends[n] for m in RUNS for n in RUNS if m != n)
   # A finished run is never redone: a second invocation starts no process.
   before = {n: len(ray_sweep.read_attempts(os.path.join(on_ray, n))) for n in RUNS}
-  statuses = ray_sweep.run_sweep(ray_sweep_runs(sweeps["sweep"]), on_ray, address="unused")
+  good = [r for r in ray_sweep_runs(sweeps["sweep"]) if r["name"] in RUNS]
+  statuses = ray_sweep.run_sweep(good, on_ray, address="unused")
   assert [s["status"] for s in statuses] == ["done"] * 3 and all(s["attempts"] == 0 for s in statuses)
   assert {n: len(ray_sweep.read_attempts(os.path.join(on_ray, n))) for n in RUNS} == before
+
+
+def test_bad_runs_are_reported_once_and_not_retried_while_the_good_ones_finish(sweeps):
+  """Both ways: one error: line per bad run, the table of the good ones, exit status 4 (checked in the fixture);
+  the backbone is refused before any run starts, the missing dataset on its one Ray attempt, not retried."""
+  for log, root in ((sweeps["seq_stderr"], sweeps["ref"]), (sweeps["log"], sweeps["ray"])):
+    lines = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2 and "Traceback" not in "".join(lines), log[-4000:]
+    assert lines[0].startswith("error: run resnet19: config key 'model.backbone' = 'resnet19'; choose one of"), lines
+    assert lines[1].startswith("error: run nodata: dataset 'BP4D' not found (config key 'dataset.root')"), lines
+    assert "sweep ray: 2 of 5 runs did not finish" in log
+    assert not os.path.exists(os.path.join(root, "resnet19"))  # never started
+    with open(os.path.join(root, "sweep.md")) as f:
+      assert "Not finished (2): resnet19, nodata" in f.read()
+  starts = [a for a in ray_sweep.read_attempts(os.path.join(sweeps["ray"], "nodata")) if "checkpoints" in a]
+  assert [a["attempt"] for a in starts] == [0], starts  # one process, no retry
+  assert "nodata: DatasetNotFoundError, not retried" in sweeps["log"] and "nodata: attempt" not in sweeps["log"]
 
 
 def ray_sweep_runs(path: str) -> list:

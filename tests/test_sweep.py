@@ -5,6 +5,7 @@ import os
 
 import pytest
 from helpers import TINY_AUS, TINY_SYNTHETIC
+from sweep_files import bad_variants, tiny_overrides
 
 from megraph_jax.launch import sweep, sweep_spec
 
@@ -91,7 +92,39 @@ def test_sweep_runs_and_gathers_all_four(tmp_path, synthetic_cache, monkeypatch)
   assert "| all-positive baseline, fold 1 |" in table and "| all-positive baseline, fold 2 |" in table
   with open(os.path.join(root, "sweep.json")) as f:
     assert len(json.load(f)["runs"]) == 4
-  assert sweep.run_all(sweep_spec.expand(spec), root) == []  # finished runs are skipped
+  statuses = sweep.run_all(sweep_spec.expand(spec), root)  # finished runs are skipped
+  assert [(s["status"], s["attempts"]) for s in statuses] == [("done", 0)] * 4
+
+
+def test_sweep_with_bad_runs_finishes_the_good_ones_and_reports_each_bad_one_once(
+  tmp_path, synthetic_cache, monkeypatch, capsys
+):
+  """Without Ray: a run whose dataset is missing (found at run time) comes first, one with a backbone that does not
+  exist (found before any run starts) next; the good run after them still runs, the table holds it, each bad run
+  gets one error: line, and the exit status says that some runs did not finish."""
+  root = str(tmp_path / "sweep")
+  spec = {
+    "name": "bad",
+    "config": "configs/synthetic.py",
+    "overrides": tiny_overrides(synthetic_cache, mode="stage1", **{"stage1.epochs": 1}),
+    "variants": {"nodata": bad_variants(root)["nodata"], "resnet19": bad_variants(root)["resnet19"], "ok": {}},
+  }
+  module = type("M", (), {"get_sweep": staticmethod(lambda: spec), "get_config": staticmethod(_synthetic_config)})
+  monkeypatch.setattr(sweep_spec, "load_module", lambda path: module())
+  assert sweep.main(["run", "any.py", f"--root={root}"]) == sweep.EXIT_RUNS_FAILED == 4
+  out, err = capsys.readouterr()
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 2 and "Traceback" not in err, err[-3000:]
+  assert errors[0].startswith("error: run nodata: dataset 'BP4D' not found (config key 'dataset.root')"), errors
+  assert errors[1].startswith("error: run resnet19: config key 'model.backbone' = 'resnet19'; choose one of"), errors
+  assert "sweep bad: 2 of 3 runs did not finish" in err
+  assert "resnet19: wrong input, not started" in out and not os.path.exists(os.path.join(root, "resnet19"))
+  assert os.path.isfile(os.path.join(root, "ok", "results.json"))
+  with open(os.path.join(root, "sweep.md")) as f:
+    table = f.read()
+  assert "| ok (fold 1, stage 1) |" in table and "Not finished (2): nodata, resnet19" in table
+  with open(os.path.join(root, "sweep.json")) as f:
+    assert [r["run"] for r in json.load(f)["runs"]] == ["ok"]
 
 
 def _synthetic_config():

@@ -1,16 +1,20 @@
 """Training that refuses silent traps: ImageNet weights, changed configs, divergence, damaged inputs, a busy workdir,
 and the exit statuses main.py gives a scheduler."""
 
+import errno
 import importlib
+import logging
 import os
+import re
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from flax import nnx
 from helpers import REPO, TINY_AUS, TINY_SYNTHETIC, tiny_config, tiny_main_args
 
-from megraph_jax import checkpointing
+from megraph_jax import checkpointing, errors, model_factory
 from megraph_jax.data import synthetic
 from megraph_jax.errors import ConfigChangedError, ImageNetWeightsError, TrainingDiverged, WorkdirLockedError
 from megraph_jax.train import initialization
@@ -170,3 +174,75 @@ def test_main_exits_75_when_stopped_and_0_when_resumed_to_the_end(tmp_path, synt
   proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.isfile(tmp_path / "w" / "results.json")
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+# main.py with every checkpoint write after step 4 failing in orbax's writing thread as a full disk fails it: the
+# error TensorStore raises there for ENOSPC (a ValueError, the OS error in its text), from the array write itself.
+_MAIN_ON_A_FULL_DISK = """
+import re, runpy, sys
+from orbax.checkpoint._src.serialization import serialization
+
+write = serialization.async_serialize_from_host
+
+async def full_disk(rslices, spec, **kw):
+  step = re.search(r"/(\\d+)\\.orbax-checkpoint-tmp", str(spec))
+  if step and int(step.group(1)) > 4:
+    raise ValueError(
+      f'RESOURCE_EXHAUSTED: Error writing in OCDBT database at local file "{step.string[:200]}": Failed to write '
+      "6180864 bytes to file 6: No space left on device [os_error_code='28']"
+    )
+  return await write(rslices, spec, **kw)
+
+serialization.async_serialize_from_host = full_disk
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_full_disk_stops_at_the_failed_save_keeps_the_last_checkpoint_and_resumes(tmp_path, synthetic_cache, caplog):
+  """The epoch-2 checkpoint finds the disk full: exit 74 with one error line (what, where, space free, rerun), no
+  traceback, no epoch evaluated after it; checkpoint 4 restores, and a rerun resumes from it to the end."""
+  workdir = tmp_path / "w"
+  python, main, *flags = tiny_main_args(synthetic_cache, str(workdir), "--config.mode=stage1")
+  proc = subprocess.run(
+    [python, "-c", _MAIN_ON_A_FULL_DISK, main, *flags], cwd=REPO, capture_output=True, text=True, env=ENV,
+    timeout=600, check=False,
+  )  # fmt: skip
+  assert proc.returncode == errors.EXIT_DISK_FULL == 74, proc.stderr[-3000:]
+  stage_dir = workdir / "fold1" / "stage1"
+  lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert re.search(
+    rf"error: No space left on device writing the checkpoint of step 8 to {re.escape(str(stage_dir))}/checkpoints "
+    r"\([\d.]+ [KMGT]?B free of [\d.]+ [KMGT]?B there; .*the last good checkpoint \(step 4, [\d.]+ MB\) is kept: free "
+    "space and rerun the same command to resume",
+    lines[0],
+  ), lines[0]
+  assert "Traceback" not in proc.stderr and "epoch 2/2: test mean F1" not in proc.stderr
+  assert sorted(os.listdir(stage_dir / "checkpoints")) == ["4"]  # the partial step 8 removed
+  assert checkpointing.StageCheckpoints(str(stage_dir)).latest.all_steps() == [4]
+  ts = nnx.eval_shape(lambda: model_factory.build_from_config(tiny_config(synthetic_cache, mode="stage1"), 1))
+  step, _ = checkpointing.restore_model_state(str(stage_dir), nnx.state(ts), which="latest")
+  assert step == 4
+  caplog.set_level(logging.INFO)
+  done = run(tiny_config(synthetic_cache, mode="stage1"), str(workdir))  # the rerun, on a disk with space
+  assert "fold 1 stage 1: resuming from step 4" in caplog.text
+  assert done.folds[1].stages[1].steps == 8 and [h.step for h in done.folds[1].stages[1].history] == [4, 8]
+  assert os.path.isfile(workdir / "results.json")
+
+
+def test_no_space_is_read_from_os_and_tensorstore_errors():
+  assert checkpointing.no_space(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+  assert checkpointing.no_space(OSError(errno.EDQUOT, "quota")) == "Disk quota exceeded"
+  assert checkpointing.no_space(ValueError("RESOURCE_EXHAUSTED: Failed to write [os_error_code='28']"))
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "full")
+    except OSError as e:
+      raise RuntimeError("save failed") from e
+  except RuntimeError as e:
+    assert checkpointing.no_space(e) == "No space left on device"
+  assert checkpointing.no_space(OSError(errno.EACCES, "denied")) is None
+  assert checkpointing.no_space(ValueError("RESOURCE_EXHAUSTED: out of memory")) is None

@@ -14,8 +14,9 @@ runs go side by side.
 A run whose process fails, is killed or loses its host is stopped on every host and started again
 (up to ``max_retries`` times): ``experiment.run`` resumes from the run's latest checkpoint. A run that
 stopped early after saving a checkpoint (preemption: SIGTERM) starts again without counting as a
-failure. A finished run (``results.json``) is never started again; a config or data error is not
-retried. Every process appends one line to ``ROOT/<run>/attempts.jsonl`` when it starts: attempt,
+failure. A finished run (``results.json``) is never started again; an input error (any
+``errors.UserError``: config, data, files), a diverged training or a full disk is not retried: another attempt
+would meet it again. Every process appends one line to ``ROOT/<run>/attempts.jsonl`` when it starts: attempt,
 process, pid, host, and the checkpoint steps it found (what it resumes from).
 """
 
@@ -98,17 +99,17 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
   try:
     config = sweep_spec.build_config(run)
   except (KeyError, ValueError, FileNotFoundError) as e:  # the sweep file, not the cluster: no retry
-    return {"status": "error", "message": f"{run['name']}: {e}"}
+    return {"status": "error", "kind": type(e).__name__, "message": describe(e)}
   if config.dataset.synthetic.enabled and not config.dataset.synthetic.cache_dir:
     config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
   distributed.initialize()
 
   try:
     result = experiment.run(config, workdir)
-  except _not_retried() as e:  # main.py's exit statuses 2 (input errors) and 3 (diverged): not retried
+  except not_retried() as e:  # main.py's exit statuses 2 (input errors), 3 (diverged), 74 (disk full): not retried
     if type(e).__name__ == "WorkdirLockedError":  # the previous attempt's process may still be exiting: retry
       raise
-    return {"status": "error", "message": f"{run['name']}: {type(e).__name__}: {e}"}
+    return {"status": "error", "kind": type(e).__name__, "message": describe(e)}
   _append_attempt(
     workdir,
     {
@@ -127,9 +128,18 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
   return {"status": "done", "mean_f1": result.mean_f1}
 
 
-def _not_retried() -> tuple[type[BaseException], ...]:
-  """Errors that another attempt would meet again: the config, the data, files, a diverged training."""
-  return (errors.UserError, errors.TrainingDiverged)
+def not_retried() -> tuple[type[BaseException], ...]:
+  """Errors that another attempt would meet again: the config, the data, files, a diverged training, a full disk."""
+  return (errors.UserError, errors.TrainingDiverged, errors.DiskFullError)
+
+
+def describe(e: BaseException) -> str:
+  """A run's error as ``main.py`` words it after ``error:`` (an unexpected one with its type)."""
+  if isinstance(e, errors.TrainingDiverged):
+    return f"training diverged: {e}"
+  if isinstance(e, (errors.UserError, errors.DiskFullError)):
+    return str(e)
+  return f"{type(e).__name__}: {e}"
 
 
 def _coordinator_probe() -> dict[str, Any]:
@@ -284,8 +294,9 @@ def drive_run(ray, task, run: dict[str, Any], root: str, res: Resources, max_ret
     attempt += 1
     statuses = {o["status"] for o in outs}
     if "error" in statuses:
-      msg = next(o["message"] for o in outs if o["status"] == "error")
-      _log(f"{run['name']}: {msg} (not retried)")
+      out = next(o for o in outs if o["status"] == "error")
+      msg = out["message"]
+      _log(f"{run['name']}: {out.get('kind', 'error')}, not retried (its error: line comes at the end)")
       return {"name": run["name"], "status": "error", "attempts": attempt, "failures": failures, "message": msg}
     if "preempted" in statuses:
       _log(f"{run['name']}: stopped early after saving a checkpoint; starting again to resume")

@@ -11,6 +11,11 @@ The sweep file format is described in ``megraph_jax.launch.sweep_spec``; every r
 exists is skipped by ``run``; an interrupted one resumes from its checkpoints. With ``--ray`` every
 run is Ray work (``megraph_jax.launch.ray_sweep``): runs go side by side as the cluster's resources allow,
 one process per host of a run, failed runs retried from their checkpoints.
+
+Every run's config is checked before any run starts (its keys, mode and model: ``check_run``); a run whose
+input is wrong is not started, and one that fails while running does not stop the others. ``run`` ends with
+one ``error:`` line per run that did not finish, the table of those that did, and exit status
+``EXIT_RUNS_FAILED`` (4) if any did not (0 if all did).
 """
 
 from __future__ import annotations
@@ -19,31 +24,103 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
+
+from megraph_jax import errors, model_factory
 from megraph_jax.launch import ray_sweep, sweep_spec
 from megraph_jax.train import experiment, reporting
 from megraph_jax.train.results import RunResult
 
+EXIT_RUNS_FAILED = 4  # some runs did not finish (an ``error:`` line each); the table holds the others
 
-def run_all(runs: list[dict[str, Any]], root: str) -> list[str]:
-  """Runs every unfinished run in this process, one after another; returns the names run."""
-  done = []
+
+def check_run(run: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The run's config, checked as far as it can be without its data: its keys and their types, the mode, and the
+  model of every stage the mode trains. A wrong one is a :class:`errors.ConfigError` naming the key."""
+  try:
+    config = sweep_spec.build_config(run)
+  except (KeyError, TypeError) as e:  # a key the config does not have, a value of the wrong type
+    raise errors.ConfigError(str(e.args[0]) if e.args else str(e)) from None
+  if config.mode not in experiment.MODES:
+    raise errors.ConfigError(f"config key 'mode' = {config.mode!r}; choose one of {experiment.MODES}")
+  stages = experiment.STAGES.get(config.mode, ())  # mode 'eval': the stage is the checkpoint's
+  if config.model.head == "baseline" and config.mode != "stage2":
+    stages = (1,)  # one model, no graph stage
+  for stage in stages:
+    model_factory.ModelSpec.from_config(config, stage)  # a ConfigError naming the model key
+  return config
+
+
+def check_runs(runs: list[dict[str, Any]], root: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(runs to start, statuses of the runs whose config is wrong): every unfinished run checked before any starts."""
+  todo, bad = [], []
+  for r in runs:
+    if os.path.isfile(os.path.join(root, r["name"], "results.json")):
+      todo.append(r)  # finished earlier: skipped by either runner
+      continue
+    try:
+      check_run(r)
+    except errors.UserError as e:
+      print(f"{r['name']}: wrong input, not started (its error: line comes at the end)", flush=True)
+      bad.append({"name": r["name"], "status": "error", "attempts": 0, "failures": 0, "message": str(e)})
+      continue
+    todo.append(r)
+  return todo, bad
+
+
+def run_all(runs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+  """Runs every unfinished run in this process, one after another; returns the status of each run reached, as
+  ``ray_sweep.run_sweep`` does: 'done' (also a run finished earlier, 0 attempts), 'error' (wrong input, diverged,
+  a full disk: its message), 'failed' (an unexpected error: its traceback is printed), 'preempted' (stopped after
+  saving; the runs after it are not started). A failed run does not stop the others; a full disk does."""
+  out: list[dict[str, Any]] = []
   for i, r in enumerate(runs):
     workdir = os.path.join(root, r["name"])
+    status = {"name": r["name"], "status": "done", "attempts": 0, "failures": 0}
+    out.append(status)
     if os.path.isfile(os.path.join(workdir, "results.json")):
       print(f"[{i + 1}/{len(runs)}] {r['name']}: finished earlier, skipped", flush=True)
       continue
     print(f"[{i + 1}/{len(runs)}] {r['name']}: {sweep_spec.command(r, root)}", flush=True)
-    config = sweep_spec.build_config(r)
-    if config.dataset.synthetic.enabled and not config.dataset.synthetic.cache_dir:
-      config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
-    if experiment.run(config, workdir).preempted:
+    status["attempts"] = 1
+    try:
+      config = check_run(r)
+      if config.dataset.synthetic.enabled and not config.dataset.synthetic.cache_dir:
+        config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
+      result = experiment.run(config, workdir)
+    except ray_sweep.not_retried() as e:  # the same input would fail again: reported, the next run starts
+      status.update(status="error", message=ray_sweep.describe(e))
+      print(f"{r['name']}: {type(e).__name__}, not finished (reported at the end)", flush=True)
+      if isinstance(e, errors.DiskFullError):  # the runs after it write to the same disk
+        print(f"{r['name']}: the disk is full; the runs after it are not started", flush=True)
+        break
+      continue
+    except Exception as e:  # pylint: disable=broad-except  # a bug: its traceback, then the next run
+      traceback.print_exc()
+      status.update(status="failed", failures=1, message=ray_sweep.describe(e))
+      print(f"{r['name']}: failed ({type(e).__name__}; traceback above), continuing with the next run", flush=True)
+      continue
+    if result.preempted:
+      status["status"] = "preempted"
       print(f"{r['name']}: stopped before the end; rerun the sweep to resume", flush=True)
       break
-    done.append(r["name"])
-  return done
+  return out
+
+
+def report_failures(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Prints one ``error:`` line per run that did not finish (stderr); returns their statuses."""
+  failed = [s for s in statuses if s["status"] not in ("done", "preempted")]
+  for s in failed:
+    message = " ".join(str(s.get("message", "")).split())
+    if s["status"] == "failed" and s.get("attempts", 0) > 1:  # Ray's error: a traceback, the exception last
+      last = [line.strip() for line in str(s.get("message", "")).splitlines() if line.strip()][-1:]
+      message = f"failed {s['attempts']} times, the last with {' '.join(last)[-1000:]}"
+    print(f"error: run {s['name']}: {message}", file=sys.stderr, flush=True)
+  return failed
 
 
 def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, Any]]]:
@@ -113,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if (a.tpu or a.tpu_subslice or a.gpus or a.hosts != 1 or a.cpu_devices) and not a.ray:
     p.error("--tpu, --tpu_subslice, --gpus, --hosts and --cpu_devices place runs on a Ray cluster: add --ray=ADDRESS")
   failed: list = []
+  finished = False
   module = sweep_spec.load_module(a.sweep)
   if not hasattr(module, "get_sweep"):
     p.error(f"{a.sweep}: a sweep file must define get_sweep() (see configs/sweeps/)")
@@ -122,21 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   if a.action == "list":
     for r in runs:
       print(r["name"], json.dumps(r["overrides"]))
-  elif a.action == "run" and a.ray:
-    res = ray_sweep.Resources(
-      hosts=a.hosts, cpus=a.cpus, gpus=a.gpus, cpu_devices=a.cpu_devices, tpu=a.tpu, tpu_subslice=a.tpu_subslice
-    )
-    statuses = ray_sweep.run_sweep(
-      runs, root, address=a.ray, resources=res, max_retries=a.max_retries, num_cpus=a.ray_cpus
-    )
-    failed = [s for s in statuses if s["status"] != "done"]
-    for s in failed:
-      print(
-        f"{s['name']}: {s['status']} after {s['attempts']} attempts: {s.get('message', '')[-500:]}", file=sys.stderr
-      )
   elif a.action == "run":
-    run_all(runs, root)
-  if a.action == "gather" or (a.action == "run" and len(failed) < len(runs)):
+    todo, statuses = check_runs(runs, root)  # a run with a wrong config is never started
+    if a.ray and todo:
+      res = ray_sweep.Resources(
+        hosts=a.hosts, cpus=a.cpus, gpus=a.gpus, cpu_devices=a.cpu_devices, tpu=a.tpu, tpu_subslice=a.tpu_subslice
+      )
+      statuses += ray_sweep.run_sweep(
+        todo, root, address=a.ray, resources=res, max_retries=a.max_retries, num_cpus=a.ray_cpus
+      )
+    elif todo:
+      statuses += run_all(todo, root)
+    order = {r["name"]: i for i, r in enumerate(runs)}
+    failed = report_failures(sorted(statuses, key=lambda s: order[s["name"]]))
+    finished = any(s["status"] == "done" for s in statuses)
+    if failed:
+      print(f"sweep {sweep['name']}: {len(failed)} of {len(runs)} runs did not finish", file=sys.stderr)
+  if a.action == "gather" or finished:
     text, records = gather(runs, root)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "sweep.md"), "w") as f:
@@ -144,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(root, "sweep.json"), "w") as f:
       json.dump({"sweep": sweep['name'], "runs": records}, f, indent=1)
     print(text)
-  return 1 if failed else 0
+  return EXIT_RUNS_FAILED if failed else 0
 
 
 if __name__ == "__main__":

@@ -339,6 +339,7 @@ def train_stage(
       if due and not any(h.epoch == epoch + 1 for h in history):
         t0 = time.time()
         result = evaluate(p_eval_step, state["model"], test_data, root=root, config=config, mesh=mesh)
+        ckpt.finish_save()  # written while evaluating; a failed save (a full disk) stops here, before the next epoch
         monitoring.write_eval(writer, step, result)
         logging.info(
           "%s epoch %d/%d: test mean F1 %.2f%%, mean accuracy %.2f%%, L_WA %.4f (%.1f s)",
@@ -350,14 +351,24 @@ def train_stage(
           result.loss,
           time.time() - t0,
         )
+        ckpt.save_best(step, state["model"], {"mean_f1": result.mean_f1})  # before history.json has the epoch
         history.append(result.at(epoch + 1, step))
         monitoring.write_history(stage_dir, history)
-        ckpt.save_best(step, state["model"], {"mean_f1": result.mean_f1})
+      ckpt.finish_save()
     ckpt.wait()
     best_step = ckpt.best_step()
-  finally:
-    writer.flush()
-    ckpt.close()
+  except BaseException as e:
+    try:
+      writer.flush()
+    except Exception as flush_error:  # pylint: disable=broad-except  # a full disk, say: not raised over ``e``
+      logging.warning("%s: TensorBoard events not flushed (%s)", tag, flush_error)
+    ckpt.abort()  # a failed save's error, raised again by orbax on closing, is not raised over ``e``
+    words = checkpointing.no_space(e) if isinstance(e, OSError) else None
+    if words is not None:  # history.json, the TensorBoard events
+      raise ckpt.disk_full_error(words, "the stage's files", e.filename or stage_dir) from e
+    raise
+  writer.flush()
+  ckpt.close()
   if not history:
     raise RuntimeError(f"{stage_dir}: finished without an evaluation; delete the folder and train again")
   # The epoch whose model best/ holds (ties in mean F1 resolved as orbax resolved them).
