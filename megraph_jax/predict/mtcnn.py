@@ -223,7 +223,7 @@ def set_weights(net: PNet | RNet | ONet, arrays: Sequence[np.ndarray]) -> None:
     a = np.asarray(a, np.float32).reshape(p.shape) if a.size == p.size else a
     if a.shape != p.shape:
       raise ValueError(f"{type(net).__name__}: weight {i} has shape {a.shape}, {p.shape} expected")
-    p.value = jnp.asarray(a)
+    p[...] = jnp.asarray(a)
 
 
 def load(name: str, folder: str | None = None) -> PNet | RNet | ONet:
@@ -349,7 +349,7 @@ class Plan:
   def canvas_of(self, images: np.ndarray) -> np.ndarray:
     """The normalised canvas of uint8 images ``[B, H, W, 3]`` (numpy; for tests)."""
     m = {k: jnp.asarray(v) for k, v in self.maps.items()}
-    return np.asarray(build_canvas(jnp.asarray(images), m))
+    return np.asarray(jax.jit(build_canvas)(jnp.asarray(images), m))
 
   def level_of(self, canvas: np.ndarray, k: int) -> np.ndarray:
     """Level ``k`` ``[B, h, w, C]`` cut from a canvas."""
