@@ -149,22 +149,35 @@ def detection_scale(h: int, w: int, min_face_size: int | None = None, max_side: 
   return scale, min_face
 
 
+DETECTORS = ("jax", "mtcnn-tf")  # MTCNN in JAX (megraph_jax.predict.mtcnn), or the mtcnn package on TensorFlow
+
+
 class Detector:
-  """MTCNN (the ``mtcnn`` package; its weights ship in the wheel) on a copy scaled by :func:`detection_scale`.
+  """MTCNN on a copy scaled by :func:`detection_scale`: by default in JAX on the accelerator
+  (:mod:`megraph_jax.predict.mtcnn`, no TensorFlow), or with ``backend='mtcnn-tf'`` the ``mtcnn`` package on
+  TensorFlow (the reference; the same faces to 1e-3 px). Both use the weights that ship in the ``mtcnn`` wheel.
 
   ``detect`` finds faces in one image, ``detect_many`` in a batch of same-sized frames (one MTCNN call), and
   ``refine`` re-runs only MTCNN's last network (ONet) on the boxes of the previous frame: a face that moved
   little keeps a high score and gets its new box and landmarks at a fraction of a full detection's cost.
   """
 
-  def __init__(self, min_face_size: int | None = None, max_side: int = 2048):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:  # MTCNN runs on TensorFlow, kept off the GPU that JAX uses
-      optional.tensorflow()
-    except ImportError:
-      pass  # mtcnn's own import below names what is missing
-    MTCNN = optional.require("mtcnn").MTCNN  # noqa: N806
-    self._mtcnn = MTCNN()
+  def __init__(self, min_face_size: int | None = None, max_side: int = 2048, backend: str = "jax"):
+    if backend not in DETECTORS:
+      raise AlignError(f"the detector must be one of {', '.join(DETECTORS)}, got {backend!r}")
+    self.backend = backend
+    if backend == "jax":
+      from megraph_jax.predict import mtcnn  # pylint: disable=import-outside-toplevel  (JAX + Flax: on use)
+
+      self._mtcnn = mtcnn.MTCNN()
+    else:
+      os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+      try:  # MTCNN runs on TensorFlow, kept off the GPU that JAX uses
+        optional.tensorflow()
+      except ImportError:
+        pass  # mtcnn's own import below names what is missing
+      MTCNN = optional.require("mtcnn").MTCNN  # noqa: N806
+      self._mtcnn = MTCNN()
     self._onet = None
     self.min_face_size = min_face_size
     self.max_side = max_side
@@ -193,13 +206,13 @@ class Detector:
       np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR)) if scale < 1 else im for im in images
     ]
     sx = size[0] / w if scale < 1 else 1.0
-    out = self._mtcnn.detect_faces(
-      list(copies),
-      output_type="numpy",
-      box_format="xyxy",
-      min_face_size=max(MTCNN_WINDOW, int(min_face * sx)),
-      **thresholds,
-    )
+    min_face_size = max(MTCNN_WINDOW, int(min_face * sx))
+    if self.backend == "jax":
+      out = self._mtcnn.detect(copies, min_face_size=min_face_size, **thresholds)
+    else:
+      out = self._mtcnn.detect_faces(
+        list(copies), output_type="numpy", box_format="xyxy", min_face_size=min_face_size, **thresholds
+      )
     out = np.asarray(out, np.float64).reshape(-1, 16)
     # Rows: [image, x0, y0, x1, y1, score, 5 landmark x, 5 landmark y] in index pixels of the copy.
     per_image: list[list[Face]] = [[] for _ in images]
@@ -210,6 +223,10 @@ class Detector:
 
   def refine(self, image: np.ndarray, boxes: Sequence[np.ndarray]) -> list[Face]:
     """ONet on the squared ``boxes`` (continuous px) of ``image``: one refined :class:`Face` per box, same order."""
+    if self.backend == "jax":
+      squares = [_square(b) for b in boxes]
+      offsets, marks, scores = self._mtcnn.refit(image, np.asarray(squares).reshape(-1, 4))
+      return [_refined(sq, off, lm, sc) for sq, off, lm, sc in zip(squares, offsets, marks, scores)]
     cv2 = optional.require("cv2")
     if self._onet is None:  # one traced graph for any number of boxes: 3x faster than the eager Keras call
       tf = optional.tensorflow()
@@ -219,21 +236,30 @@ class Detector:
     norm = (np.asarray(image, np.float32) - 127.5) / 128.0  # MTCNN's input normalisation
     squares, patches = [], []
     for b in boxes:
-      x0, y0, x1, y1 = np.asarray(b, np.float64) - 0.5  # index pixels, as MTCNN's boxes
-      side = max(x1 - x0, y1 - y0)
-      x0, y0 = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
-      squares.append((x0, y0, x0 + side, y0 + side))
-      step = side / (ONET_SIZE - 1)
+      x0, y0, x1, y1 = sq = _square(b)
+      squares.append(sq)
+      step = (x1 - x0) / (ONET_SIZE - 1)
       m = np.array([[step, 0.0, x0], [0.0, step, y0]])  # patch px -> image px (bilinear, zero outside)
       patches.append(cv2.warpAffine(norm, m, (ONET_SIZE, ONET_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP))
     offsets, marks, scores = (np.asarray(t, np.float64) for t in self._onet(np.stack(patches)))
-    faces = []
-    for (x0, y0, x1, y1), off, lm, sc in zip(squares, offsets, marks, scores):
-      bw, bh = x1 - x0 + 1, y1 - y0 + 1  # MTCNN's box arithmetic (inclusive pixel ends)
-      lx, ly = bw * lm[0:5] + x0 - 1, bh * lm[5:10] + y0 - 1
-      box = np.array([x0, y0, x1, y1]) + off * np.array([bw, bh, bw, bh])
-      faces.append(Face(box=box + 0.5, score=float(sc[-1]), landmarks=np.stack([lx, ly], axis=1) + 0.5))
-    return faces
+    return [_refined(sq, off, lm, sc[-1]) for sq, off, lm, sc in zip(squares, offsets, marks, scores)]
+
+
+def _square(box: np.ndarray) -> tuple[float, float, float, float]:
+  """A box (continuous px) as the square of its longer side around its centre, in index px (as MTCNN's boxes)."""
+  x0, y0, x1, y1 = np.asarray(box, np.float64) - 0.5
+  side = max(x1 - x0, y1 - y0)
+  x0, y0 = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
+  return x0, y0, x0 + side, y0 + side
+
+
+def _refined(square: Sequence[float], offset: np.ndarray, marks: np.ndarray, score: float) -> Face:
+  """The :class:`Face` of ONet's outputs on ``square`` (index px): MTCNN's box arithmetic (inclusive ends)."""
+  x0, y0, x1, y1 = square
+  bw, bh = x1 - x0 + 1, y1 - y0 + 1
+  lx, ly = bw * marks[0:5] + x0 - 1, bh * marks[5:10] + y0 - 1
+  box = np.array([x0, y0, x1, y1]) + offset * np.array([bw, bh, bw, bh])
+  return Face(box=box + 0.5, score=float(score), landmarks=np.stack([lx, ly], axis=1) + 0.5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,9 +270,9 @@ AlignedFace = tuple[np.ndarray, tuple[float, float, float, float], float | None]
 Aligner = Callable[[np.ndarray], list[AlignedFace]]
 
 
-def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int | None = None) -> Aligner:
+def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int | None = None, backend: str = "jax") -> Aligner:
   """Detects faces (MTCNN, largest first; a still with none gets a second, relaxed try) and aligns each."""
-  detector = Detector(min_face_size=min_face_size)
+  detector = Detector(min_face_size=min_face_size, backend=backend)
 
   def detect_and_align(rgb: np.ndarray) -> list[AlignedFace]:
     return [aligned(rgb, f, size) for f in detector(rgb, relaxed=True)]

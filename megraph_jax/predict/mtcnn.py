@@ -56,6 +56,7 @@ SCALE_FACTOR = 0.709  # each pyramid level 0.709 of the one before (the publishe
 THRESHOLDS = dict(threshold_pnet=0.6, threshold_rnet=0.7, threshold_onet=0.8)  # the package's defaults
 NMS_PNET_LEVEL, NMS_PNET, NMS_RNET, NMS_ONET = 0.5, 0.7, 0.7, 0.7
 CAPACITY = 512  # PNet windows above the threshold kept (best first) per frame; grown when a batch has more
+CHUNK = 8  # RNet and ONet run on this many crops at a time (batch-invariant results; box counts are multiples)
 MIN_LEVEL = 11  # px: the smallest level side PNet gives an output for (3x3 conv, 2x2 pool, 3x3, 3x3)
 _HIGHEST = lax.Precision.HIGHEST  # float32 everywhere (TF32 / bf16 passes would move scores by ~1e-3)
 
@@ -549,7 +550,7 @@ def _refine(graphdef, state, images, hw, boxes, valid, threshold):
   rnet = nnx.merge(graphdef, state)
   b, n = boxes.shape[:2]
   patches = crop_and_resize(normalize(images), boxes, RNET_SIZE, hw[0], hw[1])
-  reg, prob = rnet(patches.reshape(b * n, RNET_SIZE, RNET_SIZE, 3))
+  reg, prob = in_chunks(rnet, patches.reshape(b * n, RNET_SIZE, RNET_SIZE, 3))
   score = prob[:, 1].reshape(b, n)
   boxes = calibrate(boxes, reg.reshape(b, n, 4))
   idx, ok = best_first(score, valid & (score > threshold), n)
@@ -564,7 +565,7 @@ def _output(graphdef, state, images, hw, boxes, valid, threshold):
   onet = nnx.merge(graphdef, state)
   b, n = boxes.shape[:2]
   patches = crop_and_resize(normalize(images), boxes, ONET_SIZE, hw[0], hw[1])
-  reg, marks, prob = onet(patches.reshape(b * n, ONET_SIZE, ONET_SIZE, 3))
+  reg, marks, prob = in_chunks(onet, patches.reshape(b * n, ONET_SIZE, ONET_SIZE, 3))
   score = prob[:, 1].reshape(b, n)
   marks = marks.reshape(b, n, 10)
   w, h = boxes[..., 2:3] - boxes[..., 0:1] + 1, boxes[..., 3:4] - boxes[..., 1:2] + 1
@@ -581,12 +582,28 @@ def _onet_on(graphdef, state, image, hw, y0, x0, step):
   onet = nnx.merge(graphdef, state)
   x = normalize(image[None])
   patches = sample_patches(x, y0[None], x0[None], step[None], step[None], ONET_SIZE, hw[0], hw[1])[0]
-  return onet(patches)
+  return in_chunks(onet, patches)
+
+
+def in_chunks(net: nnx.Module, patches: jax.Array) -> tuple[jax.Array, ...]:
+  """``net`` on ``patches`` ``[N, S, S, 3]`` (``N`` a multiple of ``CHUNK``) in chunks of ``CHUNK``, one after the
+  other: XLA's contractions change their summation order with the number of rows (2e-6 apart from 64 rows of a
+  576-wide product on CPU), and a face must not move with the number of boxes or frames batched beside it."""
+  chunks = patches.reshape(-1, CHUNK, *patches.shape[1:])
+  out = lax.map(net, chunks)
+  return tuple(o.reshape(-1, *o.shape[2:]) for o in out)
 
 
 def _pow2(n: int, least: int = 1) -> int:
   """``n`` rounded up to a power of two (at least ``least``): few compiled shapes for any count."""
   return max(least, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _first(a: jax.Array, k: int) -> jax.Array:
+  """The first ``k`` entries along axis 1 (boxes best first), zero- / False-padded if there are fewer."""
+  if a.shape[1] >= k:
+    return a[:, :k]
+  return jnp.pad(a, [(0, 0), (0, k - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
 
 
 def _pad_to(images: np.ndarray, batch: int, height: int, width: int) -> np.ndarray:
@@ -663,13 +680,15 @@ class MTCNN:
     n = int(counts[:, 1].max())
     if n == 0:
       return empty
-    k = min(_pow2(n, 8), boxes.shape[1])
-    boxes, scores, ok, count = _refine(*self._nets["r"], x, hw, boxes[:, :k], ok[:, :k], jnp.float32(threshold_rnet))
+    k = _pow2(n, CHUNK)
+    boxes, scores, ok, count = _refine(
+      *self._nets["r"], x, hw, _first(boxes, k), _first(ok, k), jnp.float32(threshold_rnet)
+    )
     n = int(np.asarray(count)[:b].max())
     if n == 0:
       return empty
-    k = min(_pow2(n, 8), boxes.shape[1])
-    out = _output(*self._nets["o"], x, hw, boxes[:, :k], ok[:, :k], jnp.float32(threshold_onet))
+    k = _pow2(n, CHUNK)
+    out = _output(*self._nets["o"], x, hw, _first(boxes, k), _first(ok, k), jnp.float32(threshold_onet))
     boxes, scores, marks, ok = (np.asarray(a)[:b] for a in out)
     bi, ni = np.nonzero(ok)
     rows = np.concatenate([bi[:, None], boxes[bi, ni], scores[bi, ni, None], marks[bi, ni]], axis=1, dtype=np.float64)
@@ -686,7 +705,7 @@ class MTCNN:
     if n == 0:
       return np.zeros((0, 4)), np.zeros((0, 10)), np.zeros((0,))
     h, w = image.shape[:2]
-    k = _pow2(n, 4)
+    k = _pow2(n, CHUNK)
     pad = np.concatenate([squares, np.repeat(squares[-1:], k - n, axis=0)])
     step = (pad[:, 2] - pad[:, 0]) / (ONET_SIZE - 1)
     img = _pad_to(np.asarray(image, np.uint8)[None], 1, _round_up(h, self.PAD), _round_up(w, self.PAD))[0]

@@ -1,7 +1,7 @@
 """Prediction as a pipeline of stages: decode -> find faces (detect or track, align) -> model -> rows.
 
 Each stage is an iterator; :class:`Prefetch` runs one in a thread with a bounded queue, so decoding (OpenCV),
-detection (MTCNN on TensorFlow) and the model (XLA) overlap and use all cores while memory stays bounded by the
+detection (MTCNN) and the model (XLA) overlap and use all cores while memory stays bounded by the
 queue sizes, whatever the video length. Nothing is accumulated: a frame's rows leave the model stage as soon as
 its faces are predicted. With ``threads=False`` the same stages run one after another in the caller's thread.
 

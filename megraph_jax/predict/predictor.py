@@ -70,6 +70,7 @@ class Predictor:
     knn_k: int | None = None,
     resize: int | None = None,
     min_face_size: int | None = None,
+    detector: str = "jax",
     redetect: int = 30,
     threads: bool = True,
     precision: str = "default",
@@ -89,6 +90,7 @@ class Predictor:
     self.img_size, self.resize = self.spec.img_size, resize
     self.batch_size, self.threshold = max(1, int(batch_size)), float(threshold)
     self.align, self._aligner, self._min_face_size = align, aligner, min_face_size
+    self.detector_backend = detector  # facelib.DETECTORS: 'jax' (default) or 'mtcnn-tf'
     self.redetect, self.threads = max(1, int(redetect)), bool(threads)
     self.times = pipeline.StageTimes()  # busy seconds per stage, summed over every call
     self._detector: facelib.Detector | None = None
@@ -123,7 +125,7 @@ class Predictor:
   def detector(self) -> facelib.Detector:
     """The MTCNN detector (made on first use, shared by every call)."""
     if self._detector is None:
-      self._detector = facelib.Detector(min_face_size=self._min_face_size)
+      self._detector = facelib.Detector(min_face_size=self._min_face_size, backend=self.detector_backend)
     return self._detector
 
   def transform(self, crop: np.ndarray) -> np.ndarray:
@@ -275,6 +277,12 @@ def _parser() -> argparse.ArgumentParser:
     help="smallest face searched, px (default: 1/20 of the shorter side, 20..40)",
   )
   ap.add_argument(
+    "--detector",
+    choices=facelib.DETECTORS,
+    default="jax",
+    help="face detector: MTCNN in JAX (default, no TensorFlow) or the mtcnn package on TensorFlow (mtcnn-tf)",
+  )
+  ap.add_argument(
     "--redetect", type=int, default=30, help="video: full detection every N frames, tracking between (1: every frame)"
   )
   ap.add_argument(
@@ -340,6 +348,7 @@ def cli_predictor(args: argparse.Namespace) -> Predictor:
     knn_k=args.knn,
     resize=args.resize,
     min_face_size=args.min_face_size,
+    detector=args.detector,
     redetect=args.redetect,
     threads=not args.no_threads,
     precision=args.precision,
