@@ -332,14 +332,15 @@ def save_face_pictures(
   return written
 
 
-def save_timeline(preds: Sequence, path: str, au_names: Sequence[str], *, threshold: float) -> str | None:
-  """The AU-scores-over-time picture of one video's predictions (``records.FacePrediction``); None without a face."""
+def timeline_figure(preds: Sequence, au_names: Sequence[str], *, threshold: float) -> Figure | None:
+  """The AU-scores-over-time figure of one video's predictions (``records.FacePrediction``); None without a face.
+  Its x axis is the time in seconds, or the frame number when a frame has no time."""
   ok = [p for p in preds if p.status == "ok"]
   if not ok:
     return None
   has_time = all(p.time is not None for p in ok)
   t = np.array([p.time if has_time else p.frame for p in ok])
-  fig = plot_timeline(
+  return plot_timeline(
     t,
     np.stack([p.probs for p in ok]),
     au_names,
@@ -348,4 +349,9 @@ def save_timeline(preds: Sequence, path: str, au_names: Sequence[str], *, thresh
     xlabel="time (s)" if has_time else "frame",
     title=f"{os.path.basename(ok[0].file)}: AU probabilities over time",
   )
-  return save(fig, path)
+
+
+def save_timeline(preds: Sequence, path: str, au_names: Sequence[str], *, threshold: float) -> str | None:
+  """Writes :func:`timeline_figure` to ``path``; returns the path (None without a face)."""
+  fig = timeline_figure(preds, au_names, threshold=threshold)
+  return None if fig is None else save(fig, path)

@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 import jax
@@ -235,7 +235,8 @@ class Predictor:
 # ----------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+  """The CLI's arguments (also the options of ``python -m megraph_jax.app``, which passes them on)."""
   ap = argparse.ArgumentParser(prog="python -m megraph_jax.predict", description=__doc__.splitlines()[0])
   ap.add_argument("inputs", nargs="*", help="images, folders (searched recursively) and videos")
   ap.add_argument(
@@ -296,13 +297,22 @@ def _parser() -> argparse.ArgumentParser:
   return ap
 
 
+# Called with each row once it is written, and the pictures saved for it (``run_cli``'s ``on_row``).
+RowCallback = Callable[[FacePrediction, list[str]], None]
+
+
 class _Output:
   """The CLI's end of the stream: pictures, the per-video timeline (kept only with --plot), stderr notes, rows."""
 
   def __init__(
-    self, args: argparse.Namespace, predictor: Predictor, writer: RecordWriter, counts: collections.Counter[str]
+    self,
+    args: argparse.Namespace,
+    predictor: Predictor,
+    writers: Sequence[RecordWriter],
+    counts: collections.Counter[str],
+    on_row: RowCallback | None = None,
   ):
-    self.args, self.predictor, self.writer = args, predictor, writer
+    self.args, self.predictor, self.writers, self.on_row = args, predictor, list(writers), on_row
     self.counts = counts  # rows written, by status (filled as they are written: read after a failure too)
     self.stems: dict[str, str] = {}  # input file -> picture name
     self.video: list[FacePrediction] = []  # slim rows of the current video, for its timeline picture
@@ -311,20 +321,23 @@ class _Output:
     return bool(self.args.plot) and not (p.is_video and p.frame % (self.args.plot_every * self.args.every) != 0)
 
   def __call__(self, p: FacePrediction) -> None:
-    args = self.args
+    args, pictures = self.args, []
     if args.plot:
       if self.video and p.file != self.video[0].file:
         self.timeline()
       if p.crop is not None:
-        self.predictor.save_plots(p, args.plot, plot_stem(p, unique_stem(p.file, self.stems)))
+        pictures = self.predictor.save_plots(p, args.plot, plot_stem(p, unique_stem(p.file, self.stems)))
         p.crop = None
       if p.is_video and p.status == "ok":
         self.video.append(dataclasses.replace(p, adjacency=None, edge_strength=None))
     if p.status != "ok":
       where = f" frame {p.frame}" if p.is_video else ""
       print(f"predict: {p.file}{where}: {p.status}: {p.message}", file=sys.stderr)
-    self.writer.write(p)
+    for writer in self.writers:
+      writer.write(p)
     self.counts[p.status] += 1
+    if self.on_row is not None:
+      self.on_row(p, pictures)
 
   def timeline(self) -> None:
     if self.video:
@@ -355,25 +368,40 @@ def cli_predictor(args: argparse.Namespace) -> Predictor:
   )
 
 
+def cli_writer(args: argparse.Namespace, predictor: Predictor, out: TextIO, fmt: str | None = None) -> RecordWriter:
+  """The CLI's row writer on ``out``: format ``fmt``, else ``--format``, else from ``--output``'s suffix (csv by
+  default); the JSON header names the checkpoint and the AU legend."""
+  fmt = fmt or args.format or ("json" if args.output.lower().endswith(".json") else "csv")
+  header = {"checkpoint": args.checkpoint, "legend": au_legend(predictor.au_names)}
+  return RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header=header)
+
+
 def run_cli(
   args: argparse.Namespace,
   out: TextIO,
   predictor: Predictor | None = None,
   counts: collections.Counter[str] | None = None,
+  *,
+  rows: Iterable[FacePrediction] | None = None,
+  writers: Sequence[RecordWriter] = (),
+  on_row: RowCallback | None = None,
 ) -> dict[str, int]:
   """Predicts ``args.inputs`` (or ``args.camera``) into ``out``, row by row; returns counts of rows by status
-  (``counts``, when given, is filled as rows are written)."""
+  (``counts``, when given, is filled as rows are written).
+
+  For other front ends (``python -m megraph_jax.app``): ``rows`` replaces the predictor's stream of ``args``'
+  inputs, ``writers`` (:func:`cli_writer`) get every row too, and ``on_row`` is called with each row written and
+  the pictures saved for it."""
   predictor = predictor or cli_predictor(args)
   counts = collections.Counter() if counts is None else counts
-  fmt = args.format or ("json" if args.output.lower().endswith(".json") else "csv")
-  header = {"checkpoint": args.checkpoint, "legend": au_legend(predictor.au_names)}
-  writer = RecordWriter(out, fmt, predictor.au_names, threshold=args.threshold, header=header)
-  output, smoother = _Output(args, predictor, writer, counts), Smoother(args.smooth)
-  stream = predictor.iter_predict(
-    args.inputs, camera=args.camera, every=args.every, max_frames=args.max_frames, progress=not args.no_progress
-  )
+  writer = cli_writer(args, predictor, out)
+  output, smoother = _Output(args, predictor, [writer, *writers], counts, on_row), Smoother(args.smooth)
+  if rows is None:
+    rows = predictor.iter_predict(
+      args.inputs, camera=args.camera, every=args.every, max_frames=args.max_frames, progress=not args.no_progress
+    )
   try:
-    for p in stream:
+    for p in rows:
       if not output.keeps_crop(p):
         p.crop = None
       for q in smoother.push(p):
@@ -386,7 +414,8 @@ def run_cli(
     output(q)
   if args.plot:
     output.timeline()
-  writer.close()
+  for w in output.writers:
+    w.close()
   return dict(output.counts)
 
 
@@ -426,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   1 when none could be, 2 for a bad checkpoint, camera or argument, or inputs without an image or video (an
   ``error:`` line names it), 130 when interrupted (Ctrl-C) on files. ``-o FILE`` is replaced only at the end of a
   run that read an input; otherwise it is left as it was, and the rows written go to ``FILE.partial``."""
-  ap = _parser()
+  ap = parser()
   args = ap.parse_args(argv)
   if not args.inputs and args.camera is None:
     ap.error("give inputs (images, folders, videos) or --camera SOURCE")
