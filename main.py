@@ -18,12 +18,11 @@ from typing import NoReturn
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: its C++ INFO lines off
 
 import jax  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 
-from megraph_jax import errors
+from megraph_jax import errors, optional
 from megraph_jax.launch import distributed
 from megraph_jax.train import experiment  # noqa: E402
 from megraph_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
@@ -83,7 +82,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     _usage_error(f"unexpected arguments {argv[1:]}; use --config.key=value for overrides")
-  tf.config.set_visible_devices([], "GPU")  # tf.data runs on the CPU only: keep TensorFlow off JAX's accelerators
+  optional.tensorflow()  # tf.data runs on the CPU only: TensorFlow imported with JAX's accelerators hidden from it
   distributed.initialize()
 
   logging.info(
