@@ -22,9 +22,9 @@ import io
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -32,6 +32,9 @@ from jax.experimental import multihost_utils
 from megraph_jax import task
 from megraph_jax.data import synthetic
 from megraph_jax.errors import DatasetError, DatasetNotFoundError
+
+if TYPE_CHECKING:  # a type only: the GPU image without ml_collections imports this module
+  import ml_collections
 
 __all__ = [
   "Dataset",

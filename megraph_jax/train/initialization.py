@@ -6,9 +6,8 @@ Models are built by :mod:`megraph_jax.model_factory` and checkpoints read by :mo
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
 from flax import nnx
 
 from megraph_jax import loader
@@ -17,6 +16,9 @@ from megraph_jax.model_factory import Model
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
 from megraph_jax.models.trunk import init_stage2_from_stage1
 from megraph_jax.torch_io import load_pth
+
+if TYPE_CHECKING:  # a type only: the GPU image without ml_collections imports this module
+  import ml_collections
 
 
 def checkpoint_hints(config: ml_collections.ConfigDict) -> dict[str, Any]:
