@@ -21,6 +21,9 @@ EXTRAS = {
     "face detection and alignment",
   ),
   "cv2": ("pip install opencv-python-headless (a dependency of this package)", "reading videos"),
+  "starlette": ("pip install -e '.[app]'", "AU Studio (python -m megraph_jax.app)"),
+  "uvicorn": ("pip install -e '.[app]'", "AU Studio (python -m megraph_jax.app)"),
+  "python_multipart": ("pip install -e '.[app]'", "AU Studio's uploads (python -m megraph_jax.app)"),
   "tensorflow": ("pip install tensorflow-cpu (a dependency of this package)", "tf.data input and MTCNN face detection"),
 }
 

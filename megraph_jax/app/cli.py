@@ -20,7 +20,7 @@ from megraph_jax.errors import UserError
 from megraph_jax.predict import predictor as predict
 
 DEFAULT_PORT = 8765
-DEPENDENCIES = ("starlette", "uvicorn", "multipart")  # the extra ``.[app]``
+DEPENDENCIES = ("starlette", "uvicorn", "python_multipart")  # the extra ``.[app]`` (megraph_jax.optional names it)
 
 
 def parser() -> argparse.ArgumentParser:
