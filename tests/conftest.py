@@ -1,7 +1,9 @@
 """Fixtures (the tiny synthetic AU set, generated once per session) and process-wide test settings; helpers are in
 ``helpers.py``."""
 
+import importlib.util
 import os
+import re
 import sys
 import tempfile
 
@@ -28,6 +30,85 @@ except ImportError:  # the torch extra is optional; the tests that need it skip 
   pass
 
 from helpers import TINY_AUS, TINY_SYNTHETIC  # noqa: E402  (after the cache settings above)
+
+# ------------------------------------------------------------------------ CI: no skip for a missing required package
+# ``pytest.importorskip`` lets a machine without an optional package run the rest, but in CI a broken install would
+# turn whole files into skips. With the environment variable CI set, a skip whose reason names a module of a required
+# package that is not importable is a failure. Required: the packages of MEGRAPH_TEST_REQUIREMENTS (requirement files
+# or package names, comma-separated; default requirements-test.txt, which includes requirements.txt).
+IMPORT_NAMES = {  # distribution -> import name, where they differ
+  "scikit-learn": "sklearn",
+  "scikit-image": "skimage",
+  "opencv-python-headless": "cv2",
+  "opencv-python": "cv2",
+  "tensorflow-cpu": "tensorflow",
+  "tensorflow-datasets": "tensorflow_datasets",
+  "absl-py": "absl",
+  "pillow": "PIL",
+  "orbax-checkpoint": "orbax",
+  "apache-beam": "apache_beam",
+  "protobuf": "google.protobuf",
+}
+
+
+def required_modules(spec: str) -> set[str]:
+  """Top-level import names of the packages named by ``spec`` (requirement files, followed through ``-r``, or names)."""
+  names: set[str] = set()
+
+  def read(path: str) -> None:
+    with open(path) as f:
+      for line in f:
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+          read(os.path.join(os.path.dirname(path), line[2:].strip()))
+        elif line and not line.startswith("-"):
+          names.add(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0])
+
+  for entry in filter(None, (e.strip() for e in spec.split(","))):
+    path = entry if os.path.isabs(entry) else os.path.join(REPO, entry)
+    if os.path.isfile(path):
+      read(path)
+    else:
+      names.add(entry)
+  return {IMPORT_NAMES.get(n.lower(), n.lower().replace("-", "_")).split(".")[0] for n in names}
+
+
+def missing_required(reason: str, required: set[str]) -> list[str]:
+  """Modules of ``required`` that ``reason`` names (e.g. "No module named 'torch'", "could not import
+  'skimage.data'", "needs libtpu") and that cannot be imported here."""
+  named = {w.split(".")[0] for w in re.findall(r"[A-Za-z_][\w.]*", reason)}
+  return sorted(m for m in named & required if importlib.util.find_spec(m) is None)
+
+
+def _skip_reason(report) -> str:
+  longrepr = report.longrepr
+  return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _fail_if_required_missing(report) -> None:
+  if not os.environ.get("CI") or not report.skipped:
+    return
+  spec = os.environ.get("MEGRAPH_TEST_REQUIREMENTS", "requirements-test.txt")
+  reason = _skip_reason(report)
+  missing = missing_required(reason, required_modules(spec))
+  if missing:
+    report.outcome = "failed"
+    report.longrepr = (
+      f"skipped for a required package that does not import ({', '.join(missing)}; CI is set): {reason}\n"
+      f"install what {spec} names instead of skipping"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+  outcome = yield
+  _fail_if_required_missing(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):  # pylint: disable=unused-argument
+  outcome = yield  # a module-level importorskip skips the whole file here
+  _fail_if_required_missing(outcome.get_result())
 
 
 def pytest_configure(config):

@@ -113,3 +113,23 @@ def seeded_photo(seed: int, height: int, width: int) -> np.ndarray:
   img += 0.05 * rng.standard_normal(img.shape)
   img = (img - img.min()) / (img.max() - img.min())
   return (255 * img).round().astype(np.uint8)
+
+
+def official_subjects(dataset: str) -> dict[str, list[str]]:
+  """{'train_fold1': subjects in order, ...} of ME-GraphAU's official ``<dataset>_*_img_path_fold*.txt`` lists, from
+  tests/data/official_subjects.json (tools/make_official_subjects.py); with MEGRAPHAU_OFFICIAL=<an ME-GraphAU
+  checkout> the shipped file is first checked against that checkout's lists (subjects, line counts, git blobs)."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  import make_official_subjects  # tools/  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(REPO, "tests", "data", "official_subjects.json")) as f:
+    shipped = json.load(f)[dataset]
+  assert set(shipped) == set(make_official_subjects.KEYS)
+  checkout = os.environ.get("MEGRAPHAU_OFFICIAL")
+  if checkout:
+    for key, entry in shipped.items():
+      path = make_official_subjects.list_path(checkout, dataset, key)
+      assert make_official_subjects.read_list(path) == entry, f"{path} differs from tests/data/official_subjects.json"
+  return {key: entry["subjects"] for key, entry in shipped.items()}
+

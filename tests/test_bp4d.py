@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import official_subjects
 from PIL import Image, ImageDraw
 from tfds_cli import build_command  # tests/tfds_cli.py
 
@@ -94,13 +95,12 @@ def test_official_subject_sets():
     for split in ("train", "test"):
       got = [s for p in common.fold_parts(k, split) for s in bp4d.PARTS[p]]
       assert got == OFFICIAL[f"{split}_fold{k}"].split(), (k, split)
-  official = os.environ.get("MEGRAPHAU_OFFICIAL")  # An ME-GraphAU checkout, to compare with its files.
-  if official:
-    for key, subjects in OFFICIAL.items():
-      split, fold = key.split("_")
-      with open(os.path.join(official, "data", "BP4D", "list", f"BP4D_{split}_img_path_{fold}.txt")) as f:
-        seen = list(dict.fromkeys(line.split("/")[0] for line in f if line.strip()))
-      assert seen == subjects.split(), key
+  # The official list files' subjects (shipped in tests/data/official_subjects.json; checked against an ME-GraphAU
+  # checkout too where MEGRAPHAU_OFFICIAL names one).
+  official = official_subjects("BP4D")
+  assert official.keys() == OFFICIAL.keys()
+  for key, subjects in OFFICIAL.items():
+    assert official[key] == subjects.split(), key
   common.check_parts(bp4d.PARTS, "official")
 
 

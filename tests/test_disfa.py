@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import official_subjects
 from PIL import Image, ImageDraw
 from tfds_cli import build_command  # tests/tfds_cli.py
 
@@ -93,13 +94,12 @@ def test_official_subject_sets():
     for split in ("train", "test"):
       got = [s for p in common.fold_parts(k, split) for s in disfa.PARTS[p]]
       assert got == OFFICIAL[f"{split}_fold{k}"].split(), (k, split)
-  official = os.environ.get("MEGRAPHAU_OFFICIAL")  # An ME-GraphAU checkout, to compare with its files.
-  if official:
-    for key, subjects in OFFICIAL.items():
-      split, fold = key.split("_")
-      with open(os.path.join(official, "data", "DISFA", "list", f"DISFA_{split}_img_path_{fold}.txt")) as f:
-        seen = list(dict.fromkeys(line.split("/")[0] for line in f if line.strip()))
-      assert seen == subjects.split(), key
+  # The official list files' subjects (shipped in tests/data/official_subjects.json; checked against an ME-GraphAU
+  # checkout too where MEGRAPHAU_OFFICIAL names one).
+  official = official_subjects("DISFA")
+  assert official.keys() == OFFICIAL.keys()
+  for key, subjects in OFFICIAL.items():
+    assert official[key] == subjects.split(), key
   common.check_parts(disfa.PARTS, "official")
 
 
