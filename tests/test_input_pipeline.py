@@ -1,16 +1,18 @@
-"""tf.data pipeline over the official layout: parsing and errors, batches, sharding, determinism, eval padding."""
+"""tf.data pipeline over the official layout: parsing and errors, batches, sharding, determinism, eval padding; the
+device half of the training augmentation (``device_augment``) against torchvision."""
 
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from helpers import batch_ids, id_dataset, write_lists
 from PIL import Image
 
-from megraph_jax import optional, task
-from megraph_jax.data import datasets, synthetic
+from megraph_jax import task
+from megraph_jax.data import datasets, device_augment, synthetic
 from megraph_jax.data import input_pipeline as ip
 
 MEAN = np.array(task.IMAGENET_MEAN)
@@ -23,6 +25,11 @@ def synth(tmp_path_factory):
   return synthetic.generate(
     str(tmp_path_factory.mktemp("synth")), num_subjects=3, frames_per_subject=8, image_size=64, seed=0
   )
+
+
+def train_ids(batch):
+  """``batch_ids`` of a training batch (uint8 pixels)."""
+  return batch_ids({"image": (batch["image"] / 255 - MEAN) / STD})
 
 
 def test_read_split_and_relations(synth):
@@ -60,11 +67,14 @@ def test_train_batches(synth):
   batches = list(ds.as_numpy_iterator())
   assert len(batches) == ip.num_train_steps_per_epoch(16, 5) == 3
   b = batches[0]
-  assert b["image"].shape == (5, CROP, CROP, 3) and b["image"].dtype == np.float32
+  assert b["image"].shape == (5, CROP, CROP, 3) and b["image"].dtype == np.uint8
+  assert b["jitter"].shape == (5, 3, 3) and b["jitter"].dtype == np.float32
   assert b["label"].shape == (5, 12) and b["label"].dtype == np.float32
   assert b["relation"].shape == (5, 144) and b["relation"].dtype == np.int32
   np.testing.assert_array_equal(b["relation"], task.relation_labels(b["label"]))
-  imgs = np.concatenate([x["image"] for x in batches])
+  # The train step's model inputs (device_augment.model_images: colour jitter, normalisation).
+  imgs = np.concatenate([np.asarray(device_augment.model_images(x["image"], x["jitter"])) for x in batches])
+  assert imgs.dtype == np.float32
   lo, hi = (0 - MEAN) / STD, (1 - MEAN) / STD
   assert np.all(imgs >= lo - 1e-5) and np.all(imgs <= hi + 1e-5)
   assert np.all(np.abs(imgs.mean((0, 1, 2))) < 1.5) and np.all(imgs.std((0, 1, 2)) > 0.2)
@@ -90,12 +100,12 @@ def test_process_shards_are_disjoint_and_match_one_process(tmp_path):
   kw = dict(root=root, image_size=SIZE, crop_size=CROP, seed=2, epoch=3, color_jitter=False)
   shards = [
     [
-      batch_ids(b)
+      train_ids(b)
       for b in ip.create_train_dataset(d, batch_size=2, process_index=p, process_count=2, **kw).as_numpy_iterator()
     ]
     for p in (0, 1)
   ]
-  single = [batch_ids(b) for b in ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator()]
+  single = [train_ids(b) for b in ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator()]
   assert len(shards[0]) == len(shards[1]) == len(single) == 2  # 11 // 4, remainder dropped.
   flat = [sum(s, []) for s in shards]
   assert not set(flat[0]) & set(flat[1])
@@ -104,7 +114,7 @@ def test_process_shards_are_disjoint_and_match_one_process(tmp_path):
     assert shards[0][g] + shards[1][g] == single[g]
   labels = next(ip.create_train_dataset(d, batch_size=4, **kw).as_numpy_iterator())["label"]
   np.testing.assert_array_equal(labels, d.labels[single[0]])
-  resumed = [batch_ids(b) for b in ip.create_train_dataset(d, batch_size=4, start_step=1, **kw).as_numpy_iterator()]
+  resumed = [train_ids(b) for b in ip.create_train_dataset(d, batch_size=4, start_step=1, **kw).as_numpy_iterator()]
   assert resumed == single[1:]
 
 
@@ -157,6 +167,11 @@ def test_resize_matches_pil(tmp_path):
   assert got.shape == (64, 85, 3)  # torchvision Resize(64): long side int(64 * 160 / 120).
   ref = np.asarray(Image.fromarray(img).resize((85, 64), Image.BILINEAR), np.float64)
   assert np.abs(got - ref).mean() < 1.5
+  rounded = ip._decode_resize(str(tmp_path / "a.png"), 64, uint8=True).numpy()  # the training crops' pixels
+  assert rounded.dtype == np.uint8 and np.abs(rounded - ref).mean() < 1.5
+  np.testing.assert_array_equal(rounded, np.floor(got + 0.5))
+  same = ip._decode_resize(str(tmp_path / "a.png"), 120).numpy()  # of that size already: as decoded, exactly
+  np.testing.assert_array_equal(same, img.astype(np.float32))
 
 
 def test_grayscale_jpeg_and_rgba_png_decode(tmp_path):
@@ -211,11 +226,11 @@ np.savez(sys.argv[2], pil=np.stack(pil), tensor=np.stack(tensor))
 
 
 def test_color_jitter_matches_torchvision_in_every_order(tmp_path):
-  """``_color_jitter`` against torchvision.transforms.functional adjust_brightness/contrast/saturation.
+  """``device_augment.color_jitter`` against torchvision.transforms.functional adjust_brightness/contrast/saturation.
 
   The steps run in each of the 6 orders ColorJitter draws, with its factors (uniform in [0.6, 1.4]
-  and the extremes). torchvision runs in a subprocess: it can segfault in a process that imported
-  TensorFlow. Two references:
+  and the extremes), on one batch as the train step runs them. torchvision runs in a subprocess: it can segfault in
+  a process that imported TensorFlow. Two references:
   - float tensors (torchvision's tensor kernels): the same formula; the only difference is the grey
     level, 0.2989 R in torchvision's rgb_to_grayscale and 0.299 R (PIL's, what the official code uses) here,
     at most 1e-4 per step: tolerance 2e-4.
@@ -231,7 +246,7 @@ def test_color_jitter_matches_torchvision_in_every_order(tmp_path):
   order_ids = np.arange(k) % 6
   factors = rng.uniform(0.6, 1.4, (k, 3))
   factors[:12] = [[1.4, 0.6, 1.4]] * 6 + [[0.6, 1.4, 0.6]] * 6
-  np.savez(tmp_path / "in.npz", images=images, orders=ip._JITTER_ORDERS[order_ids], factors=factors)
+  np.savez(tmp_path / "in.npz", images=images, orders=device_augment.JITTER_ORDERS[order_ids], factors=factors)
   (tmp_path / "ref.py").write_text(TORCHVISION_JITTER)
   proc = subprocess.run(
     [sys.executable, str(tmp_path / "ref.py"), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
@@ -241,15 +256,59 @@ def test_color_jitter_matches_torchvision_in_every_order(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   ref = np.load(tmp_path / "out.npz")
-  tf = optional.tensorflow()
-  slots = ip._jitter_slots(factors, order_ids)
-  got = np.stack(
-    [ip._color_jitter(tf.constant(x.astype(np.float32) / 255), tf.constant(s)).numpy() for x, s in zip(images, slots)]
-  )
+  slots = device_augment.jitter_slots(factors, order_ids)
+  got = np.asarray(jax.jit(device_augment.color_jitter)(images.astype(np.float32) / 255, slots))
   np.testing.assert_allclose(got, ref["tensor"], atol=2e-4, rtol=0)
   diff = got - ref["pil"]
   assert np.abs(diff).max() <= 5 / 255, np.abs(diff).max() * 255
   assert 0 <= diff.mean() <= 2 / 255 and np.abs(diff).mean() <= 2 / 255, (diff.mean() * 255, np.abs(diff).mean() * 255)
-  assert not np.allclose(
-    got[0], ip._color_jitter(tf.constant(images[0].astype(np.float32) / 255), tf.constant(slots[5])).numpy()
-  )  # The order matters (clipping).
+  one = np.asarray(device_augment.color_jitter(images[0].astype(np.float32) / 255, slots[0]))  # one image, [3, 3]
+  np.testing.assert_allclose(one, got[0], atol=1e-6)
+  assert not np.allclose(got[0], device_augment.color_jitter(images[0].astype(np.float32) / 255, slots[5]))  # order
+
+
+def test_model_images_normalise_as_the_eval_pipeline(tmp_path):
+  """uint8 pixels -> (x / 255 - mean) / std, as the eval batches (and transforms.eval_transform) give them; no jitter
+  with factors 1; float images are already model inputs and pass unchanged (a jitter for them is refused)."""
+  rng = np.random.default_rng(1)
+  img = rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)  # the resize size: eval crops these very pixels
+  os.makedirs(tmp_path / "img")
+  Image.fromarray(img).save(tmp_path / "img" / "a.png")
+  write_lists(str(tmp_path), "X", "test", ["a.png"], np.array([[1, 0]]))
+  d = datasets.read_split(str(tmp_path), "X", 1, "test")
+  b = next(
+    ip.create_eval_dataset(d, root=str(tmp_path), batch_size=1, image_size=SIZE, crop_size=CROP).as_numpy_iterator()
+  )
+  o = (SIZE - CROP) // 2
+  pixels = img[None, o : o + CROP, o : o + CROP]
+  got = np.asarray(jax.jit(device_augment.model_images)(pixels))
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, b["image"], atol=1e-6, rtol=0)
+  np.testing.assert_allclose(got, ((pixels / 255 - MEAN) / STD).astype(np.float32), atol=1e-6, rtol=0)
+  identity = device_augment.jitter_slots(np.ones((1, 3)), np.array([3]))
+  np.testing.assert_allclose(device_augment.model_images(pixels, identity), got, atol=1e-6, rtol=0)
+  assert device_augment.model_images(b["image"]) is b["image"]
+  with pytest.raises(ValueError, match="uint8"):
+    device_augment.model_images(b["image"], identity)
+
+
+@pytest.mark.parametrize("size,crop", [(SIZE, CROP), (48, 40)])  # stored 64 px: as stored; resized
+def test_uint8_crops_equal_the_float_pipeline(synth, size, crop):
+  """The uint8 crops are the float pipeline's before jitter and normalisation (decode, resize, crop at the drawn
+  offset, flip), rounded: equal to them exactly for images of the resize size already."""
+  d = datasets.read_split(synth, "BP4D", 1, "train")
+  kw = dict(batch_size=4, image_size=size, crop_size=crop, seed=7, epoch=2)
+  got = np.concatenate([b["image"] for b in ip.create_train_dataset(d, root=synth, **kw).as_numpy_iterator()])
+  columns, _, _ = ip._train_columns(d, synth, kw["batch_size"], size, crop, 7, 2, 0, 1, 0)
+  assert got.dtype == np.uint8 and len(got) == len(columns["path"]) == 16
+  for k, (path, a) in enumerate(zip(columns["path"], columns["aug"])):
+    full = ip._decode_resize(str(path), size).numpy()  # float32, unrounded: the float pipeline's pixels
+    h, w = full.shape[:2]
+    oy = min(int(a[0] * np.float32(h - crop + 1)), h - crop)
+    ox = min(int(a[1] * np.float32(w - crop + 1)), w - crop)
+    want = full[oy : oy + crop, ox : ox + crop]
+    want = want[:, ::-1] if a[2] < 0.5 else want
+    np.testing.assert_array_equal(got[k], np.floor(np.clip(want, 0, 255) + 0.5).astype(np.uint8), err_msg=str(k))
+    if size == SIZE:
+      np.testing.assert_array_equal(got[k].astype(np.float32), want)
+  assert {bool(a[2] < 0.5) for a in columns["aug"]} == {True, False}  # both flips seen

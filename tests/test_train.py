@@ -16,6 +16,7 @@ from flax import nnx
 from helpers import REPO, TINY_AUS, tiny_config, tiny_main_args
 
 from megraph_jax import loader, model_factory, sharding, task
+from megraph_jax.data import device_augment
 from megraph_jax.errors import CheckpointError, ConfigError
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
 from megraph_jax.train import optim
@@ -197,6 +198,37 @@ def test_loss_decreases_on_a_fixed_batch():
   )
   _, losses = _steps(model, tx, _batch(), 6)
   assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+
+
+def test_uint8_pixels_normalised_in_the_step_give_the_float_paths_loss():
+  """The training pipeline's uint8 crops, normalised inside the jitted step (colour jitter off), give the loss of
+  the same pixels normalised on the host as before; a jitter of factors 1 changes nothing, a real one does.
+
+  Equal to float32 rounding (the two normalisations differ by an ulp in some pixels), so one step: AdamW's first
+  update, lr * g / |g|, turns the rounding noise of near-zero gradients into whole updates (see test_train_parity).
+  """
+  rng = np.random.default_rng(3)
+  pixels = rng.integers(0, 256, (8, IMG, IMG, 3)).astype(np.uint8)
+  label = _batch()["label"]
+  mean, std = np.float32(task.IMAGENET_MEAN), np.float32(task.IMAGENET_STD)
+  host = ((pixels / np.float32(255) - mean) / std).astype(np.float32)
+  identity = device_augment.jitter_slots(np.ones((8, 3)), np.arange(8) % 6)
+  jitter = device_augment.jitter_slots(rng.uniform(0.6, 1.4, (8, 3)), np.arange(8) % 6)
+  losses = {}
+  for name, batch in {
+    "float": {"image": host, "label": label},
+    "uint8": {"image": pixels, "label": label},
+    "identity": {"image": pixels, "label": label, "jitter": identity},
+    "jitter": {"image": pixels, "label": label, "jitter": jitter},
+  }.items():
+    model = _tiny_model(Stage1Model)
+    tx, _ = optim.create_optimizer(
+      nnx.state(model, nnx.Param), learning_rate=1e-3, total_steps=10, weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8
+    )
+    losses[name] = _steps(model, tx, batch, 1, lam=0.0)[1][0]
+  assert losses["uint8"] == pytest.approx(losses["float"], rel=1e-5)
+  assert losses["identity"] == pytest.approx(losses["float"], rel=1e-5)
+  assert losses["jitter"] != pytest.approx(losses["float"], rel=1e-4)
 
 
 def test_frozen_parameters_stay_unchanged():

@@ -163,13 +163,17 @@ def abstract_steps(config, mesh, stage: int):
   options = train.step_options(config)
 
   def batch(size: int, with_mask: bool) -> dict[str, Any]:
+    # Training batches carry uint8 pixels (+ colour-jitter draws) made model inputs in the step; eval's are float.
+    pixels = jnp.float32 if with_mask else jnp.uint8
     out = {
-      "image": jax.ShapeDtypeStruct((size, crop, crop, 3), jnp.float32, sharding=data),  # [B, H, W, 3]
+      "image": jax.ShapeDtypeStruct((size, crop, crop, 3), pixels, sharding=data),  # [B, H, W, 3]
       "label": jax.ShapeDtypeStruct((size, n), jnp.float32, sharding=data),  # [B, N]
       "relation": jax.ShapeDtypeStruct((size, n * n), jnp.int32, sharding=data),
     }  # [B, N*N]
     if with_mask:
       out["mask"] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=data)  # [B]
+    elif config.dataset.color_jitter:
+      out["jitter"] = jax.ShapeDtypeStruct((size, 3, 3), jnp.float32, sharding=data)  # [B, 3 steps, 3]
     return out
 
   # train.jit_train_step / jit_eval_step, with the donation a TPU run gets (the train state in place).

@@ -18,7 +18,7 @@ from clu import metric_writers
 from flax import nnx
 
 from megraph_jax import checkpointing, model_factory, numerics, sharding, task
-from megraph_jax.data import datasets, input_pipeline
+from megraph_jax.data import datasets, device_augment, input_pipeline
 from megraph_jax.errors import ConfigError
 from megraph_jax.metrics import AUMetrics, confusion_counts
 from megraph_jax.train import initialization, monitoring, optim
@@ -72,9 +72,10 @@ def train_step(
   that pass leaving the BatchNorm running statistics as the first set them, and AdamW steps from w with it.
   """
   ts = nnx.merge(graphdef, state)
+  images = device_augment.model_images(batch["image"], batch.get("jitter"))  # uint8 pixels: jitter, normalise
 
   def loss_fn(m):
-    terms = task.loss_terms(m(batch["image"]), batch, class_weights, lam, wa_loss=wa_loss)  # [B, H, W, 3] -> scalars
+    terms = task.loss_terms(m(images), batch, class_weights, lam, wa_loss=wa_loss)  # [B, H, W, 3] -> scalars
     return terms["total"], terms
 
   grads, terms = nnx.grad(loss_fn, has_aux=True)(ts.model)  # d/d nnx.Param; batch stats update in place
@@ -197,7 +198,7 @@ def _eval_batch_size(config, mesh) -> int:
 
 
 def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {k: batch[k] for k in ("image", "label", "relation", "mask") if k in batch}
+  return {k: batch[k] for k in ("image", "label", "relation", "mask", "jitter") if k in batch}
 
 
 # ----------------------------------------------------------------------------- one stage
