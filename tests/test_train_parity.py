@@ -29,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GOLDEN = os.path.join(HERE, "data", "golden_train.npz")
 TOOL = os.path.join(REPO, "tools", "make_train_golden.py")
+pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
 
 # Tolerances. float64 is not exact here: Adam's update g / (sqrt(v) + eps) turns the 1e-17 rounding noise of
 # (near-)zero gradients (e.g. of biases just before a BatchNorm) into updates of up to ~1e-9 lr, which
@@ -302,7 +303,6 @@ SCHEDULE_CHECK = """
 import math, jax.numpy as jnp
 from megraph_jax.train import optim
 
-pytestmark = pytest.mark.precision("highest")  # parity with the official model / references to ~1e-7
 init, worst = 1e-4, 0.0
 for total in (3, 7, 1000):
   kw = dict(learning_rate=init, total_steps=total, weight_decay=5e-4, b1=0.9, b2=0.999, eps=1e-8)
