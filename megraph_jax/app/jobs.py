@@ -8,6 +8,7 @@ import argparse
 import collections
 import copy
 import dataclasses
+import itertools
 import os
 import queue
 import re
@@ -35,7 +36,9 @@ OPTIONS = {
 }
 UNSAFE = re.compile(r"[^\w. -]+")  # characters never kept in a stored file name (separators, controls, quotes, ...)
 MAX_DEPTH, MAX_NAME = 8, 120  # folders kept of a browser's relative path; characters kept of each part
-TIMELINE_EVERY_S = 3.0  # a video's timeline picture is redrawn at most this often while it is processed
+# While a video is processed its timeline picture is redrawn every 3 s at most, and drawing takes at most 1/5 of the
+# time (a long video's picture takes longer to draw); a video done sooner gets only its final picture.
+TIMELINE_EVERY_S, TIMELINE_SHARE = 3.0, 0.2
 
 
 class OptionError(ValueError):
@@ -163,6 +166,7 @@ class Studio:
     self.lock = threading.Lock()
     self._queue: queue.Queue[Job | None] = queue.Queue()
     self._worker: threading.Thread | None = None
+    self._ids = itertools.count(1)  # job numbers, also for uploads still being stored
 
   # -- jobs
 
@@ -170,7 +174,7 @@ class Studio:
     """A job (not yet queued) whose arguments are the app's CLI arguments with the page's ``options``."""
     args = copy.copy(self.defaults)
     with self.lock:
-      job_id = max(self.jobs, default=0) + 1
+      job_id = next(self._ids)
       folder = os.path.join(self.root, f"job-{job_id}")
       os.makedirs(os.path.join(folder, "inputs"))
       job = Job(job_id, folder, args)
@@ -223,7 +227,7 @@ class Studio:
       job.status = "running"
     pr.align, pr.threshold = not args.no_align, args.threshold
     video: list[FacePrediction] = []  # slim rows of the current video, for its timeline
-    drawn = [0.0]
+    drawn = {"at": 0.0, "cost": 0.0}  # when the current video's timeline was last drawn, and how long that took
 
     def on_row(p: FacePrediction, pictures: list[str]) -> None:
       if video and p.file != video[0].file:
@@ -235,10 +239,13 @@ class Studio:
         job.rows.append(row)
         job.counts[p.status] += 1
       if p.is_video and p.status == "ok":
+        if not video:
+          drawn.update(at=time.monotonic(), cost=0.0)
         video.append(dataclasses.replace(p, adjacency=None, edge_strength=None, crop=None))
-        if time.monotonic() - drawn[0] > TIMELINE_EVERY_S:
+        if time.monotonic() - drawn["at"] > max(TIMELINE_EVERY_S, drawn["cost"] / TIMELINE_SHARE):
+          start = time.monotonic()
           self._timeline(job, video)
-          drawn[0] = time.monotonic()
+          drawn.update(at=time.monotonic(), cost=time.monotonic() - start)
 
     try:
       paths = [os.path.join(job.inputs, f) for f in job.files]
