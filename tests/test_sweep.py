@@ -131,3 +131,31 @@ def _synthetic_config():
   from configs import synthetic  # pylint: disable=import-outside-toplevel
 
   return synthetic.get_config()
+
+
+def test_a_run_stopped_after_saving_stops_the_sweep_with_exit_75(tmp_path, synthetic_cache, monkeypatch, capsys):
+  """Without Ray, SIGTERM (or Ctrl-C) stops the run in progress after its checkpoint (experiment.run returns it
+  preempted): the runs after it are not started and the sweep exits 75, not 0, so a scheduler reruns it."""
+  from megraph_jax.train import experiment  # pylint: disable=import-outside-toplevel
+  from megraph_jax.train.results import RunResult  # pylint: disable=import-outside-toplevel
+
+  spec = {
+    "name": "stop",
+    "config": "configs/synthetic.py",
+    "overrides": tiny_overrides(synthetic_cache, mode="stage1"),
+    "variants": {"first": {}, "second": {"seed": 1}},
+  }
+  module = type("M", (), {"get_sweep": staticmethod(lambda: spec), "get_config": staticmethod(_synthetic_config)})
+  monkeypatch.setattr(sweep_spec, "load_module", lambda path: module())
+  started = []
+
+  def stopped_run(config, workdir):  # what experiment.run returns after a SIGTERM: saved, preempted
+    started.append(os.path.basename(workdir))
+    return RunResult(config.mode, workdir, preempted=True, message="fold 1 stage 1: stopped at step 3")
+
+  monkeypatch.setattr(experiment, "run", stopped_run)
+  assert sweep.main(["run", "any.py", f"--root={tmp_path / 'sweep'}"]) == sweep.EXIT_PREEMPTED == 75
+  assert started == ["first"]
+  err = capsys.readouterr().err
+  assert "sweep stop: stopped at run first after saving its checkpoint" in err and "rerun the same command" in err
+  assert "error:" not in err

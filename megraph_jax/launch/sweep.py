@@ -15,7 +15,8 @@ one process per host of a run, failed runs retried from their checkpoints.
 Every run's config is checked before any run starts (its keys, mode and model: ``check_run``); a run whose
 input is wrong is not started, and one that fails while running does not stop the others. ``run`` ends with
 one ``error:`` line per run that did not finish, the table of those that did, and exit status
-``EXIT_RUNS_FAILED`` (4) if any did not (0 if all did).
+``EXIT_RUNS_FAILED`` (4) if any did not (0 if all did); ``EXIT_PREEMPTED`` (75) when, without Ray, a run was stopped
+(SIGTERM, Ctrl-C) after saving its checkpoint and the runs after it were not started: rerun to resume.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import ml_collections
 from megraph_jax import errors, model_factory
 from megraph_jax.launch import ray_sweep, sweep_spec
 from megraph_jax.train import experiment, reporting
+from megraph_jax.train.preemption import EXIT_PREEMPTED  # 75: without Ray, a run stopped after saving (SIGTERM)
 from megraph_jax.train.results import RunResult
 
 EXIT_RUNS_FAILED = 4  # some runs did not finish (an ``error:`` line each); the table holds the others
@@ -190,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if (a.tpu or a.tpu_subslice or a.gpus or a.hosts != 1 or a.cpu_devices) and not a.ray:
     p.error("--tpu, --tpu_subslice, --gpus, --hosts and --cpu_devices place runs on a Ray cluster: add --ray=ADDRESS")
   failed: list = []
+  stopped: list = []
   finished = False
   module = sweep_spec.load_module(a.sweep)
   if not hasattr(module, "get_sweep"):
@@ -214,8 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {r["name"]: i for i, r in enumerate(runs)}
     failed = report_failures(sorted(statuses, key=lambda s: order[s["name"]]))
     finished = any(s["status"] == "done" for s in statuses)
+    stopped = [s["name"] for s in statuses if s["status"] == "preempted"]  # without Ray: SIGTERM, Ctrl-C
     if failed:
       print(f"sweep {sweep['name']}: {len(failed)} of {len(runs)} runs did not finish", file=sys.stderr)
+    if stopped:
+      print(
+        f"sweep {sweep['name']}: stopped at run {stopped[0]} after saving its checkpoint, the runs after it not "
+        f"started (exit status {EXIT_PREEMPTED}); rerun the same command to resume",
+        file=sys.stderr,
+      )
   if a.action == "gather" or finished:
     text, records = gather(runs, root)
     os.makedirs(root, exist_ok=True)
@@ -224,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(root, "sweep.json"), "w") as f:
       json.dump({"sweep": sweep['name'], "runs": records}, f, indent=1)
     print(text)
+  if stopped:
+    return EXIT_PREEMPTED  # rerun to resume (the failed runs are reported again at its end)
   return EXIT_RUNS_FAILED if failed else 0
 
 
