@@ -126,3 +126,23 @@ sys.exit(status)
   box = [float(photo[0][k]) for k in ("x0", "y0", "x1", "y1")]
   assert faces.iou(box, ASTRONAUT_FACE) > 0.6, box
   assert len(video) == 16 and all(r["status"] == "ok" for r in video)  # 8 frames x 2 faces, tracked between
+
+
+def test_track_along_frames_is_the_refit_frame_by_frame(detectors):
+  """``Detector.track`` (one scan on the device along the frames) gives the faces of ``refine`` chained frame by
+  frame (each frame from the faces refined on the one before), and the TensorFlow path's within its refit tolerance."""
+  from megraph_jax.data import synthetic_video  # pylint: disable=import-outside-toplevel
+
+  ours, ref = detectors
+  frames = list(synthetic_video.frames(4, faces=2, seed=2))
+  start = [f.box for f in ours.detect_many(frames[:1])[0]]
+  along, tf_along = ours.track(frames[1:], start), ref.track(frames[1:], start)
+  boxes, worst = start, 0.0
+  for frame, got, want in zip(frames[1:], along, tf_along):
+    chained = ours.refine(frame, boxes)
+    worst = max(worst, _close(got, chained, 5e-3))  # float32 squares on the device vs float64
+    _close(got, want, 0.05)
+    boxes = [f.box for f in chained]
+  print(f"track along 3 frames vs refine frame by frame: {worst:.1e} px")
+  assert len(along) == 3 and [len(g) for g in along] == [2, 2, 2]
+  assert ours.track(frames[1:], []) == [[], [], []]

@@ -225,9 +225,9 @@ class _FakeDetector:
     self.calls.append(("detect", len(images)))
     return [[self._face()] if im[0, 0, 0] else [] for im in images]
 
-  def refine(self, image, boxes):
-    self.calls.append(("track", len(boxes)))
-    return [self._face(0.99 if image[0, 0, 0] == 1 else 0.1) for _ in boxes]
+  def track(self, images, boxes):
+    self.calls.append(("track", len(images)))
+    return [[self._face(0.99 if image[0, 0, 0] == 1 else 0.1) for _ in boxes] for image in images]
 
   def retry(self, image):
     return []
@@ -247,10 +247,10 @@ def test_detection_policy_keyframes_tracking_fallback_and_empty_scenes():
   out = [rows for rows, _ in finder(frames)]
   assert [r[0].status for r in out] == ["ok"] * 8 + ["no_face"] * 5 + ["ok"] * 3
   assert [r[0].face for r in out if r[0].status == "ok"] == [0] * 11  # back at the same place: the same track
-  d, t = ("detect", 1), ("track", 1)
+  d = ("detect", 1)
   assert det.calls == [
-    *(d, t, t, t),  # chunk 0-3: keyframe 0 detected, 1-3 tracked
-    *(d, t, d, t, t),  # chunk 4-7: keyframe 4; 5 lost by ONet -> full detection; 6, 7 tracked
+    *(d, ("track", 3)),  # chunk 0-3: keyframe 0 detected, 1-3 tracked in one refit along them
+    *(d, ("track", 3), d, ("track", 2)),  # chunk 4-7: keyframe 4; 5 lost by ONet -> full detection; 6, 7 tracked
     *(d, d, d, d),  # chunk 8-11: keyframe 8 finds nothing; 9-11 each detected (nothing tracked)
     ("detect", 4),  # chunk 12-15 after an empty frame: all four detected in one batch
   ]

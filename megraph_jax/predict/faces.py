@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from megraph_jax import optional
 
@@ -134,6 +134,26 @@ ONET_SIZE = 48  # px: input side of MTCNN's last network (ONet: score, box and l
 ONET_THRESHOLD = 0.8  # MTCNN's own ONet acceptance threshold
 PYRAMID_STEP = 0.709  # MTCNN's image pyramid: each level 0.709 of the one before
 RELAXED = dict(threshold_pnet=0.5, threshold_rnet=0.6, threshold_onet=0.7)  # second try on stills with no face
+EXTRA_ONET = 0.85  # ONet's threshold for faces that only the extra passes of a still find (0.8: one false positive
+# on the equalised 2560 px grayscale astronaut's suit, scored 0.81; 7 of ~70 extra true faces scored 0.80-0.85)
+# Detection passes for :meth:`Detector.detect_passes`: name -> (image transform, detect_many arguments).
+PASSES: dict[str, tuple[str | None, dict]] = {
+  "base": (None, {}),
+  "relaxed": (None, RELAXED),
+  "relaxed-half-step": (None, dict(shift=PYRAMID_STEP**0.5, **RELAXED)),
+  "relaxed-pr": (None, dict(threshold_pnet=0.5, threshold_rnet=0.6, threshold_onet=EXTRA_ONET)),  # ONet kept strict
+  "finer": (None, dict(scale_factor=0.85, threshold_onet=EXTRA_ONET)),  # levels 0.85 apart instead of 0.709
+  "equalized": ("equalize", dict(threshold_onet=EXTRA_ONET)),  # luminance histogram equalised
+  "mirrored": ("mirror", dict(threshold_onet=EXTRA_ONET)),  # left-right mirror
+}
+# A still's passes after its plain detection (Detector.still). The default runs them only while nothing is found,
+# stopping at the first pass that finds a face (a still whose face plain MTCNN finds costs nothing more; the passes
+# that reuse the plain pass's compiled pyramid come first); THOROUGH runs the four extra passes on every still
+# (faces that plain MTCNN missed beside one it found, as in group photos; the equalised and mirrored copies in one
+# batched call), then the relaxed tries if there is still none. Recall, false positives and cost per still on
+# benchmarks/face_recall.py's hard stills: README, "AUs of your own photos and videos". Videos are not affected.
+STILL_PASSES = ("?relaxed-pr", "?equalized", "?mirrored", "?finer", "?relaxed", "?relaxed-half-step")
+THOROUGH_PASSES = ("relaxed-pr", "equalized", "mirrored", "finer", "?relaxed", "?relaxed-half-step")
 
 
 def detection_scale(h: int, w: int, min_face_size: int | None = None, max_side: int = 2048) -> tuple[float, int]:
@@ -162,10 +182,19 @@ class Detector:
   little keeps a high score and gets its new box and landmarks at a fraction of a full detection's cost.
   """
 
-  def __init__(self, min_face_size: int | None = None, max_side: int = 2048, backend: str = "jax"):
+  def __init__(
+    self,
+    min_face_size: int | None = None,
+    max_side: int = 2048,
+    backend: str = "jax",
+    still_passes: Sequence[str] = STILL_PASSES,
+  ):
     if backend not in DETECTORS:
       raise AlignError(f"the detector must be one of {', '.join(DETECTORS)}, got {backend!r}")
-    self.backend = backend
+    unknown = [p for p in still_passes if p.lstrip("?") not in PASSES]
+    if unknown:
+      raise AlignError(f"unknown detection passes {unknown}; known: {', '.join(PASSES)}")
+    self.backend, self.still_passes = backend, tuple(still_passes)
     if backend == "jax":
       from megraph_jax.predict import mtcnn  # pylint: disable=import-outside-toplevel  (JAX + Flax: on use)
 
@@ -183,14 +212,46 @@ class Detector:
     self.max_side = max_side
 
   def __call__(self, image: np.ndarray, *, relaxed: bool = False) -> list[Face]:
-    """Faces in an RGB uint8 image ``[H, W, 3]``, largest first; ``relaxed`` retries lower thresholds on a miss."""
+    """Faces in an RGB uint8 image ``[H, W, 3]``, largest first; ``relaxed``: a still, which also gets the extra
+    passes of :meth:`still`."""
     faces = self.detect_many([image])[0]
-    return faces or (self.retry(image) if relaxed else [])
+    return self.still(image, faces) if relaxed else faces
+
+  def still(self, image: np.ndarray, found: Sequence[Face] = ()) -> list[Face]:
+    """The faces of a still: ``found`` (its plain detection) plus those of the passes ``still_passes``
+    (:data:`STILL_PASSES`, while nothing is found: lower PNet/RNet thresholds, the contrast-equalised and the
+    mirrored image, a finer pyramid, ONet's verdict kept; then lower thresholds for all three networks;
+    :data:`THOROUGH_PASSES`: the first four on every still)."""
+    return self.detect_passes(image, self.still_passes, found)
+
+  def detect_passes(self, image: np.ndarray, passes: Sequence[str], found: Sequence[Face] = ()) -> list[Face]:
+    """``found`` plus the faces of ``image`` found by detection passes (names of :data:`PASSES`; a face found again
+    by a later pass is kept as the first one found it, :func:`merge`), largest first. A name written ``'?name'``
+    runs only when nothing was found before it; consecutive unconditional passes with the same arguments (the
+    equalised and the mirrored copy) run as one batched call."""
+    found, todo = list(found), list(passes)
+    while todo:
+      name = todo.pop(0)
+      conditional = name.startswith("?")
+      if conditional:
+        if found:
+          continue
+        name = name[1:]
+      group = [name]
+      while not conditional and todo and not todo[0].startswith("?"):
+        if PASSES[todo[0]][1] != PASSES[name][1]:
+          break
+        group.append(todo.pop(0))
+      copies = [_TRANSFORMS[PASSES[g][0]](image) for g in group]
+      for g, got in zip(group, self.detect_many(copies, **PASSES[name][1])):
+        if PASSES[g][0] == "mirror":
+          got = [mirrored(f, image.shape[1]) for f in got]
+        found = merge(found, got)
+    return found
 
   def retry(self, image: np.ndarray) -> list[Face]:
-    """Second and third tries for a still where :meth:`detect_many` found nothing: lower thresholds, then also the
-    pyramid's levels shifted half a step (face sizes between those of the first try)."""
-    return self.detect_many([image], **RELAXED)[0] or self.detect_many([image], shift=PYRAMID_STEP**0.5, **RELAXED)[0]
+    """Faces of a still where :meth:`detect_many` found nothing: the passes of :meth:`still`."""
+    return self.still(image)
 
   def detect_many(self, images: Sequence[np.ndarray], *, shift: float = 1.0, **thresholds) -> list[list[Face]]:
     """Faces of each image (all of one size), largest first; one batched MTCNN call (``shift`` scales the copy)."""
@@ -244,6 +305,57 @@ class Detector:
     offsets, marks, scores = (np.asarray(t, np.float64) for t in self._onet(np.stack(patches)))
     return [_refined(sq, off, lm, sc[-1]) for sq, off, lm, sc in zip(squares, offsets, marks, scores)]
 
+  def track(self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray]) -> list[list[Face]]:
+    """:meth:`refine` along same-sized frames: the faces of each frame refined from those of the frame before
+    (the first from ``boxes``), in the order of ``boxes``. In JAX one call on the device for all the frames
+    (:meth:`megraph_jax.predict.mtcnn.MTCNN.refit_along`); the caller keeps the frames up to the first whose faces
+    it does not accept."""
+    if not len(boxes):
+      return [[] for _ in images]
+    if self.backend != "jax":
+      out = []
+      for image in images:
+        out.append(self.refine(image, boxes))
+        boxes = [f.box for f in out[-1]]
+      return out
+    squares, offsets, marks, scores = self._mtcnn.refit_along(images, np.asarray([_square(b) for b in boxes]))
+    return [
+      [_refined(sq, off, lm, sc) for sq, off, lm, sc in zip(*frame)] for frame in zip(squares, offsets, marks, scores)
+    ]
+
+
+def equalized(image: np.ndarray) -> np.ndarray:
+  """``image`` with its luminance histogram equalised (colour kept): faces in low-contrast, dark or washed-out
+  photos come out."""
+  y, cb, cr = Image.fromarray(image).convert("YCbCr").split()
+  return np.asarray(Image.merge("YCbCr", (ImageOps.equalize(y), cb, cr)).convert("RGB"))
+
+
+_TRANSFORMS: dict[str | None, Callable[[np.ndarray], np.ndarray]] = {
+  None: lambda im: im,
+  "equalize": equalized,
+  "mirror": lambda im: np.ascontiguousarray(im[:, ::-1]),
+}
+
+
+def mirrored(face: Face, width: int) -> Face:
+  """A face found in the left-right mirror of an image ``width`` px wide, in the image (landmarks swapped back to
+  left eye, right eye, nose, left and right mouth corners of the image)."""
+  x0, y0, x1, y1 = face.box
+  lm = face.landmarks[[1, 0, 2, 4, 3]].copy()
+  lm[:, 0] = width - lm[:, 0]
+  return Face(box=np.array([width - x1, y0, width - x0, y1]), score=face.score, landmarks=lm)
+
+
+def merge(found: Sequence[Face], more: Sequence[Face], min_iou: float = 0.3) -> list[Face]:
+  """``found`` plus the faces of ``more`` (a later pass) that overlap none of them by IoU > ``min_iou``, largest
+  first: a face keeps the box and landmarks of the first pass that found it."""
+  kept = list(found)
+  for f in sorted(more, key=lambda f: -f.score):
+    if all(iou(f.box, k.box) <= min_iou for k in kept):
+      kept.append(f)
+  return sorted(kept, key=lambda f: -f.area)
+
 
 def _square(box: np.ndarray) -> tuple[float, float, float, float]:
   """A box (continuous px) as the square of its longer side around its centre, in index px (as MTCNN's boxes)."""
@@ -271,7 +383,8 @@ Aligner = Callable[[np.ndarray], list[AlignedFace]]
 
 
 def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int | None = None, backend: str = "jax") -> Aligner:
-  """Detects faces (MTCNN, largest first; a still with none gets a second, relaxed try) and aligns each."""
+  """Detects faces (MTCNN, largest first; as a still: with the extra passes of :meth:`Detector.still`) and aligns
+  each."""
   detector = Detector(min_face_size=min_face_size, backend=backend)
 
   def detect_and_align(rgb: np.ndarray) -> list[AlignedFace]:

@@ -585,6 +585,29 @@ def _onet_on(graphdef, state, image, hw, y0, x0, step):
   return in_chunks(onet, patches)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _onet_along(graphdef, state, frames, hw, squares):
+  """The tracking refit along frames ``[T, H, W, 3]``: ONet on frame ``t`` at the squares of frame ``t - 1``'s
+  refined boxes (frame 0 at ``squares`` ``[K, 4]``), one scan on the device. Per frame: the squares used, regression,
+  landmarks (fractions of the square), face probability."""
+  onet = nnx.merge(graphdef, state)
+
+  def step(sq, frame):
+    x0, y0, x1, y1 = sq[:, 0], sq[:, 1], sq[:, 2], sq[:, 3]
+    step_ = (x1 - x0) / (ONET_SIZE - 1)
+    x = normalize(frame[None])
+    patches = sample_patches(x, y0[None], x0[None], step_[None], step_[None], ONET_SIZE, hw[0], hw[1])[0]
+    reg, marks, prob = in_chunks(onet, patches)
+    side = jnp.stack([x1 - x0 + 1, y1 - y0 + 1] * 2, axis=-1)
+    box = sq + reg * side  # faces._refined's box, then faces._square of it (index px)
+    new_side = jnp.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+    nx0 = (box[:, 0] + box[:, 2] - new_side) / 2
+    ny0 = (box[:, 1] + box[:, 3] - new_side) / 2
+    return jnp.stack([nx0, ny0, nx0 + new_side, ny0 + new_side], axis=-1), (sq, reg, marks, prob[:, 1])
+
+  return lax.scan(step, squares, frames)[1]
+
+
 def in_chunks(net: nnx.Module, patches: jax.Array) -> tuple[jax.Array, ...]:
   """``net`` on ``patches`` ``[N, S, S, 3]`` (``N`` a multiple of ``CHUNK``) in chunks of ``CHUNK``, one after the
   other: XLA's contractions change their summation order with the number of rows (2e-6 apart from 64 rows of a
@@ -719,3 +742,20 @@ class MTCNN:
     )
     reg, marks, prob = (np.asarray(a, np.float64) for a in (reg, marks, prob))
     return reg[:n], marks[:n], prob[:n, 1]
+
+  def refit_along(
+    self, frames: Sequence[np.ndarray], squares: np.ndarray
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`refit` along same-sized frames, each on the squares of the boxes refined on the frame before (the
+    first on ``squares`` ``[n, 4]``), in one call on the device (a scan; frames and boxes padded to powers of two):
+    squares used ``[T, n, 4]``, regression ``[T, n, 4]``, landmarks ``[T, n, 10]``, face probability ``[T, n]``."""
+    squares = np.asarray(squares, np.float64).reshape(-1, 4)
+    t, n = len(frames), len(squares)
+    if n == 0 or t == 0:
+      return np.zeros((t, n, 4)), np.zeros((t, n, 4)), np.zeros((t, n, 10)), np.zeros((t, n))
+    h, w = frames[0].shape[:2]
+    k, tp = _pow2(n, CHUNK), _pow2(t)
+    pad = np.concatenate([squares, np.repeat(squares[-1:], k - n, axis=0)])
+    x = _pad_to(np.stack(frames).astype(np.uint8, copy=False), tp, _round_up(h, self.PAD), _round_up(w, self.PAD))
+    out = _onet_along(*self._nets["o"], jnp.asarray(x), jnp.asarray([h, w], jnp.float32), jnp.asarray(pad, jnp.float32))
+    return tuple(np.asarray(a, np.float64)[:t, :n] for a in out)

@@ -7,7 +7,8 @@ its faces are predicted. With ``threads=False`` the same stages run one after an
 
 Detection policy along a video (:class:`FaceFinder`), ``redetect`` = K:
   * full MTCNN on the first frame and on every K-th frame (batched across the keyframes that are ready);
-  * on the frames between, only MTCNN's last network (ONet) re-fits each tracked face from its previous box;
+  * on the frames between, only MTCNN's last network (ONet) re-fits each tracked face from its previous box (one
+    device call along the chunk's frames up to the next keyframe, :meth:`megraph_jax.predict.faces.Detector.track`);
     the frame is accepted when every face keeps ONet's score >= 0.8, its centre moved at most 20% of its box
     side and its size changed by at most 25%; otherwise the frame gets a full detection (so a fast or lost face
     never drifts). A face entering the scene is found at the next keyframe (at most K - 1 frames late).
@@ -184,12 +185,30 @@ class FaceFinder:
     self.detector: facelib.Detector | None = None
     self.tracker = facelib.FaceTracker()
     self._file, self._ordinal, self._tracked = None, 0, []  # current video, frames seen in it, last faces
+    self._run: list[np.ndarray] = []  # images of the current frame and the non-keyframes after it in its chunk
+    self._ahead: list[list[facelib.Face]] = []  # their faces refitted along the run, from the faces _ahead_from
+    self._ahead_from: list[facelib.Face] | None = None
 
   def __call__(self, frames: Iterator[media.Frame]) -> Iterator[FrameFaces]:
     for chunk in chunks(frames, self.batch):
       keyframes = self._keyframes(chunk)
-      for fr, found in zip(chunk, keyframes):
+      self._ahead = []
+      for i, (fr, found) in enumerate(zip(chunk, keyframes)):
+        self._run = [f.image for f in self._between(chunk[i:], keyframes[i:])]
         yield self._frame(fr, found)
+
+  @staticmethod
+  def _between(chunk: list[media.Frame], keyframes: list) -> list[media.Frame]:
+    """The frames from the first of ``chunk`` on that are not keyframes (same video, readable, same size): the
+    frames that tracking may cover in one batched refit."""
+    run = []
+    for fr, found in zip(chunk, keyframes):
+      if found is not None or fr.image is None or not fr.is_video or fr.file != chunk[0].file:
+        break
+      if run and fr.image.shape != run[0].image.shape:
+        break
+      run.append(fr)
+    return run
 
   def _is_keyframe(self, fr: media.Frame, ordinal: int) -> bool:
     return not fr.is_video or ordinal % self.redetect == 0
@@ -220,9 +239,14 @@ class FaceFinder:
       return self.detector.detect_many(images)
 
   def _track(self, image: np.ndarray) -> list[facelib.Face] | None:
-    """The tracked faces re-fitted by ONet, or None when one of them moved too much or was lost."""
-    with self.times("track"):
-      new = self.detector.refine(image, [f.box for f in self._tracked])
+    """The tracked faces re-fitted by ONet, or None when one of them moved too much or was lost. The refit runs
+    once along the frames up to the next keyframe (:meth:`megraph_jax.predict.faces.Detector.track`, one device
+    call); a frame uses its share while the frames before it were accepted, else the run is refitted again from
+    this frame on."""
+    if not (self._ahead and self._ahead_from is self._tracked):
+      with self.times("track"):
+        self._ahead = self.detector.track(self._run or [image], [f.box for f in self._tracked])
+    new = self._ahead.pop(0)
     for old, f in zip(self._tracked, new):
       side_old, side = np.sqrt(max(old.area, 1.0)), np.sqrt(max(f.area, 1.0))
       moved = np.hypot(*((f.box[:2] + f.box[2:]) / 2 - (old.box[:2] + old.box[2:]) / 2)) / side_old
@@ -233,7 +257,8 @@ class FaceFinder:
     boxes = [f.box for f in new]
     if any(facelib.iou(a, b) > 0.5 for i, a in enumerate(boxes) for b in boxes[i + 1 :]):
       return None  # two tracks collapsed onto one face
-    return sorted(new, key=lambda f: -f.area)
+    self._ahead_from = sorted(new, key=lambda f: -f.area)  # becomes self._tracked: the next frame's share stays valid
+    return self._ahead_from
 
   def _faces(self, fr: media.Frame, found: list[facelib.Face] | None) -> list[facelib.AlignedFace]:
     if self._make_detector is None:
@@ -245,9 +270,9 @@ class FaceFinder:
       found = self._track(fr.image)
     if found is None:
       found = self._detect([fr.image])[0]
-    if not found and not fr.is_video:  # a still: the detector's more permissive tries
+    if not fr.is_video:  # a still: the detector's extra passes (faces.STILL_PASSES)
       with self.times("detect"):
-        found = self.detector.retry(fr.image)
+        found = self.detector.still(fr.image, found)
     self._tracked = found
     with self.times("align"):
       return [facelib.aligned(fr.image, f) for f in found]
