@@ -42,6 +42,8 @@ CHROMIUM_ARGS = [  # offline, quiet: no first-run pages, no updates, no backgrou
   "--disable-background-networking",
   "--disable-component-update",
   "--disable-sync",
+  "--use-fake-device-for-media-stream",  # a test pattern as the webcam, allowed without asking
+  "--use-fake-ui-for-media-stream",
 ]
 
 
@@ -295,6 +297,19 @@ def test_in_a_real_browser(ckpt, media_dir, tmp_path):
       page.goto(url)
       page.wait_for_selector("body[data-ready='1']")
       assert "12 AUs" in page.inner_text("#model")
+      page.click("#cam-open")  # the webcam: a photo and a short recording join the files to analyse
+      page.wait_for_function("document.querySelector('#cam-view').videoWidth > 0")
+      page.click("#cam-snap")
+      page.click("#cam-rec")
+      page.wait_for_timeout(600)
+      page.click("#cam-rec")
+      page.wait_for_function("document.querySelectorAll('#pending li').length === 2")
+      pending = page.inner_text("#pending")
+      assert re.search(r"webcam-[\d-]+T[\d-]+\.png", pending) and re.search(r"webcam-[\d-]+T[\d-]+\.webm", pending)
+      page.click("#cam-close")
+      page.click("#pending li button")
+      page.click("#pending li button")  # removed again: this test analyses the files below
+      assert page.query_selector_all("#pending li") == [] and page.is_disabled("#go")
       page.set_input_files("#pick", [str(folder / n) for n in names])
       page.fill("#plot_every", "4")
       page.fill("#threshold", "0.4")

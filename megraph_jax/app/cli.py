@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(
     prog="python -m megraph_jax.app",
     description="AU Studio: facial action units of your photos and videos, in the browser, on this computer.",
-    epilog=__doc__.split("\n\n", 1)[1],
+    epilog=__doc__.split("\n\n", 1)[1].replace("``", ""),
   )
   ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
   ap.add_argument("--port", type=int, default=None, help=f"default {DEFAULT_PORT}, or a free one; 0: any free port")

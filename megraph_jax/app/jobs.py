@@ -251,7 +251,8 @@ class Studio:
       paths = [os.path.join(job.inputs, f) for f in job.files]
       job.frames_total = media.count_frames(paths, every=args.every, max_frames=args.max_frames)
       rows = self._rows(job, pr.iter_predict(paths, every=args.every, max_frames=args.max_frames), paths)
-      with open(job.path("predictions.csv"), "w", newline="") as out, open(job.path("predictions.json"), "w") as js:
+      csv_path, json_path = job.path("predictions.csv"), job.path("predictions.json")
+      with open(csv_path, "w", newline="") as out, open(json_path, "w", newline="") as js:  # newline="": as the CLI
         also = [cli_writer(args, pr, js, "json")]
         run_cli(args, out, pr, collections.Counter(), rows=rows, writers=also, on_row=on_row)
       if video:
