@@ -115,9 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   studio = Studio(predictor, defaults)
   host, port = sock.getsockname()[:2]
   url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-  app = create_app(
-    studio, max_upload=int(args.max_upload_mb * 2**20), allowed_hosts=None if args.allow_remote else (host, "localhost")
-  )
+  # the Host header check: off for a remote bind (any name may reach it) and for IPv6 literals ("[::1]:8765", which
+  # Starlette's check cannot parse)
+  allowed = None if args.allow_remote or ":" in host else (host, "localhost")
+  app = create_app(studio, max_upload=int(args.max_upload_mb * 2**20), allowed_hosts=allowed)
   server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
   print(f"AU Studio is running at {url}  (open it in your browser; Ctrl-C stops it)", flush=True)
   if not args.no_browser:
