@@ -1,5 +1,6 @@
-"""What a training stage directory holds: orbax checkpoints (the last k, and the best by test mean F1), the
-stage's config and model description; and the workdir lock that keeps two trainings apart."""
+"""What a training stage directory holds (its layout: ``megraph_jax.stage_dirs``): orbax checkpoints (the last k,
+and the best by test mean F1), the stage's config and model description; and the workdir lock that keeps two
+trainings apart."""
 
 from __future__ import annotations
 
@@ -21,13 +22,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from megraph_jax import sharding
+from megraph_jax import sharding, stage_dirs
 from megraph_jax.errors import CheckpointError, ConfigChangedError, DiskFullError, WorkdirLockedError
-from megraph_jax.model_factory import MODEL_JSON  # the model spec next to its checkpoints, read by megraph_jax.loader
+from megraph_jax.stage_dirs import BEST, CHECKPOINTS, MODEL_JSON, STAGE_CONFIG, UNREADABLE, latest_step
 
-STAGE_CONFIG = "config.json"  # the experiment config of the stage, written at its fresh start
 ITEM = "state"  # the one orbax item of a checkpoint: the train state in checkpoints/, the model state in best/
-UNREADABLE = "unreadable_checkpoints"  # where checkpoints that fail to restore are moved (never deleted)
 NO_SPACE = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EDQUOT: os.strerror(errno.EDQUOT)}  # a full disk, a quota
 
 
@@ -103,12 +102,12 @@ class StageCheckpoints:
     self.stage_dir = os.path.abspath(stage_dir)
     pylogging.getLogger("absl").addFilter(_NO_SPACE_FILTER)  # orbax's loggers: once per process
     self.latest = ocp.CheckpointManager(
-      os.path.join(self.stage_dir, "checkpoints"),
+      stage_dirs.checkpoints_dir(self.stage_dir),
       item_names=(ITEM,),
       options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
     )
     self.best = ocp.CheckpointManager(
-      os.path.join(self.stage_dir, "best"),
+      stage_dirs.best_dir(self.stage_dir),
       item_names=(ITEM,),
       options=ocp.CheckpointManagerOptions(
         max_to_keep=1,
@@ -123,7 +122,7 @@ class StageCheckpoints:
     return self.latest.latest_step()
 
   def checkpoint_dir(self, step: int) -> str:
-    return os.path.join(self.stage_dir, "checkpoints", str(step))
+    return stage_dirs.checkpoint_dir(self.stage_dir, step)
 
   def save(self, step: int, state: Any) -> None:
     """Starts saving the train state at ``step`` (in orbax's thread; ``finish_save()`` waits for it)."""
@@ -134,7 +133,7 @@ class StageCheckpoints:
   def finish_save(self) -> None:
     """Waits for the train state being saved. A full disk is a :class:`DiskFullError` (the partial checkpoint
     removed, the previous ones kept); any other failure is raised as orbax raised it."""
-    self._wait(self.latest, "checkpoints")
+    self._wait(self.latest, CHECKPOINTS)
 
   def restore(self, state: Any) -> tuple[int, Any] | None:
     """(step, train state) of the newest readable checkpoint shaped like ``state``, or None.
@@ -160,7 +159,7 @@ class StageCheckpoints:
     if failures:
       listing = "; ".join(f"step {s}: {r}" for s, r in failures)
       raise CheckpointError(
-        f"{os.path.join(self.stage_dir, 'checkpoints')}: no checkpoint can be restored ({listing}). If the "
+        f"{stage_dirs.checkpoints_dir(self.stage_dir)}: no checkpoint can be restored ({listing}). If the "
         "model or its config changed, use a new --workdir; if the files are damaged, delete the stage folder "
         f"{self.stage_dir} to train it again."
       )
@@ -191,14 +190,14 @@ class StageCheckpoints:
       args=ocp.args.Composite(**{ITEM: ocp.args.StandardSave(state)}),
       metrics={k: float(v) for k, v in metrics.items()},
     )
-    self._wait(self.best, "best")
+    self._wait(self.best, BEST)
 
   def best_step(self) -> int | None:
     return self.best.best_step()
 
   def wait(self) -> None:
-    self._wait(self.latest, "checkpoints")
-    self._wait(self.best, "best")
+    self._wait(self.latest, CHECKPOINTS)
+    self._wait(self.best, BEST)
 
   def _wait(self, manager: ocp.CheckpointManager, sub: str) -> None:
     try:
@@ -274,7 +273,7 @@ def _quiet_read_only():
 
 def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "best") -> tuple[int, Any]:
   """(step, model state) from ``stage_dir/best`` (which='best') or ``stage_dir/checkpoints`` ('latest')."""
-  sub = "best" if which == "best" else "checkpoints"
+  sub = BEST if which == "best" else CHECKPOINTS
   directory = os.path.join(os.path.abspath(stage_dir), sub)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory}: no checkpoints; train that stage first or point to another directory")
@@ -288,7 +287,7 @@ def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "be
     if step is None:
       raise FileNotFoundError(f"{directory}: no checkpoint saved yet")
     target = _abstract(abstract_state)
-    if sub == "best":
+    if sub == BEST:
       return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(target)}))[ITEM]
     try:  # the model part of a train state {'model', 'optimizer'}
       item = {"model": target}
@@ -297,18 +296,6 @@ def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "be
       return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: partial}))[ITEM]["model"]
     except Exception:  # pylint: disable=broad-except  # workdirs of 2026-11-25 and before: the model state alone
       return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(target)}))[ITEM]
-
-
-def latest_step(stage_dir: str) -> int | None:
-  """The newest finished (non-temporary) checkpoint step in ``stage_dir/checkpoints``, without opening it."""
-  directory = os.path.join(stage_dir, "checkpoints")
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
-  return max(steps) if steps else None
-
-
-def has_checkpoints(stage_dir: str) -> bool:
-  """Whether ``stage_dir`` holds a checkpoint: a rerun resumes it instead of starting afresh."""
-  return latest_step(stage_dir) is not None
 
 
 def write_stage_config(stage_dir: str, config: dict[str, Any], *, init: str) -> None:

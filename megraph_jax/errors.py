@@ -13,7 +13,10 @@ Exit statuses of ``python main.py`` (also in the README):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+
+from megraph_jax.stage_dirs import STAGE_CONFIG
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
@@ -47,7 +50,7 @@ class ConfigChangedError(UserError):
     super().__init__(
       f"{stage_dir} was trained with another config; resuming would mix two experiments. Changed keys:\n{lines}\n"
       "Use a new --workdir for the new experiment, or rerun with the stored values (see "
-      f"{stage_dir}/config.json) to resume."
+      f"{os.path.join(stage_dir, STAGE_CONFIG)}) to resume."
     )
     self.changed = list(changed)
 

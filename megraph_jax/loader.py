@@ -17,9 +17,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from megraph_jax import checkpointing
+from megraph_jax import checkpointing, stage_dirs
 from megraph_jax.errors import CheckpointError, CheckpointNotFoundError
-from megraph_jax.model_factory import MODEL_JSON, Model, ModelSpec, build, dtype_name, eval_view
+from megraph_jax.model_factory import Model, ModelSpec, build, dtype_name, eval_view
+from megraph_jax.stage_dirs import MODEL_JSON
 from megraph_jax.torch_io import load_pth
 from megraph_jax.weights.common import StateDict
 from megraph_jax.weights.inspect import infer_backbone
@@ -174,16 +175,6 @@ def init_backbone_from_imagenet(model: Model, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- our directories
 
 
-def stage_dir_of(path: str) -> str | None:
-  """The training stage directory (model.json + best/ or checkpoints/) of ``path`` or of its parent."""
-  for d in (path, os.path.dirname(path.rstrip("/"))):
-    if os.path.isfile(os.path.join(d, MODEL_JSON)) and any(
-      os.path.isdir(os.path.join(d, s)) for s in ("best", "checkpoints")
-    ):
-      return d
-  return None
-
-
 def is_saved_model(path: str) -> bool:
   """Whether ``path`` is a directory written by :func:`save` (model.json + state/)."""
   return os.path.isfile(os.path.join(path, MODEL_JSON)) and os.path.isdir(os.path.join(path, STATE))
@@ -192,7 +183,7 @@ def is_saved_model(path: str) -> bool:
 def stored_spec(path: str | os.PathLike) -> ModelSpec | None:
   """The spec stored with one of our checkpoints (stage dir, its best/ or checkpoints/, a saved dir), else None."""
   path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-  d = path if is_saved_model(path) else stage_dir_of(path)
+  d = path if is_saved_model(path) else stage_dirs.stage_dir_of(path)
   return ModelSpec.read(d) if d else None
 
 
@@ -245,10 +236,9 @@ def load(
         return ckptr.restore(os.path.join(path, STATE), abstract_state)
 
     model = _restore(spec, restore)
-  elif stage_dir_of(path) is not None:
-    stage_dir = stage_dir_of(path)
+  elif (stage_dir := stage_dirs.stage_dir_of(path)) is not None:
     spec = ModelSpec.read(stage_dir).replace(dtype=dtype)
-    which = which or ("latest" if os.path.basename(path.rstrip("/")) == "checkpoints" else "best")
+    which = which or ("latest" if stage_dirs.names_checkpoints(path) else "best")
     model = _restore(spec, lambda s: checkpointing.restore_model_state(stage_dir, s, which=which)[1])
   else:
     hint = f"{os.path.join(path, MODEL_JSON)}: missing; " if not os.path.isfile(os.path.join(path, MODEL_JSON)) else ""

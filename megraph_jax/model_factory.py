@@ -23,6 +23,7 @@ from megraph_jax.models.fgg import METRICS
 from megraph_jax.models.megraph import BaselineModel, Stage1Model, Stage2Model
 from megraph_jax.models.opengraphau import OpenGraphAUStage1, OpenGraphAUStage2
 from megraph_jax.models.trunk import FaceTrunk
+from megraph_jax.stage_dirs import MODEL_JSON  # the spec as JSON, next to a model's weights (stage dirs, convert dirs)
 from megraph_jax.task import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_AUS
 from megraph_jax.task import au_names as dataset_au_names
 
@@ -32,7 +33,6 @@ Model = Stage1Model | Stage2Model | BaselineModel | OpenGraphAUStage1 | OpenGrap
 MODELS: dict[tuple[str, int], type[FaceTrunk]] = {
   (cls.HEAD, cls.STAGE): cls for cls in (Stage1Model, Stage2Model, BaselineModel, OpenGraphAUStage1, OpenGraphAUStage2)
 }
-MODEL_JSON = "model.json"  # the spec as JSON, next to a model's weights (training stage dirs, convert dirs)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 # ME-GraphAU, Table 3's "backbone only" (BaselineModel), or OpenGraphAU (27 main + 14 left/right AUs, 41 outputs)
 HEADS = ("megraph", "baseline", "opengraphau")

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from helpers import REPO, TINY_AUS, TINY_SYNTHETIC, tiny_config, tiny_main_args
 
-from megraph_jax import checkpointing, errors, model_factory
+from megraph_jax import checkpointing, errors, model_factory, stage_dirs
 from megraph_jax.data import synthetic
 from megraph_jax.errors import ConfigChangedError, ImageNetWeightsError, TrainingDiverged, WorkdirLockedError
 from megraph_jax.train import initialization
@@ -63,7 +63,7 @@ def test_training_without_imagenet_weights_stops_before_writing_anything(tmp_pat
   )
   with pytest.raises(ImageNetWeightsError, match="resnet18-5c106cde.pth"):
     run(config, str(tmp_path / "work"))
-  assert not checkpointing.has_checkpoints(str(tmp_path / "work" / "fold1" / "stage1"))
+  assert not stage_dirs.has_checkpoints(str(tmp_path / "work" / "fold1" / "stage1"))
   assert not os.path.exists(tmp_path / "work" / "fold1" / "stage1" / "config.json")
 
 
@@ -130,7 +130,7 @@ def test_main_exits_3_when_the_loss_diverges(tmp_path, synthetic_cache):
   assert proc.returncode == 3, proc.stderr[-3000:]
   assert "error: training diverged: fold 1 stage 1: non-finite values at step" in proc.stderr
   assert "Traceback" not in proc.stderr
-  assert not checkpointing.has_checkpoints(str(tmp_path / "w" / "fold1" / "stage1"))
+  assert not stage_dirs.has_checkpoints(str(tmp_path / "w" / "fold1" / "stage1"))
   assert not os.path.exists(tmp_path / "w" / "results.json")
 
 

@@ -35,6 +35,7 @@ import jax
 
 from megraph_jax import errors, optional
 from megraph_jax.launch import distributed, sweep_spec, tpu_topology
+from megraph_jax.stage_dirs import checkpoint_steps
 from megraph_jax.train import experiment
 from megraph_jax.train.preemption import EXIT_PREEMPTED
 
@@ -56,20 +57,6 @@ class Resources:
 
 
 # ----------------------------------------------------------------------------- the worker side
-
-
-def checkpoint_steps(workdir: str) -> dict[str, int]:
-  """{'fold1/stage1': latest checkpoint step} of the stages under ``workdir`` (empty for a fresh run)."""
-  out = {}
-  if not os.path.isdir(workdir):
-    return out
-  for fold in sorted(os.listdir(workdir)):
-    for stage in sorted(os.listdir(os.path.join(workdir, fold))) if fold.startswith("fold") else []:
-      ckpts = os.path.join(workdir, fold, stage, "checkpoints")
-      steps = [int(s) for s in os.listdir(ckpts) if s.isdigit()] if os.path.isdir(ckpts) else []
-      if steps:
-        out[f"{fold}/{stage}"] = max(steps)
-  return out
 
 
 def _append_attempt(workdir: str, record: dict[str, Any]) -> None:

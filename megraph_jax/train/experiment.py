@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from megraph_jax import checkpointing, model_factory, sharding
+from megraph_jax import checkpointing, model_factory, sharding, stage_dirs
 from megraph_jax.data import datasets, input_pipeline
 from megraph_jax.errors import CheckpointAUsError, CheckpointError, ConfigError, StageOneMissingError, WorkdirError
 from megraph_jax.train import initialization, reporting
@@ -29,20 +29,16 @@ MODES = ("train", "stage1", "stage2", "eval", "folds")
 STAGES = {"train": (1, 2), "folds": (1, 2), "stage1": (1,), "stage2": (2,)}
 
 
-def stage_dir(workdir: str, fold: int, stage: int) -> str:
-  return os.path.join(workdir, f"fold{fold}", f"stage{stage}")
-
-
 def _stage2_init(config, workdir: str, fold: int, train_data) -> str:
   """Stage 1 of this fold in ``workdir`` that a fresh stage 2 starts from: its last checkpoint, or its best."""
-  stage1_dir = stage_dir(workdir, fold, 1)
+  stage1_dir = stage_dirs.stage_dir(workdir, fold, 1)
   if config.stage2.init not in ("last", "best", "none"):
     raise ConfigError(f"config key 'stage2.init' = {config.stage2.init!r}; choose 'last', 'best' or 'none'")
   done = config.stage1.epochs * input_pipeline.num_train_steps_per_epoch(len(train_data.paths), config.batch_size)
-  latest = checkpointing.latest_step(stage1_dir)
+  latest = stage_dirs.latest_step(stage1_dir)
   if latest is None or latest < done:
     raise StageOneMissingError(stage1_dir, fold, latest, done)
-  return os.path.join(stage1_dir, "checkpoints" if config.stage2.init == "last" else "best")
+  return stage_dirs.checkpoints_dir(stage1_dir) if config.stage2.init == "last" else stage_dirs.best_dir(stage1_dir)
 
 
 def _fold_result(dataset: datasets.Dataset, fold: int, train_data, test_data, checkpoint: str = "") -> FoldResult:
@@ -59,9 +55,9 @@ def run_fold(config, workdir: str, fold: int, stages: tuple[int, ...], stop: Sto
   train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, config.dataset.eval_split)
   out = _fold_result(dataset, fold, train_data, test_data)
   for i, stage in enumerate(stages):
-    sdir = stage_dir(workdir, fold, stage)
+    sdir = stage_dirs.stage_dir(workdir, fold, stage)
     init = config.init_from if i == 0 and config.init_from else None
-    if stage == 2 and init is None and not checkpointing.has_checkpoints(sdir):
+    if stage == 2 and init is None and not stage_dirs.has_checkpoints(sdir):
       init = _stage2_init(config, workdir, fold, train_data) if config.stage2.init != "none" else None
     result = trainer.train_stage(config, sdir, stage=stage, fold=fold, root=dataset.root, train_data=train_data,
                                  test_data=test_data, stop=stop, init_from=init)  # fmt: skip

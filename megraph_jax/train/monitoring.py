@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from megraph_jax.errors import TrainingDiverged
+from megraph_jax.stage_dirs import HISTORY
 from megraph_jax.train.results import EvalResult
 
 
@@ -24,7 +25,7 @@ def write_eval(writer, step: int, r: EvalResult) -> None:
 
 
 def read_history(stage_dir: str, up_to_step: int) -> list[EvalResult]:
-  path = os.path.join(stage_dir, "history.json")
+  path = os.path.join(stage_dir, HISTORY)
   if not os.path.isfile(path):
     return []
   with open(path) as f:
@@ -33,10 +34,10 @@ def read_history(stage_dir: str, up_to_step: int) -> list[EvalResult]:
 
 def write_history(stage_dir: str, history: list[EvalResult]) -> None:
   if jax.process_index() == 0:
-    tmp = os.path.join(stage_dir, "history.json.tmp")
+    tmp = os.path.join(stage_dir, HISTORY + ".tmp")
     with open(tmp, "w") as f:
       json.dump([h.to_json() for h in history], f, indent=1)
-    os.replace(tmp, os.path.join(stage_dir, "history.json"))
+    os.replace(tmp, os.path.join(stage_dir, HISTORY))
 
 
 class FiniteGuard:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from megraph_jax import stage_dirs
 from megraph_jax.train import reporting
 
 SELECTED = " (selected on the test fold)"
@@ -61,7 +62,7 @@ class StageResult:
   @property
   def from_best(self) -> bool:
     """Started from stage 1's best epoch (chosen on the test fold)."""
-    return os.path.basename(self.init.rstrip("/")) == "best"
+    return stage_dirs.names_best(self.init)
 
   def to_json(self) -> dict[str, Any]:
     out = dataclasses.asdict(self)

@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers
 from flax import nnx
 
-from megraph_jax import checkpointing, model_factory, numerics, sharding, task
+from megraph_jax import checkpointing, model_factory, numerics, sharding, stage_dirs, task
 from megraph_jax.data import datasets, device_augment, input_pipeline
 from megraph_jax.errors import ConfigError
 from megraph_jax.metrics import AUMetrics, confusion_counts
@@ -238,7 +238,7 @@ def train_stage(
   total_steps = settings.epochs * steps_per_epoch
   tag = f"fold {fold} stage {stage}"
 
-  resuming = checkpointing.has_checkpoints(stage_dir)
+  resuming = stage_dirs.has_checkpoints(stage_dir)
   if resuming:  # refuse a changed experiment before touching anything
     checkpointing.check_stage_config(stage_dir, experiment_config(config, stage, (train_data, test_data)))
   model = model_factory.build_from_config(config, stage)
