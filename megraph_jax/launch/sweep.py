@@ -12,7 +12,7 @@ exists is skipped by ``run``; an interrupted one resumes from its checkpoints. W
 run is Ray work (``megraph_jax.launch.ray_sweep``): runs go side by side as the cluster's resources allow,
 one process per host of a run, failed runs retried from their checkpoints.
 
-Every run's config is checked before any run starts (its keys, mode and model: ``check_run``); a run whose
+Every run's config is checked before any run starts (its keys, then what ``main.py`` checks: ``check_run``); a run whose
 input is wrong is not started, and one that fails while running does not stop the others. ``run`` ends with
 one ``error:`` line per run that did not finish, the table of those that did, and exit status
 ``EXIT_RUNS_FAILED`` (4) if any did not (0 if all did); ``EXIT_PREEMPTED`` (75) when, without Ray, a run was stopped
@@ -31,9 +31,9 @@ from typing import Any
 
 import ml_collections
 
-from megraph_jax import errors, model_factory
+from megraph_jax import errors
 from megraph_jax.launch import ray_sweep, sweep_spec
-from megraph_jax.train import experiment, reporting
+from megraph_jax.train import experiment, results
 from megraph_jax.train.preemption import EXIT_PREEMPTED  # 75: without Ray, a run stopped after saving (SIGTERM)
 from megraph_jax.train.results import RunResult
 
@@ -41,19 +41,14 @@ EXIT_RUNS_FAILED = 4  # some runs did not finish (an ``error:`` line each); the 
 
 
 def check_run(run: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The run's config, checked as far as it can be without its data: its keys and their types, the mode, and the
-  model of every stage the mode trains. A wrong one is a :class:`errors.ConfigError` naming the key."""
+  """The run's config, checked as far as it can be without its data: its keys and their types, then
+  ``experiment.check_config`` (what ``main.py`` checks first). A wrong one is a :class:`errors.ConfigError` naming
+  the key."""
   try:
     config = sweep_spec.build_config(run)
   except (KeyError, TypeError) as e:  # a key the config does not have, a value of the wrong type
     raise errors.ConfigError(str(e.args[0]) if e.args else str(e)) from None
-  if config.mode not in experiment.MODES:
-    raise errors.ConfigError(f"config key 'mode' = {config.mode!r}; choose one of {experiment.MODES}")
-  stages = experiment.STAGES.get(config.mode, ())  # mode 'eval': the stage is the checkpoint's
-  if config.model.head == "baseline" and config.mode != "stage2":
-    stages = (1,)  # one model, no graph stage
-  for stage in stages:
-    model_factory.ModelSpec.from_config(config, stage)  # a ConfigError naming the model key
+  experiment.check_config(config)
   return config
 
 
@@ -128,9 +123,8 @@ def report_failures(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, Any]]]:
   """One Markdown table over the finished runs' last epochs: per run, fold and stage, then each group of runs
   that differ only in the fold averaged over its folds, then the all-positive baseline of each fold."""
-  rows, records, missing, baselines = [], [], [], {}
+  finished, records, missing = [], [], []
   au_names = None
-  groups: dict[str, list[dict[str, float]]] = {}
   for r in runs:
     path = os.path.join(root, r["name"], "results.json")
     if not os.path.isfile(path):
@@ -142,22 +136,16 @@ def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, A
     au_names = res.au_names
     point = {k: v for k, v in r["grid"].items() if k != "dataset.fold"}
     group = ", ".join(f"{sweep_spec.short_key(k)}={sweep_spec.fmt_value(v)}" for k, v in point.items()) or "all"
+    finished.append((r["name"], group, res))
     for fold, fr in sorted(res.folds.items()):
-      baselines.setdefault(fold, fr.all_positive_f1)
       for stage, sr in sorted(fr.stages.items()):
-        rows.append((f"{r['name']} (fold {fold}, stage {stage})", sr.last.f1))
         records.append({"run": r["name"], "fold": fold, "stage": f"stage{stage}", "grid": r["grid"],
                         "mean_f1": sr.last.mean_f1, "f1": sr.last.f1})  # fmt: skip
-        groups.setdefault(f"{group} [stage {stage}]", []).append(sr.last.f1)
-  if not rows:
+  if not records:
     raise FileNotFoundError(
       f"no finished run under {root} (expected {root}/<run>/results.json for {[r['name'] for r in runs][:4]}...)"
     )
-  for group, f1s in groups.items():
-    if len(f1s) > 1 and len(baselines) > 1:
-      rows.append((f"{group}, avg. over {len(f1s)} folds", reporting.mean_f1_dicts(f1s)))
-  rows += [(f"all-positive baseline, fold {k}", f1) for k, f1 in sorted(baselines.items())]
-  text = reporting.f1_table(rows, au_names)
+  text = results.sweep_table(finished)
   if missing:
     text += f"\n\nNot finished ({len(missing)}): {', '.join(missing)}"
   return text, records

@@ -1,7 +1,8 @@
 """Typed results of runs (an evaluation, a trained stage, a fold, a whole run) and the one F1 table built from them.
 
-``results.json`` is ``RunResult.to_json()``; every table (a run's ``results.md``, a sweep's ``sweep.md``, the
-Table 3 ablation, which is a sweep) is built by :func:`table` from ``RunResult``s.
+``results.json`` is ``RunResult.to_json()``; every table is built here from ``RunResult``s: a run's ``results.md``
+by :func:`table`, a sweep's ``sweep.md`` (the Table 3 ablation is a sweep) by :func:`sweep_table`, both averaging
+folds with :func:`fold_average`.
 """
 
 from __future__ import annotations
@@ -180,11 +181,15 @@ def run_rows(run: RunResult, *, label: str = "", epochs: Sequence[str] = ("last"
         continue
       for which in epochs:
         note = SELECTED if which == "best" or (s == 2 and any(r.from_best for r in rs)) else ""
-        rows.append((f"{prefix}stage {s}, {which} epoch, avg. over {len(folds)} folds{note}",
-                     reporting.mean_f1_dicts([getattr(r, which).f1 for r in rs])))  # fmt: skip
-    rows.append((f"{prefix}all-positive baseline, avg. over {len(folds)} folds",
-                 reporting.mean_f1_dicts([fr.all_positive_f1 for fr in folds])))  # fmt: skip
+        rows.append(fold_average(f"{prefix}stage {s}, {which} epoch", [getattr(r, which).f1 for r in rs], note))
+    rows.append(fold_average(f"{prefix}all-positive baseline", [fr.all_positive_f1 for fr in folds]))
   return rows
+
+
+def fold_average(label: str, f1s: Sequence[dict[str, float]], note: str = "") -> tuple[str, dict[str, float]]:
+  """The fold-average row of every table: ``'<label>, avg. over N folds<note>'`` and the per-AU F1 averaged over the
+  N folds' ``f1s``."""
+  return f"{label}, avg. over {len(f1s)} folds{note}", reporting.mean_f1_dicts(f1s)
 
 
 def table(runs: dict[str, RunResult], *, epochs: Sequence[str] = ("last", "best")) -> str:
@@ -196,3 +201,21 @@ def table(runs: dict[str, RunResult], *, epochs: Sequence[str] = ("last", "best"
       raise ValueError(f"run {label!r} has AUs {run.au_names}, the others {names}: one table needs one AU set")
     rows += run_rows(run, label=label if len(runs) > 1 else "", epochs=epochs)
   return reporting.f1_table(rows, names)
+
+
+def sweep_table(runs: Sequence[tuple[str, str, RunResult]]) -> str:
+  """A sweep's Markdown table over ``(run name, group, result)`` of its finished runs (last epochs): per run, fold and
+  stage, then each group (runs that differ only in the fold) averaged over its folds, then each fold's all-positive
+  baseline. The runs must share one AU set."""
+  rows, baselines, groups = [], {}, {}
+  for name, group, run in runs:
+    for fold, fr in sorted(run.folds.items()):
+      baselines.setdefault(fold, fr.all_positive_f1)
+      for stage, sr in sorted(fr.stages.items()):
+        rows.append((f"{name} (fold {fold}, stage {stage})", sr.last.f1))
+        groups.setdefault(f"{group} [stage {stage}]", []).append(sr.last.f1)
+  for group, f1s in groups.items():
+    if len(f1s) > 1 and len(baselines) > 1:
+      rows.append(fold_average(group, f1s))
+  rows += [(f"all-positive baseline, fold {k}", f1) for k, f1 in sorted(baselines.items())]
+  return reporting.f1_table(rows, runs[0][2].au_names)
