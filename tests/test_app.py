@@ -275,6 +275,8 @@ def _app(ckpt, tmp_path):
     proc.terminate()
     proc.wait(30)
     log.close()
+  root = re.search(r"uploads in (\S+)", (tmp_path / "app.log").read_text())
+  assert root and not os.path.exists(root.group(1)), "the app left its uploads behind"
 
 
 def test_in_a_real_browser(ckpt, media_dir, tmp_path):

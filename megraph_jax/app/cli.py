@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import socket
 import sys
 import webbrowser
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"au-studio: error: {e}", file=sys.stderr)
     return e.exit_status
   studio = Studio(predictor, defaults)
+  print(f"au-studio: uploads in {studio.root} (removed when the app stops)", file=sys.stderr, flush=True)
   host, port = sock.getsockname()[:2]
   url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
   # the Host header check: off for a remote bind (any name may reach it) and for IPv6 literals ("[::1]:8765", which
@@ -123,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"AU Studio is running at {url}  (open it in your browser; Ctrl-C stops it)", flush=True)
   if not args.no_browser:
     webbrowser.open(url)
+  # uvicorn re-raises the SIGTERM it caught once it has stopped; as SystemExit here, not the default handler's
+  # immediate exit, so that the finally below still removes the uploads
+  signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
   try:
     server.run(sockets=[sock])
   finally:
