@@ -3,6 +3,9 @@
 Usage: python benchmarks/predict_video.py [--frames 240] [--faces 1] [--backbone resnet50] [--batch 8]
          [--simple-frames 48] [--official PATH_TO_ME-GraphAU] [--memory 48]
 
+On a GPU (the defaults become 3000 frames, batch 64) the same command reports the end-to-end rate against the
+1,000 frames/s target: ``python benchmarks/predict_video.py --simple-frames 0 --memory 300``.
+
 A synthetic 640x360 video (``megraph_jax.data.synthetic_video``; no real data) is predicted by a stage-2 model with
 random weights (timing does not depend on them), on the default JAX device (CPU here; a GPU when present):
   * decode: reading the frames (OpenCV) and nothing else;
@@ -38,6 +41,8 @@ from megraph_jax.model_factory import ModelSpec, build
 from megraph_jax.predict import media
 from megraph_jax.predict import predictor as predict
 from megraph_jax.predict.records import RecordWriter
+
+GPU_TARGET = 1000  # frames/s end to end on one H100/H200-class GPU (issue 24; py-feat 2.0: 239 on a Blackwell GPU)
 
 
 def _end_to_end(pr: predict.Predictor, video: str, out_csv: str, max_frames: int | None = None):
@@ -98,10 +103,11 @@ def _child_peaks(cmd: list[str]) -> tuple[float, float]:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--frames", type=int, default=240)
+  on_cpu = jax.default_backend() == "cpu"
+  ap.add_argument("--frames", type=int, default=240 if on_cpu else 3000)
   ap.add_argument("--faces", type=int, default=1)
   ap.add_argument("--backbone", default="resnet50")
-  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--batch", type=int, default=8 if on_cpu else 64, help="model batch (default 8 on CPU, 64 on GPU)")
   ap.add_argument("--redetect", type=int, default=30)
   ap.add_argument("--simple-frames", type=int, default=48, help="0: skip the simple path")
   ap.add_argument("--official", default=None, help="path of the official ME-GraphAU code")
@@ -120,6 +126,7 @@ def main(argv=None):
   model = build(ModelSpec(args.backbone, 12, 2))
   pr = predict.Predictor(model, batch_size=args.batch, redetect=args.redetect)
   _, _, warm_crops = _end_to_end(pr, video, os.path.join(tmp, "warm.csv"), max_frames=2 * args.batch)  # compile
+  _warm_detector(pr.detector(), [fr.image for fr in media.iter_video(video, max_frames=args.batch)])
 
   t0 = time.perf_counter()
   n_dec = sum(1 for _ in media.iter_video(video))
@@ -154,6 +161,9 @@ def main(argv=None):
   print(f"\n{'':34s} frames/s   vs model only")
   for name, fps in rows:
     print(f"{name:34s} {fps:8.2f}   {fps / model_fps:6.2f}")
+  if not on_cpu:
+    verdict = "met" if e2e_fps >= GPU_TARGET else "NOT met"
+    print(f"target on one GPU: >= {GPU_TARGET} frames/s end to end: {e2e_fps:.0f} ({verdict})")
   print(f"\nend to end: {n} frames in {wall:.1f} s; busy seconds per stage (overlapping threads):")
   for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
     print(f"  {stage:10s} {sec:7.2f} s  {1000 * sec / n:7.1f} ms/frame")
@@ -173,6 +183,17 @@ def main(argv=None):
         flush=True,
       )
     print(f"10x / 1x: peak RSS {peaks[1][0] / peaks[0][0]:.3f}, peak traced heap {peaks[1][1] / peaks[0][1]:.3f}")
+
+
+def _warm_detector(det, frames: list) -> None:
+  """Compiles what the timed run may need beyond the warm-up run: full detection on batches of ready keyframes
+  and the tracking refit along runs of frames, each for every power-of-two count up to ``len(frames)``."""
+  boxes = [f.box for f in det.detect_many(frames[:1])[0]]
+  k = 1
+  while k <= len(frames):
+    det.detect_many(frames[:k])
+    det.track(frames[:k], boxes)
+    k *= 2
 
 
 def _memory_child(ckpt: str, warm: str, video: str, batch: int) -> None:

@@ -21,7 +21,9 @@ Track ids (:class:`megraph_jax.predict.faces.FaceTracker`) are assigned in frame
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
+import os
 import queue
 import sys
 import threading
@@ -178,8 +180,10 @@ class FaceFinder:
     redetect: int = 30,
     batch: int = 8,
     times: StageTimes | None = None,
+    workers: int | None = None,
   ):
     self.transform, self._make_detector, self.aligner = transform, detector, aligner
+    self.workers = max(1, int(workers or min(8, os.cpu_count() or 1)))  # threads aligning and transforming faces
     self.redetect, self.batch = max(1, int(redetect)), max(1, int(batch))
     self.times = times or StageTimes()
     self.detector: facelib.Detector | None = None
@@ -190,12 +194,19 @@ class FaceFinder:
     self._ahead_from: list[facelib.Face] | None = None
 
   def __call__(self, frames: Iterator[media.Frame]) -> Iterator[FrameFaces]:
-    for chunk in chunks(frames, self.batch):
-      keyframes = self._keyframes(chunk)
-      self._ahead = []
-      for i, (fr, found) in enumerate(zip(chunk, keyframes)):
-        self._run = [f.image for f in self._between(chunk[i:], keyframes[i:])]
-        yield self._frame(fr, found)
+    with concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="align") as pool:
+      for chunk in chunks(frames, self.batch):
+        keyframes = self._keyframes(chunk)
+        self._ahead, found = [], []
+        for i, (fr, kf) in enumerate(zip(chunk, keyframes)):  # in frame order: detection, tracking, track ids
+          self._run = [f.image for f in self._between(chunk[i:], keyframes[i:])]
+          found.append(self._start(fr, kf))
+        jobs = [(fr.image, face) for fr, (_, faces) in zip(chunk, found) for _, face in faces]
+        prepared = iter(
+          pool.map(self._prepare, jobs) if self.workers > 1 and len(jobs) > 1 else map(self._prepare, jobs)
+        )
+        for fr, (rows, faces) in zip(chunk, found):  # alignment and transform of the chunk's faces on all cores
+          yield self._finish(fr, rows, [(i, next(prepared)) for i, _ in faces])
 
   @staticmethod
   def _between(chunk: list[media.Frame], keyframes: list) -> list[media.Frame]:
@@ -260,7 +271,9 @@ class FaceFinder:
     self._ahead_from = sorted(new, key=lambda f: -f.area)  # becomes self._tracked: the next frame's share stays valid
     return self._ahead_from
 
-  def _faces(self, fr: media.Frame, found: list[facelib.Face] | None) -> list[facelib.AlignedFace]:
+  def _faces(self, fr: media.Frame, found: list[facelib.Face] | None) -> list[facelib.Face | facelib.AlignedFace]:
+    """The frame's faces: detected or tracked (aligned later, :meth:`_prepare`), or aligned already (a user's
+    aligner, the whole image)."""
     if self._make_detector is None:
       return facelib.whole_image(fr.image)
     if self.aligner is not None:  # a user-supplied aligner: called on every frame
@@ -274,35 +287,55 @@ class FaceFinder:
       with self.times("detect"):
         found = self.detector.still(fr.image, found)
     self._tracked = found
-    with self.times("align"):
-      return [facelib.aligned(fr.image, f) for f in found]
+    return found
 
-  def _frame(self, fr: media.Frame, found: list[facelib.Face] | None) -> FrameFaces:
+  def _start(self, fr: media.Frame, found: list[facelib.Face] | None) -> tuple[list[FacePrediction] | None, list]:
+    """(the frame's only row when it has no face to predict, else None; its faces as (face id, face) in row
+    order)."""
     self._ordinal = self._ordinal + 1 if fr.file == self._file else 0
     if fr.file != self._file:
       self._file, self._tracked = fr.file, []
     base = dict(file=fr.file, frame=fr.index, time=fr.time, is_video=fr.is_video)
-    empty = np.zeros((0, 1, 1, 3), np.float32)
     if fr.image is None:
-      return [FacePrediction(**base, status="error", message=fr.error or "unreadable")], empty
+      return [FacePrediction(**base, status="error", message=fr.error or "unreadable")], []
     try:
-      aligned = self._faces(fr, found)
+      found = self._faces(fr, found)
     except ImportError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # a detector failure on one frame is not fatal
       self._tracked = []
-      msg = f"face detection failed: {type(e).__name__}: {e}"
-      return [FacePrediction(**base, status="error", message=msg)], empty
-    if not aligned:
-      return [FacePrediction(**base, status="no_face", message="no face found")], empty
-    ids = self.tracker.assign(fr.file, [a[1] for a in aligned]) if fr.is_video else range(len(aligned))
+      return [FacePrediction(**base, status="error", message=f"face detection failed: {type(e).__name__}: {e}")], []
+    if not found:
+      return [FacePrediction(**base, status="no_face", message="no face found")], []
+    boxes = [tuple(float(v) for v in (f.box if isinstance(f, facelib.Face) else f[1])) for f in found]
+    ids = self.tracker.assign(fr.file, boxes) if fr.is_video else range(len(found))
     if fr.is_video:  # a video's faces in track order: stable when two faces are about the same size
-      ids, aligned = zip(*sorted(zip(ids, aligned), key=lambda t: t[0]))
-    rows = [
-      FacePrediction(**base, face=i, box=box, score=score, crop=crop) for i, (crop, box, score) in zip(ids, aligned)
-    ]
-    with self.times("transform"):
-      return rows, np.stack([self.transform(a[0]) for a in aligned])
+      return None, sorted(zip(ids, found), key=lambda t: t[0])
+    return None, list(zip(ids, found))
+
+  def _prepare(self, job: tuple[np.ndarray, facelib.Face | facelib.AlignedFace]) -> tuple | Exception:
+    """(aligned face, model input) of one face, or the error that aligning it raised (run in the worker threads)."""
+    image, face = job
+    try:
+      if isinstance(face, facelib.Face):
+        with self.times("align"):
+          face = facelib.aligned(image, face)
+      with self.times("transform"):
+        return face, self.transform(face[0])
+    except Exception as e:  # pylint: disable=broad-except  # the frame's row says so
+      return e
+
+  def _finish(self, fr: media.Frame, rows: list[FacePrediction] | None, prepared: list[tuple]) -> FrameFaces:
+    empty = np.zeros((0, 1, 1, 3), np.float32)
+    if rows is not None:
+      return rows, empty
+    base = dict(file=fr.file, frame=fr.index, time=fr.time, is_video=fr.is_video)
+    failed = [p for _, p in prepared if isinstance(p, Exception)]
+    if failed:
+      e = failed[0]
+      return [FacePrediction(**base, status="error", message=f"face detection failed: {type(e).__name__}: {e}")], empty
+    rows = [FacePrediction(**base, face=i, box=box, score=score, crop=crop) for i, ((crop, box, score), _) in prepared]
+    return rows, np.stack([x for _, (_, x) in prepared])
 
 
 def predict_rows(
