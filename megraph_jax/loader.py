@@ -237,8 +237,8 @@ def load(
 
     model = _restore(spec, restore)
   elif (stage_dir := stage_dirs.stage_dir_of(path)) is not None:
-    spec = ModelSpec.read(stage_dir).replace(dtype=dtype)
     which = which or ("latest" if stage_dirs.names_checkpoints(path) else "best")
+    spec = ModelSpec.read(stage_dir).replace(dtype=dtype)
     model = _restore(spec, lambda s: checkpointing.restore_model_state(stage_dir, s, which=which)[1])
   else:
     hint = f"{os.path.join(path, MODEL_JSON)}: missing; " if not os.path.isfile(os.path.join(path, MODEL_JSON)) else ""
