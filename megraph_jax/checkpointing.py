@@ -1,6 +1,6 @@
 """What a training stage directory holds (its layout: ``megraph_jax.stage_dirs``): orbax checkpoints (the last k,
-and the best by test mean F1), the stage's config and model description; and the workdir lock that keeps two
-trainings apart."""
+and the best by test mean F1), the stage's config and model description; the resume policy (which config keys a
+rerun may change, the check that the others did not); and the workdir lock that keeps two trainings apart."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import re
 import shutil
 import socket
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -25,6 +26,9 @@ from jax.experimental import multihost_utils
 from megraph_jax import sharding, stage_dirs
 from megraph_jax.errors import CheckpointError, ConfigChangedError, DiskFullError, WorkdirLockedError
 from megraph_jax.stage_dirs import BEST, CHECKPOINTS, MODEL_JSON, STAGE_CONFIG, UNREADABLE, latest_step
+
+if TYPE_CHECKING:
+  import ml_collections
 
 ITEM = "state"  # the one orbax item of a checkpoint: the train state in checkpoints/, the model state in best/
 NO_SPACE = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EDQUOT: os.strerror(errno.EDQUOT)}  # a full disk, a quota
@@ -296,6 +300,47 @@ def restore_model_state(stage_dir: str, abstract_state: Any, *, which: str = "be
       return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: partial}))[ITEM]["model"]
     except Exception:  # pylint: disable=broad-except  # workdirs of 2026-11-25 and before: the model state alone
       return step, mgr.restore(step, args=ocp.args.Composite(**{ITEM: ocp.args.StandardRestore(target)}))[ITEM]
+
+
+# ----------------------------------------------------------------------------- resume policy
+
+
+# Config keys that change how a run is executed or reported, not the experiment: a resume may change them.
+RUN_KEYS = (
+  "mode",
+  "checkpoint",
+  "init_from",
+  "keep_checkpoints",
+  "eval_every_epochs",
+  "log_every_steps",
+  "stop_after_steps",
+  "eval_batch_size",
+  "dataset.root",
+  "dataset.fold",
+  "dataset.folds",
+  "dataset.synthetic.cache_dir",
+  "sharding",
+  "model.remat",
+  "model.imagenet_weights",
+  "model.precision",
+  "model.layout",
+)
+
+
+def experiment_config(config: ml_collections.ConfigDict, stage: int, splits: Sequence[Any] = ()) -> dict[str, Any]:
+  """The config of ``stage`` without RUN_KEYS and the other stage's settings, plus the fingerprint of each split it
+  reads (``data.<split>``: image paths and labels, so a moved dataset resumes and other content does not): what a
+  resume must keep."""
+  out = config.to_dict()
+  if splits:
+    out["data"] = {s.split or f"split{i}": s.fingerprint() for i, s in enumerate(splits)}
+  for key in RUN_KEYS + (("stage2",) if stage == 1 else ("stage1",)):
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node.get(p, {})
+    node.pop(leaf, None)
+  return out
 
 
 def write_stage_config(stage_dir: str, config: dict[str, Any], *, init: str) -> None:

@@ -251,10 +251,11 @@ def eval_view(model: Model) -> Model:
   return nnx.view(model, deterministic=True, use_running_average=True, raise_if_not_found=False)
 
 
-def build_from_config(config: Any, stage: int) -> Model:
-  """The model of ``stage`` as the training config describes it, randomly initialised from ``config.seed``."""
+def build_from_config(config: Any, stage: int, *, spec: ModelSpec | None = None) -> Model:
+  """The model of ``stage`` as the training config describes it, randomly initialised from ``config.seed``;
+  ``spec``: ``ModelSpec.from_config(config, stage)`` when the caller holds it already."""
   return build(
-    ModelSpec.from_config(config, stage),
+    spec or ModelSpec.from_config(config, stage),
     seed=config.seed,
     drop_path_rate=config.model.drop_path_rate,
     remat=bool(config.model.remat),

@@ -40,6 +40,7 @@ __all__ = [
   "Dataset",
   "DatasetError",
   "DatasetNotFoundError",
+  "FoldData",
   "SplitData",
   "from_config",
   "list_file",
@@ -113,6 +114,17 @@ class SplitData:
   def num_aus(self) -> int:
     """N."""
     return int(self.labels.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldData:
+  """What a stage trains and evaluates on: one fold's training split and evaluation split (each carrying its dataset
+  root) and the loss's per-AU class weights (``Dataset.class_weights``). Read once per fold (``Dataset.fold_data``)."""
+
+  fold: int
+  train: SplitData
+  test: SplitData  # the evaluation split: 'test', or 'val' in the layout without folds
+  class_weights: np.ndarray  # [N] float32
 
 
 def _num_aus(name: str, default: int | None = None) -> int | None:
@@ -369,6 +381,13 @@ class Dataset:
     if source == "file":
       return load_class_weights(self.root, self.name, fold, self.num_aus).astype(np.float32)
     raise ValueError(f"config key 'optim.class_weights' = {source!r}; use 'labels' or 'file'")
+
+  def fold_data(self, fold: int, eval_split: str, class_weights: str) -> FoldData:
+    """``fold``'s training split, its ``eval_split`` and the class weights from ``class_weights`` ('labels' or
+    'file'), once the list files of both splits are found (:meth:`check`)."""
+    self.check([fold], ("train", eval_split))
+    train = self.split(fold, "train")
+    return FoldData(fold, train, self.split(fold, eval_split), self.class_weights(fold, class_weights, train))
 
 
 def from_config(config: ml_collections.ConfigDict, workdir: str) -> Dataset:

@@ -11,7 +11,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -29,7 +28,7 @@ MODES = ("train", "stage1", "stage2", "eval", "folds")
 STAGES = {"train": (1, 2), "folds": (1, 2), "stage1": (1,), "stage2": (2,)}
 
 
-def _stage2_init(config, workdir: str, fold: int, train_data) -> str:
+def _stage2_init(config, workdir: str, fold: int, train_data: datasets.SplitData) -> str:
   """Stage 1 of this fold in ``workdir`` that a fresh stage 2 starts from: its last checkpoint, or its best."""
   stage1_dir = stage_dirs.stage_dir(workdir, fold, 1)
   if config.stage2.init not in ("last", "best", "none"):
@@ -41,27 +40,25 @@ def _stage2_init(config, workdir: str, fold: int, train_data) -> str:
   return stage_dirs.checkpoints_dir(stage1_dir) if config.stage2.init == "last" else stage_dirs.best_dir(stage1_dir)
 
 
-def _fold_result(dataset: datasets.Dataset, fold: int, train_data, test_data, checkpoint: str = "") -> FoldResult:
-  baseline = reporting.all_positive_f1(np.asarray(test_data.labels))
-  return FoldResult(fold=fold, dataset_root=dataset.root, num_train=len(train_data.paths),
-                    num_test=len(test_data.paths), all_positive_f1=dict(zip(dataset.au_names, baseline.tolist())),
+def _fold_result(dataset: datasets.Dataset, data: datasets.FoldData, checkpoint: str = "") -> FoldResult:
+  baseline = reporting.all_positive_f1(np.asarray(data.test.labels))
+  return FoldResult(fold=data.fold, dataset_root=dataset.root, num_train=len(data.train.paths),
+                    num_test=len(data.test.paths), all_positive_f1=dict(zip(dataset.au_names, baseline.tolist())),
                     checkpoint=checkpoint)  # fmt: skip
 
 
 def run_fold(config, workdir: str, fold: int, stages: tuple[int, ...], stop: StopRequest) -> FoldResult:
-  """Trains ``stages`` of one fold; a fresh stage 2 starts from stage 1 of the same workdir (``stage2.init``)."""
+  """Trains ``stages`` of one fold on its data, read once; a fresh stage 2 starts from stage 1 of the same workdir
+  (``stage2.init``)."""
   dataset = datasets.from_config(config, workdir)
-  dataset.check([fold], ("train", config.dataset.eval_split))
-  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, config.dataset.eval_split)
-  out = _fold_result(dataset, fold, train_data, test_data)
+  data = dataset.fold_data(fold, config.dataset.eval_split, config.optim.class_weights)
+  out = _fold_result(dataset, data)
   for i, stage in enumerate(stages):
     sdir = stage_dirs.stage_dir(workdir, fold, stage)
     init = config.init_from if i == 0 and config.init_from else None
     if stage == 2 and init is None and not stage_dirs.has_checkpoints(sdir):
-      init = _stage2_init(config, workdir, fold, train_data) if config.stage2.init != "none" else None
-    result = trainer.train_stage(config, sdir, stage=stage, fold=fold, root=dataset.root, train_data=train_data,
-                                 test_data=test_data, stop=stop, init_from=init)  # fmt: skip
-    out = out.with_stage(result)
+      init = _stage2_init(config, workdir, fold, data.train) if config.stage2.init != "none" else None
+    out = out.with_stage(trainer.train_stage(config, sdir, stage=stage, data=data, stop=stop, init_from=init))
   return out
 
 
@@ -78,21 +75,17 @@ def evaluate_checkpoint(config, workdir: str) -> FoldResult:
     raise ConfigError("mode 'eval' needs --config.checkpoint=<stage dir, best/ dir, convert dir or official .pth>")
   if not os.path.exists(os.path.expanduser(config.checkpoint)):
     raise CheckpointError(f"config key 'checkpoint' = {config.checkpoint!r}: no such file or folder")
-  fold = config.dataset.fold
   dataset = datasets.from_config(config, workdir)
-  dataset.check([fold], ("train", config.dataset.eval_split))
+  data = dataset.fold_data(config.dataset.fold, config.dataset.eval_split, config.optim.class_weights)
   _check_checkpoint_aus(config, dataset)
-  train_data, test_data = dataset.split(fold, "train"), dataset.split(fold, config.dataset.eval_split)
   model = model_factory.eval_view(initialization.load_for_config(config.checkpoint, config))
   graphdef, state = nnx.split(model)
   mesh = sharding.make_mesh()
-  class_weights = jnp.asarray(trainer.stage_class_weights(config, dataset.root, fold, train_data))
-  state = sharding.put_replicated(state, mesh)
-  p_eval = trainer.jit_eval_step(graphdef, class_weights, mesh, **trainer.step_options(config))
-  result = trainer.evaluate(p_eval, state, test_data, root=dataset.root, config=config, mesh=mesh)
+  evaluate = trainer.evaluator(graphdef, data.class_weights, trainer.EvalSettings.from_config(config, mesh), mesh)
+  result = evaluate(sharding.put_replicated(state, mesh), data.test)
   stage = model.STAGE  # every head's stage 2 (OpenGraphAU's too), not a class check
-  out = _fold_result(dataset, fold, train_data, test_data, checkpoint=config.checkpoint)
-  return out.with_stage(StageResult(stage, fold, last=result, best=result))
+  out = _fold_result(dataset, data, checkpoint=config.checkpoint)
+  return out.with_stage(StageResult(stage, data.fold, last=result, best=result))
 
 
 def _positive_int(config, key: str) -> None:

@@ -74,26 +74,42 @@ class FiniteGuard:
     )
 
 
-def log_train(
-  writer, pending, step, schedule, t_log, steps_at_log, global_batch, tag, epoch, epochs, steps_per_epoch, total_steps
-) -> None:
-  """Writes the mean of the buffered step metrics, the lr and the throughput (blocks on the last step)."""
-  means = {k: float(np.mean(v)) for k, v in jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
-  elapsed = max(time.time() - t_log, 1e-9)
-  img_s = (step - steps_at_log) * global_batch / elapsed
-  lr = float(schedule(step - 1))  # the lr used by the last step
-  writer.write_scalars(step, {**{f"train/{k}": v for k, v in means.items()}, "train/lr": lr, "train/img_per_s": img_s})
-  parts = " ".join(f"{k} {means[k]:.4f}" for k in ("total", "wa", "edge") if k in means)
-  logging.info(
-    "%s epoch %d/%d step %d/%d (batch %d/%d): %s lr %.3g %.1f img/s",
-    tag,
-    epoch + 1,
-    epochs,
-    step,
-    total_steps,
-    step - epoch * steps_per_epoch,
-    steps_per_epoch,
-    parts,
-    lr,
-    img_s,
-  )
+class TrainLog:
+  """The training's log steps: buffers each step's metrics and, at a log step, writes their means, the lr and the
+  throughput as TensorBoard scalars and one console line (blocking on the last step)."""
+
+  def __init__(self, writer, schedule, *, tag: str, global_batch: int, epochs: int, steps_per_epoch: int,
+               total_steps: int, step: int):  # fmt: skip
+    self.writer, self.schedule, self.tag, self.global_batch = writer, schedule, tag, global_batch
+    self.epochs, self.steps_per_epoch, self.total_steps = epochs, steps_per_epoch, total_steps
+    self._pending: list[dict[str, jax.Array]] = []
+    self._t_log, self._steps_at_log = time.time(), step  # since the last log step (or the start)
+
+  def push(self, metrics: dict[str, jax.Array]) -> None:
+    """Buffers one step's metrics (no device read)."""
+    self._pending.append(metrics)
+
+  def write(self, step: int, epoch: int) -> None:
+    """Writes the mean of the buffered metrics at ``step`` (0-based ``epoch``) and starts a new buffer."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *self._pending)
+    means = {k: float(np.mean(v)) for k, v in jax.device_get(stacked).items()}
+    elapsed = max(time.time() - self._t_log, 1e-9)
+    img_s = (step - self._steps_at_log) * self.global_batch / elapsed
+    lr = float(self.schedule(step - 1))  # the lr used by the last step
+    scalars = {**{f"train/{k}": v for k, v in means.items()}, "train/lr": lr, "train/img_per_s": img_s}
+    self.writer.write_scalars(step, scalars)
+    parts = " ".join(f"{k} {means[k]:.4f}" for k in ("total", "wa", "edge") if k in means)
+    logging.info(
+      "%s epoch %d/%d step %d/%d (batch %d/%d): %s lr %.3g %.1f img/s",
+      self.tag,
+      epoch + 1,
+      self.epochs,
+      step,
+      self.total_steps,
+      step - epoch * self.steps_per_epoch,
+      self.steps_per_epoch,
+      parts,
+      lr,
+      img_s,
+    )
+    self._pending, self._t_log, self._steps_at_log = [], time.time(), step

@@ -4,21 +4,22 @@ The run modes (folds, stages, evaluating a checkpoint) are in ``megraph_jax.trai
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax import nnx
 
 from megraph_jax import checkpointing, model_factory, numerics, sharding, stage_dirs, task
-from megraph_jax.data import datasets, device_augment, input_pipeline
+from megraph_jax.data import device_augment, input_pipeline
+from megraph_jax.data.datasets import FoldData, SplitData
 from megraph_jax.errors import ConfigError
 from megraph_jax.metrics import AUMetrics, confusion_counts
 from megraph_jax.train import initialization, monitoring, optim
@@ -26,25 +27,33 @@ from megraph_jax.train.preemption import Preempted, StopRequest
 from megraph_jax.train.results import EvalResult, StageResult
 from megraph_jax.train.train_state import TrainState
 
+if TYPE_CHECKING:  # types only: the GPU image (no ml_collections, no clu) imports the steps of this module
+  import ml_collections
+  from clu import metric_writers
+
 # ----------------------------------------------------------------------------- the train state
+
+
+def optimizer_settings(config: ml_collections.ConfigDict, stage: int) -> dict[str, Any]:
+  """``optim.create_optimizer``'s arguments of ``stage`` (AdamW, the stage's lr and masks) but the parameters and
+  the number of steps."""
+  settings = _stage_settings(config, stage)
+  return {
+    "learning_rate": settings.learning_rate,
+    "weight_decay": config.optim.weight_decay,
+    "b1": config.optim.b1,
+    "b2": config.optim.b2,
+    "eps": config.optim.eps,
+    "clip_norm": config.optim.clip_norm,
+    "trainable_params": settings.trainable_params,
+    "decay_params": settings.decay_params,
+    "stage_key": f"stage{stage}",
+  }
 
 
 def make_optimizer(config: ml_collections.ConfigDict, stage: int, params: Any, total_steps: int):
   """(AdamW with the stage's masks and cosine lr over ``total_steps``, its lr schedule) for ``params``."""
-  settings = _stage_settings(config, stage)
-  return optim.create_optimizer(
-    params,
-    learning_rate=settings.learning_rate,
-    total_steps=total_steps,
-    weight_decay=config.optim.weight_decay,
-    b1=config.optim.b1,
-    b2=config.optim.b2,
-    eps=config.optim.eps,
-    clip_norm=config.optim.clip_norm,
-    trainable_params=settings.trainable_params,
-    decay_params=settings.decay_params,
-    stage_key=f"stage{stage}",
-  )
+  return optim.create_optimizer(params, total_steps=total_steps, **optimizer_settings(config, stage))
 
 
 def eval_graphdef(model: nnx.Module) -> nnx.GraphDef:
@@ -170,15 +179,43 @@ def jit_eval_step(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(p_eval_step, state, data, *, root: str, config: ml_collections.ConfigDict, mesh) -> EvalResult:
-  """Per-AU F1/accuracy, their means and the L_WA of model ``state`` on ``data`` (all examples, padded batches)."""
-  batch = _eval_batch_size(config, mesh)
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What evaluation reads of the config, read once: the global batch (``eval_batch_size`` rounded up to a multiple
+  of the mesh's devices), the image sizes, the AU names and the eval step's options (``step_options``)."""
+
+  batch_size: int
+  image_size: int
+  crop_size: int
+  au_names: tuple[str, ...]
+  options: dict[str, Any]
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, mesh) -> EvalSettings:
+    n = mesh.devices.size
+    return cls(batch_size=-(-config.eval_batch_size // n) * n, image_size=config.dataset.image_size,
+               crop_size=config.dataset.crop_size, au_names=tuple(task.au_names(config.dataset)),
+               options=step_options(config))  # fmt: skip
+
+
+def evaluate(
+  p_eval_step,
+  state,
+  data: SplitData,
+  *,
+  config: ml_collections.ConfigDict | EvalSettings,
+  mesh,
+  root: str | None = None,
+) -> EvalResult:
+  """Per-AU F1/accuracy, their means and the L_WA of model ``state`` on ``data`` (all examples, padded batches);
+  ``config``: the run's config or its :class:`EvalSettings`; images under ``root`` (default: the split's own)."""
+  settings = config if isinstance(config, EvalSettings) else EvalSettings.from_config(config, mesh)
   ds = input_pipeline.create_eval_dataset(
     data,
-    root=root,
-    batch_size=batch // jax.process_count(),
-    image_size=config.dataset.image_size,
-    crop_size=config.dataset.crop_size,
+    root=data.root if root is None else root,
+    batch_size=settings.batch_size // jax.process_count(),
+    image_size=settings.image_size,
+    crop_size=settings.crop_size,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
@@ -188,13 +225,17 @@ def evaluate(p_eval_step, state, data, *, root: str, config: ml_collections.Conf
     out = p_eval_step(state, sharding.put_batch(_model_inputs(b), data_sharding))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
-  result = AUMetrics(task.au_names(config.dataset)).update(totals["counts"], int(round(float(totals["n"])))).compute()
+  result = AUMetrics(settings.au_names).update(totals["counts"], int(round(float(totals["n"])))).compute()
   return EvalResult(**result, loss=float(totals["wa_sum"] / max(totals["n"], 1.0)))
 
 
-def _eval_batch_size(config, mesh) -> int:
-  n = mesh.devices.size
-  return -(-config.eval_batch_size // n) * n  # rounded up to a multiple of the devices
+def evaluator(
+  graphdef: nnx.GraphDef, class_weights: Any, settings: EvalSettings, mesh, state_sharding=None
+) -> Callable[[nnx.State, SplitData], EvalResult]:
+  """The evaluation of a model graph, the stage loop's and mode 'eval''s: ``(model state, split) -> EvalResult``
+  with the eval step jitted once (``jit_eval_step`` with the settings' step options)."""
+  p_eval_step = jit_eval_step(graphdef, jnp.asarray(class_weights), mesh, state_sharding, **settings.options)
+  return functools.partial(evaluate, p_eval_step, config=settings, mesh=mesh)
 
 
 def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -213,45 +254,48 @@ def train_stage(
   stage_dir: str,
   *,
   stage: int,
-  fold: int,
-  root: str,
-  train_data,
-  test_data,
+  data: FoldData,
   stop: StopRequest,
   init_from: str | None = None,
 ) -> StageResult:
-  """Trains (or resumes) one stage in ``stage_dir``; returns the last and best evaluation results.
+  """Trains (or resumes) one stage in ``stage_dir`` on ``data`` (the fold's splits and class weights); returns the
+  last and best evaluation results.
 
   Nothing is written into ``stage_dir`` before a resume's config check and restore succeeded. Each epoch
   is checkpointed before it is evaluated, and evaluated exactly once (also when a stop landed on its
   last step). A non-finite loss, gradient or state stops training before anything non-finite is saved.
   """
   settings = _stage_settings(config, stage)
+  train_data, test_data = data.train, data.test
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   steps_per_epoch = input_pipeline.num_train_steps_per_epoch(len(train_data.paths), config.batch_size)
   if steps_per_epoch < 1:
     raise ConfigError(
       f"config key 'batch_size' = {config.batch_size} exceeds the {len(train_data.paths)} "
-      f"training images of fold {fold}; lower it"
+      f"training images of fold {data.fold}; lower it"
     )
   total_steps = settings.epochs * steps_per_epoch
-  tag = f"fold {fold} stage {stage}"
+  tag = f"fold {data.fold} stage {stage}"
+  options, eval_settings = step_options(config), EvalSettings.from_config(config, mesh)  # the config read here, once
+  optimizer_kw = optimizer_settings(config, stage)
 
+  stage_config = checkpointing.experiment_config(config, stage, (train_data, test_data))
   resuming = stage_dirs.has_checkpoints(stage_dir)
   if resuming:  # refuse a changed experiment before touching anything
-    checkpointing.check_stage_config(stage_dir, experiment_config(config, stage, (train_data, test_data)))
-  model = model_factory.build_from_config(config, stage)
+    checkpointing.check_stage_config(stage_dir, stage_config)
+  spec = model_factory.ModelSpec.from_config(config, stage)
+  model = model_factory.build_from_config(config, stage, spec=spec)
   ckpt = checkpointing.StageCheckpoints(stage_dir, keep=config.keep_checkpoints)
-  tx, schedule = make_optimizer(config, stage, nnx.state(model, nnx.Param), total_steps)
+  tx, schedule = optim.create_optimizer(nnx.state(model, nnx.Param), total_steps=total_steps, **optimizer_kw)
   ts = TrainState(model, tx)
   step = 0
   restored = ckpt.restore(nnx.state(ts)) if resuming else None
   if restored is None:  # a fresh start: initial weights, then the stage's config and model description
     source = initialization.init_stage_weights(model, config, init_from)
     logging.info("%s: initialised from %s", tag, source)
-    checkpointing.write_stage_config(stage_dir, experiment_config(config, stage, (train_data, test_data)), init=source)
-    checkpointing.write_model_json(stage_dir, model_factory.ModelSpec.from_config(config, stage).to_json())
+    checkpointing.write_stage_config(stage_dir, stage_config, init=source)
+    checkpointing.write_model_json(stage_dir, spec.to_json())
   graphdef, state = nnx.split(ts)  # after init_stage_weights, which writes into ts.model
   if restored is not None:
     step, state = restored
@@ -269,20 +313,18 @@ def train_stage(
       )
   state_sharding = sharding.state_shardings(state, mesh, config.sharding.params, config.sharding.fsdp_min_size)
   state = jax.device_put(state, state_sharding)
-  p_eval_model = eval_graphdef(model)
+  evaluate_model = evaluator(eval_graphdef(model), data.class_weights, eval_settings, mesh, state_sharding["model"])
   del model, ts
 
-  class_weights = jnp.asarray(stage_class_weights(config, root, fold, train_data))
   lam = float(settings.lam) if stage == 2 else 0.0
-  options = step_options(config)
-  p_train_step = jit_train_step(graphdef, class_weights, lam, mesh, state_sharding, **options)
-  p_eval_step = jit_eval_step(p_eval_model, class_weights, mesh, state_sharding["model"], **options)
+  p_train_step = jit_train_step(graphdef, jnp.asarray(data.class_weights), lam, mesh, state_sharding, **options)
   data_sharding = sharding.data_sharded(mesh)
 
   writer = _metric_writer(stage_dir)
   history = monitoring.read_history(stage_dir, step)
   log_every = max(int(config.log_every_steps), 1)
-  pending, t_log, steps_at_log = [], time.time(), step
+  log = monitoring.TrainLog(writer, schedule, tag=tag, global_batch=config.batch_size, epochs=settings.epochs,
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, step=step)  # fmt: skip
   guard = monitoring.FiniteGuard(tag, stage, settings.learning_rate, steps_per_epoch, schedule, ckpt)
   # A stop on an epoch's last step leaves that epoch unevaluated: resume at its end, not after it.
   first_epoch = (step - 1) // steps_per_epoch if step else 0
@@ -293,7 +335,7 @@ def train_stage(
       if step < (epoch + 1) * steps_per_epoch:
         ds = input_pipeline.create_train_dataset(
           train_data,
-          root=root,
+          root=train_data.root,
           batch_size=config.batch_size // jax.process_count(),
           image_size=config.dataset.image_size,
           crop_size=config.dataset.crop_size,
@@ -309,23 +351,9 @@ def train_stage(
           state, metrics = p_train_step(state, sharding.put_batch(_model_inputs(batch), data_sharding))
           step += 1
           guard.push(step, metrics)  # checks the previous step's (already computed) metrics: no pipeline stall
-          pending.append(metrics)
+          log.push(metrics)
           if step % log_every == 0 or step == total_steps:
-            monitoring.log_train(
-              writer,
-              pending,
-              step,
-              schedule,
-              t_log,
-              steps_at_log,
-              config.batch_size,
-              tag,
-              epoch,
-              settings.epochs,
-              steps_per_epoch,
-              total_steps,
-            )
-            pending, t_log, steps_at_log = [], time.time(), step
+            log.write(step, epoch)
           if stop.step_done(step):
             guard.check_all()
             ckpt.save(step, state)
@@ -339,7 +367,7 @@ def train_stage(
       due = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == settings.epochs
       if due and not any(h.epoch == epoch + 1 for h in history):
         t0 = time.time()
-        result = evaluate(p_eval_step, state["model"], test_data, root=root, config=config, mesh=mesh)
+        result = evaluate_model(state["model"], test_data)
         ckpt.finish_save()  # written while evaluating; a failed save (a full disk) stops here, before the next epoch
         monitoring.write_eval(writer, step, result)
         logging.info(
@@ -375,57 +403,15 @@ def train_stage(
   # The epoch whose model best/ holds (ties in mean F1 resolved as orbax resolved them).
   best = next((h for h in history if h.step == best_step), max(history, key=lambda h: h.mean_f1))
   init = checkpointing.read_stage_config(stage_dir).get("init", "")
-  return StageResult(stage, fold, last=history[-1], best=best, steps=step, epochs=settings.epochs, init=init,
+  return StageResult(stage, data.fold, last=history[-1], best=best, steps=step, epochs=settings.epochs, init=init,
                      history=tuple(history))  # fmt: skip
 
 
 def _metric_writer(stage_dir: str) -> metric_writers.MetricWriter:
-  """TensorBoard scalars of process 0 in ``stage_dir`` (the console gets ``monitoring.log_train``'s one line per
+  """TensorBoard scalars of process 0 in ``stage_dir`` (the console gets ``monitoring.TrainLog``'s one line per
   log step instead of clu's metric dumps); nothing on other processes."""
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel  # not on the GPU image
+
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncWriter(metric_writers.SummaryWriter(stage_dir))
-
-
-def stage_class_weights(config, root: str, fold: int, train_data) -> np.ndarray:
-  """The loss's per-AU weights from a fold's training labels (``config.optim.class_weights``)."""
-  dataset = datasets.Dataset(root, config.dataset.name, task.au_names(config.dataset))
-  return dataset.class_weights(fold, config.optim.class_weights, train_data)
-
-
-# Config keys that change how a run is executed or reported, not the experiment: a resume may change them.
-RUN_KEYS = (
-  "mode",
-  "checkpoint",
-  "init_from",
-  "keep_checkpoints",
-  "eval_every_epochs",
-  "log_every_steps",
-  "stop_after_steps",
-  "eval_batch_size",
-  "dataset.root",
-  "dataset.fold",
-  "dataset.folds",
-  "dataset.synthetic.cache_dir",
-  "sharding",
-  "model.remat",
-  "model.imagenet_weights",
-  "model.precision",
-  "model.layout",
-)
-
-
-def experiment_config(config: ml_collections.ConfigDict, stage: int, splits=()) -> dict[str, Any]:
-  """The config of ``stage`` without RUN_KEYS and the other stage's settings, plus the fingerprint of each split it
-  reads (``data.<split>``: image paths and labels, so a moved dataset resumes and other content does not): what a
-  resume must keep."""
-  out = config.to_dict()
-  if splits:
-    out["data"] = {s.split or f"split{i}": s.fingerprint() for i, s in enumerate(splits)}
-  for key in RUN_KEYS + (("stage2",) if stage == 1 else ("stage1",)):
-    *parents, leaf = key.split(".")
-    node = out
-    for p in parents:
-      node = node.get(p, {})
-    node.pop(leaf, None)
-  return out
