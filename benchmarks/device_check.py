@@ -24,8 +24,8 @@ check failed. Parts:
 case. ``--size tiny`` (default on CPU, CI's ``tests/test_device_check.py``): batch 2, ResNet-50 as ResNet-18 at
 32 px, Swin-B as a 2-stage Swin of the same code at 56 px (the 4-stage Swins need 224 px), 1 + 1 steps, the golden
 heads and 64 px whole models, 'highest' only on CPU (where every precision computes the same). Neither TensorFlow,
-ml_collections nor clu is needed: where ml_collections or clu is missing, minimal stand-ins (said in the output) let
-``configs/*.py`` and ``megraph_jax.train.stage`` import.
+ml_collections nor clu is needed: where ml_collections is missing, a minimal stand-in (said in the output) lets
+``configs/*.py`` import (the library imports ml_collections for type hints only, and clu only in a stage's loop).
 """
 
 from __future__ import annotations
@@ -136,21 +136,8 @@ def _importable(name: str) -> bool:
     return False
 
 
-def _missing_module(name: str, why: str) -> types.ModuleType:
-  """A module whose every attribute raises: importing from it works, using it says what is missing."""
-  mod = types.ModuleType(name)
-
-  def __getattr__(attr: str):
-    if attr.startswith("__"):
-      raise AttributeError(attr)
-    raise ModuleNotFoundError(f"{name}.{attr}: {why}")
-
-  mod.__getattr__ = __getattr__
-  return mod
-
-
 def install_stand_ins() -> list[str]:
-  """Stand-ins for ml_collections and clu where they are not installed (the GPU image has neither); the notes."""
+  """A stand-in for ml_collections where it is not installed (the GPU image has neither it nor clu); the notes."""
   notes = []
   if not _importable("ml_collections"):
     mc = types.ModuleType("ml_collections")
@@ -161,13 +148,7 @@ def install_stand_ins() -> list[str]:
     sys.modules.update({"ml_collections": mc, "ml_collections.config_dict": cd})
     notes.append("ml_collections is not installed: configs/*.py read through an attribute-only stand-in ConfigDict")
   if not _importable("clu"):
-    why = "clu is not installed (training's epoch loop needs it; the device check does not)"
-    clu = types.ModuleType("clu")
-    clu.metric_writers = _missing_module("clu.metric_writers", why)
-    clu.periodic_actions = _missing_module("clu.periodic_actions", why)
-    sys.modules.update({"clu": clu, "clu.metric_writers": clu.metric_writers})
-    sys.modules["clu.periodic_actions"] = clu.periodic_actions
-    notes.append("clu is not installed: a stand-in lets megraph_jax.train.stage import (only train_stage uses clu)")
+    notes.append("clu is not installed: not needed (only a training stage's TensorBoard writer imports it)")
   return notes
 
 
@@ -238,7 +219,8 @@ def run_config(family: str, settings: Settings) -> Any:
 
 
 def train_modules() -> tuple[types.ModuleType, type]:
-  """``megraph_jax.train.stage`` and ``TrainState`` (imported on use: after :func:`install_stand_ins`)."""
+  """``megraph_jax.train.stage`` and ``TrainState`` (imported on use: after :func:`install_stand_ins`, which the
+  configs it is given need)."""
   from megraph_jax.train import stage  # pylint: disable=import-outside-toplevel
   from megraph_jax.train.train_state import TrainState  # pylint: disable=import-outside-toplevel
 
