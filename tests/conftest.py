@@ -139,3 +139,17 @@ def synthetic_cache(tmp_path_factory) -> str:
   cache = str(tmp_path_factory.mktemp("synthetic_cache"))
   synthetic.ensure_generated(cache, name="BP4D", aus=[int(a[2:]) for a in TINY_AUS], **TINY_SYNTHETIC)
   return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_train_run(tmp_path_factory, synthetic_cache):
+  """Mode 'train' of ``helpers.tiny_config`` (stage 1: 2 epochs x 4 steps, stage 2 from its last epoch: 1 epoch) in
+  a fresh workdir, trained once per session for every file that needs a finished run: (workdir, config, RunResult).
+  Shared: read it, or copy the workdir (shutil.copytree) to change it."""
+  from helpers import tiny_config  # pylint: disable=import-outside-toplevel
+
+  from megraph_jax.train.experiment import run  # pylint: disable=import-outside-toplevel
+
+  workdir = str(tmp_path_factory.mktemp("tiny_train"))
+  config = tiny_config(synthetic_cache, mode="train")
+  return workdir, config, run(config, workdir)

@@ -51,10 +51,27 @@ def _history(workdir, stage):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, synthetic_cache):
-  """An uninterrupted mode-'train' run: stage 1 (2 epochs x 4 steps), then stage 2 (1 x 4)."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  return workdir, run(tiny_config(synthetic_cache, mode="train"), workdir)
+def straight(tiny_train_run):
+  """An uninterrupted mode-'train' run: stage 1 (2 epochs x 4 steps), then stage 2 (1 x 4) (conftest's, shared)."""
+  workdir, _, result = tiny_train_run
+  return workdir, result
+
+
+def test_rerun_of_a_finished_run_trains_nothing_and_keeps_its_wall_time(straight, tmp_path, synthetic_cache):
+  """The same command again on a finished workdir: nothing trained or evaluated, the same results, and
+  results.json keeps the training's ``wall_time_s`` (not the rerun's few seconds)."""
+  workdir = str(tmp_path / "rerun")
+  shutil.copytree(straight[0], workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    before = json.load(f)
+  assert before["wall_time_s"] == straight[1].wall_time_s > 0
+  again = run(tiny_config(synthetic_cache, mode="train"), workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    after = json.load(f)
+  assert after["wall_time_s"] == before["wall_time_s"] == again.wall_time_s
+  assert after["folds"] == before["folds"]  # the same evaluations: none was redone
+  for stage in (1, 2):
+    assert _history(workdir, stage) == _history(straight[0], stage)
 
 
 def test_interrupted_run_resumes_to_identical_parameters(straight, tmp_path, synthetic_cache):

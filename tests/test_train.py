@@ -29,11 +29,10 @@ IMG = 32
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, synthetic_cache):
-  """Mode 'train' (stage 1: 2 epochs, stage 2 from its last epoch: 1 epoch) in a fresh workdir."""
-  workdir = str(tmp_path_factory.mktemp("train"))
-  config = tiny_config(synthetic_cache, mode="train")
-  return workdir, config, run(config, workdir)
+def trained(tiny_train_run):
+  """Mode 'train' (stage 1: 2 epochs, stage 2 from its last epoch: 1 epoch) in a fresh workdir (conftest's, shared
+  with other files: read it or copy it)."""
+  return tiny_train_run
 
 
 def test_train_mode_end_to_end(trained):

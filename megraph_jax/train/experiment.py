@@ -145,11 +145,22 @@ def _make_workdir(workdir: str) -> str:
   return path
 
 
+def _recorded_wall_time(workdir: str, mode: str, folds: dict[int, FoldResult]) -> float | None:
+  """``wall_time_s`` of the workdir's results.json when it is of the same mode and folds, else None."""
+  try:
+    earlier = RunResult.read(os.path.join(workdir, "results.json"))
+  except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: this run's time
+    return None
+  same = earlier.mode == mode and set(earlier.folds) == set(folds)
+  return earlier.wall_time_s if same and earlier.wall_time_s > 0 else None
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Runs ``config.mode``; returns the results and writes them to ``workdir``.
 
   Training modes write results.json / results.md and hold the workdir's lock; mode 'eval' writes
-  results_eval.json / results_eval.md beside them. A stop request returns a result with ``preempted``.
+  results_eval.json / results_eval.md beside them. A stop request returns a result with ``preempted``. A rerun
+  that trains no step (every stage finished) keeps the ``wall_time_s`` of the results.json it replaces.
   """
   stages = check_config(config)
   workdir = _make_workdir(workdir)
@@ -169,7 +180,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   finally:
     stop.uninstall()
   names = tuple(next(iter(folds.values())).all_positive_f1)
-  result = RunResult(config.mode, workdir, folds=folds, au_names=names, wall_time_s=time.time() - t0,
+  wall_time = time.time() - t0
+  if config.mode != "eval" and stop.steps_run == 0:  # a rerun of a finished run: the training's time stays
+    wall_time = _recorded_wall_time(workdir, config.mode, folds) or wall_time
+  result = RunResult(config.mode, workdir, folds=folds, au_names=names, wall_time_s=wall_time,
                      config=config.to_dict())  # fmt: skip
   if jax.process_index() == 0:
     text = table({"run": result})
