@@ -1,6 +1,7 @@
 """Synthetic AU-face set: official layout and formats, determinism, folds, label statistics, rendering."""
 
 import filecmp
+import logging
 import os
 import re
 
@@ -161,11 +162,16 @@ def test_custom_aus_and_bad_arguments(tmp_path):
     synthetic.generate(str(tmp_path / "x"), num_subjects=2)
 
 
-def test_ensure_generated_caches_atomically(tmp_path):
+def test_ensure_generated_caches_atomically(tmp_path, caplog):
   kw = dict(name="BP4D", num_subjects=3, frames_per_subject=5, image_size=40, seed=1)
+  caplog.set_level(logging.INFO)
   root = synthetic.ensure_generated(str(tmp_path), **kw)
+  # Said before the silent generation (issue 23, item 8); a cache hit says nothing.
+  assert f"generating the synthetic BP4D set (15 images of 40 px) in {root}: once" in caplog.text
+  caplog.clear()
   stamp = os.stat(os.path.join(root, "synthetic.json")).st_mtime_ns
   assert synthetic.ensure_generated(str(tmp_path), **kw) == root
+  assert "generating" not in caplog.text
   assert os.stat(os.path.join(root, "synthetic.json")).st_mtime_ns == stamp
   assert os.listdir(tmp_path) == [os.path.basename(root)]  # No temporary folders left.
   other = synthetic.ensure_generated(str(tmp_path), **{**kw, "seed": 2})
