@@ -143,17 +143,22 @@ def test_eval_covers_every_image_once_with_mask(tmp_path, count, batch):
   assert sorted(seen) == list(range(11))
 
 
-def test_normalisation_and_centre_crop_exact(tmp_path):
-  img = np.zeros((40, 50, 3), np.uint8)
-  img[:, :, :] = np.rint(MEAN * 255).astype(np.uint8)
-  img[:, :5] = 255  # Left border: cropped away by the centre crop (resize 64 -> 64x80, crop 56 at x=12).
+def eval_batch_of(img: np.ndarray, tmp_path) -> dict:
+  """The eval pipeline's batch of one image (written as ``tmp_path/img/a.png``, listed with labels [1, 0])."""
   os.makedirs(tmp_path / "img")
   Image.fromarray(img).save(tmp_path / "img" / "a.png")
   write_lists(str(tmp_path), "X", "test", ["a.png"], np.array([[1, 0]]))
   d = datasets.read_split(str(tmp_path), "X", 1, "test")
-  b = next(
+  return next(
     ip.create_eval_dataset(d, root=str(tmp_path), batch_size=1, image_size=SIZE, crop_size=CROP).as_numpy_iterator()
   )
+
+
+def test_normalisation_and_centre_crop_exact(tmp_path):
+  img = np.zeros((40, 50, 3), np.uint8)
+  img[:, :, :] = np.rint(MEAN * 255).astype(np.uint8)
+  img[:, :5] = 255  # Left border: cropped away by the centre crop (resize 64 -> 64x80, crop 56 at x=12).
+  b = eval_batch_of(img, tmp_path)
   expect = (np.rint(MEAN * 255) / 255 - MEAN) / STD
   np.testing.assert_allclose(b["image"][0], np.broadcast_to(expect, (CROP, CROP, 3)), atol=1e-5)
 
@@ -272,13 +277,7 @@ def test_model_images_normalise_as_the_eval_pipeline(tmp_path):
   with factors 1; float images are already model inputs and pass unchanged (a jitter for them is refused)."""
   rng = np.random.default_rng(1)
   img = rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)  # the resize size: eval crops these very pixels
-  os.makedirs(tmp_path / "img")
-  Image.fromarray(img).save(tmp_path / "img" / "a.png")
-  write_lists(str(tmp_path), "X", "test", ["a.png"], np.array([[1, 0]]))
-  d = datasets.read_split(str(tmp_path), "X", 1, "test")
-  b = next(
-    ip.create_eval_dataset(d, root=str(tmp_path), batch_size=1, image_size=SIZE, crop_size=CROP).as_numpy_iterator()
-  )
+  b = eval_batch_of(img, tmp_path)
   o = (SIZE - CROP) // 2
   pixels = img[None, o : o + CROP, o : o + CROP]
   got = np.asarray(jax.jit(device_augment.model_images)(pixels))

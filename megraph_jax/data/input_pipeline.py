@@ -248,41 +248,6 @@ def create_train_dataset(
   undecodable image raises DatasetError naming it and its list line when its batch is read (see CheckedDataset).
   """
   tf = optional.tensorflow()
-  ds, root, idx = train_examples(
-    data,
-    root=root,
-    batch_size=batch_size,
-    image_size=image_size,
-    crop_size=crop_size,
-    seed=seed,
-    epoch=epoch,
-    process_index=process_index,
-    process_count=process_count,
-    color_jitter=color_jitter,
-    random_flip=random_flip,
-    start_step=start_step,
-  )
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return _checked(_options(ds), data, root, idx, batch_size, image_size)
-
-
-def train_examples(
-  data: SplitData,
-  *,
-  root: str | None = None,
-  batch_size: int,
-  image_size: int = 256,
-  crop_size: int = 224,
-  seed: int = 0,
-  epoch: int = 0,
-  process_index: int = 0,
-  process_count: int = 1,
-  color_jitter: bool = True,
-  random_flip: bool = True,
-  start_step: int = 0,
-) -> tuple[tf.data.Dataset, str, np.ndarray]:
-  """``create_train_dataset``'s examples before batching: (tf.data of single examples, image root, their indices)."""
-  tf = optional.tensorflow()
   columns, root, idx = _train_columns(
     data, root, batch_size, image_size, crop_size, seed, epoch, process_index, process_count, start_step
   )
@@ -302,7 +267,9 @@ def train_examples(
     return ex
 
   ds = tf.data.Dataset.from_tensor_slices(columns)
-  return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), root, idx
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return _checked(_options(ds), data, root, idx, batch_size, image_size)
 
 
 def _train_columns(
