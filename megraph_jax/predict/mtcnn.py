@@ -585,8 +585,8 @@ def _onet_on(graphdef, state, image, hw, y0, x0, step):
   return in_chunks(onet, patches)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _onet_along(graphdef, state, frames, hw, squares):
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def _onet_along(graphdef, state, frames, hw, squares, *, chunk):
   """The tracking refit along frames ``[T, H, W, 3]``: ONet on frame ``t`` at the squares of frame ``t - 1``'s
   refined boxes (frame 0 at ``squares`` ``[K, 4]``), one scan on the device. Per frame: the squares used, regression,
   landmarks (fractions of the square), face probability."""
@@ -597,7 +597,7 @@ def _onet_along(graphdef, state, frames, hw, squares):
     step_ = (x1 - x0) / (ONET_SIZE - 1)
     x = normalize(frame[None])
     patches = sample_patches(x, y0[None], x0[None], step_[None], step_[None], ONET_SIZE, hw[0], hw[1])[0]
-    reg, marks, prob = in_chunks(onet, patches)
+    reg, marks, prob = in_chunks(onet, patches, chunk)
     side = jnp.stack([x1 - x0 + 1, y1 - y0 + 1] * 2, axis=-1)
     box = sq + reg * side  # faces._refined's box, then faces._square of it (index px)
     new_side = jnp.maximum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
@@ -608,11 +608,11 @@ def _onet_along(graphdef, state, frames, hw, squares):
   return lax.scan(step, squares, frames)[1]
 
 
-def in_chunks(net: nnx.Module, patches: jax.Array) -> tuple[jax.Array, ...]:
-  """``net`` on ``patches`` ``[N, S, S, 3]`` (``N`` a multiple of ``CHUNK``) in chunks of ``CHUNK``, one after the
+def in_chunks(net: nnx.Module, patches: jax.Array, chunk: int = CHUNK) -> tuple[jax.Array, ...]:
+  """``net`` on ``patches`` ``[N, S, S, 3]`` (``N`` a multiple of ``chunk``) in chunks of ``chunk``, one after the
   other: XLA's contractions change their summation order with the number of rows (2e-6 apart from 64 rows of a
   576-wide product on CPU), and a face must not move with the number of boxes or frames batched beside it."""
-  chunks = patches.reshape(-1, CHUNK, *patches.shape[1:])
+  chunks = patches.reshape(-1, chunk, *patches.shape[1:])
   out = lax.map(net, chunks)
   return tuple(o.reshape(-1, *o.shape[2:]) for o in out)
 
@@ -754,8 +754,14 @@ class MTCNN:
     if n == 0 or t == 0:
       return np.zeros((t, n, 4)), np.zeros((t, n, 4)), np.zeros((t, n, 10)), np.zeros((t, n))
     h, w = frames[0].shape[:2]
-    k, tp = _pow2(n, CHUNK), _pow2(t)
+    k, tp = _pow2(n), _pow2(t)  # one face: ONet on 1 crop per frame, not CHUNK (1e-4 px from refit's 8)
     pad = np.concatenate([squares, np.repeat(squares[-1:], k - n, axis=0)])
     x = _pad_to(np.stack(frames).astype(np.uint8, copy=False), tp, _round_up(h, self.PAD), _round_up(w, self.PAD))
-    out = _onet_along(*self._nets["o"], jnp.asarray(x), jnp.asarray([h, w], jnp.float32), jnp.asarray(pad, jnp.float32))
+    out = _onet_along(
+      *self._nets["o"],
+      jnp.asarray(x),
+      jnp.asarray([h, w], jnp.float32),
+      jnp.asarray(pad, jnp.float32),
+      chunk=min(k, CHUNK),
+    )
     return tuple(np.asarray(a, np.float64)[:t, :n] for a in out)
