@@ -114,10 +114,14 @@ def test_pipelined_rows_equal_the_simple_path(model, video):
 
 
 def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
-  """Python-side peak memory (NumPy arrays included) of the CLI on 12 vs 120 frames, rows all written."""
+  """Python-side peak memory (NumPy arrays included) of the CLI on 12 vs 60 frames, rows all written.
+
+  Measured (2-core x86): peaks 48.4 MB at 12 frames and 48.2 MB at 60 (the start-up's: a bounded pipeline stays
+  below it); with every decoded frame kept alive (640x360, 0.69 MB each) 73.6 MB at 60 frames. The 5% allowed is
+  under 4 frames' worth, where 20% of 120 frames was 14: 84 frames in all instead of 144, nothing let through."""
   pytest.importorskip("mtcnn")
   short = synthetic_video.write(tmp_path / "short.mp4", 12, seed=2)
-  long = synthetic_video.write(tmp_path / "long.mp4", 120, seed=2)
+  long = synthetic_video.write(tmp_path / "long.mp4", 60, seed=2)
   args = ["-c", str(ckpt), "--batch-size", "4", "--smooth", "5", "--no-progress"]
   assert predict.main([*args, short, "-o", str(tmp_path / "warm.csv")]) == 0  # one-time: compile, MTCNN weights
   peaks = []
@@ -126,8 +130,8 @@ def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
     assert predict.main([*args, path, "-o", str(tmp_path / f"{name}.csv")]) == 0
     peaks.append(tracemalloc.get_traced_memory()[1])
     tracemalloc.stop()
-  assert len(_rows(tmp_path / "long.csv")) == 120
-  assert peaks[1] < 1.2 * peaks[0], [p / 2**20 for p in peaks]  # 108 more frames held would be +75 MB
+  assert len(_rows(tmp_path / "long.csv")) == 60
+  assert peaks[1] < 1.05 * peaks[0], [p / 2**20 for p in peaks]  # 48 more frames held would be +33 MB
 
 
 def _rows_on_disk(folder, name):
