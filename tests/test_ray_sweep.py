@@ -3,10 +3,11 @@
 One sweep of 3 tiny runs (seeds 0, 1, 2; stage 1, 2 epochs of 4 steps each) and 2 runs whose input is wrong (a
 backbone that does not exist, found before any run starts; a dataset folder that does not exist, found by the run)
 goes through ``python -m megraph_jax.launch.sweep run --ray=local`` on a 2-CPU local cluster, two runs side by side.
-While it runs, the test SIGKILLs the Ray worker process training seed 1 once that run's first
-stage-1 checkpoint exists. The same sweep file, run one after another without Ray, is the
-reference: F1 tables, loss histories and every parameter must be identical. Both share JAX's
-persistent compilation cache (the seeds change no program), so the runs compile once in all.
+While it runs, the test SIGKILLs the Ray worker process training seed 1 once that run's first (intermediate,
+step 4 of 8) stage-1 checkpoint exists: its retry must resume from step 4 and train steps 5-8 again. The same
+sweep file, run one after another without Ray, is the reference: F1 tables, loss histories and every parameter
+must be identical. Both share JAX's persistent compilation cache (the seeds change no program), so the runs
+compile once in all.
 """
 
 import json
@@ -26,13 +27,13 @@ from megraph_jax.launch import ray_sweep, sweep_spec
 
 pytest.importorskip("ray")
 
-RUNS = ("seed0", "seed1", "seed2")
+RUNS = ("seed0", "seed1", "seed2")  # two at a time on the 2 CPUs; seed 1 is killed and retried
 KILLED = "seed1"
 BAD = ("resnet19", "nodata")
 
 
 def _sweep_file(tmp_path, cache) -> str:
-  variants = {**{f"seed{k}": {"seed": k} for k in range(3)}, **bad_variants(str(tmp_path))}
+  variants = {**{name: {"seed": int(name[4:])} for name in RUNS}, **bad_variants(str(tmp_path))}
   return write_sweep(str(tmp_path / "sweep_ray.py"), "ray", tiny_overrides(cache, mode="stage1"), {}, variants)
 
 
@@ -103,12 +104,13 @@ def sweeps(tmp_path_factory, synthetic_cache):
     while killed is None and time.time() < deadline and proc.poll() is None:
       starts = [a for a in ray_sweep.read_attempts(workdir) if "checkpoints" in a]
       if starts and os.path.isdir(os.path.join(workdir, "fold1", "stage1", "checkpoints", "4")):
+        os.kill(starts[0]["pid"], signal.SIGKILL)  # the Ray worker process training the run
         killed = {
           "pid": starts[0]["pid"],
           "time": time.time(),
           "results_existed": os.path.isfile(os.path.join(workdir, "results.json")),
+          "checkpoints": ray_sweep.checkpoint_steps(workdir),  # after the kill: what the retry can find
         }
-        os.kill(starts[0]["pid"], signal.SIGKILL)  # the Ray worker process training the run
       time.sleep(0.05)
     out, _ = proc.communicate(timeout=600)
   finally:
@@ -141,17 +143,18 @@ def test_ray_sweep_matches_one_by_one(sweeps):
   with open(os.path.join(on_ray, "sweep.md")) as f:
     table = f.read()
   assert all(f"| {name} (fold 1, " in table for name in RUNS)
-  # Side by side: some run started before another one had finished.
-  starts = {
-    n: min(a["time"] for a in ray_sweep.read_attempts(os.path.join(on_ray, n)) if "checkpoints" in a) for n in RUNS
-  }
-  ends = {n: os.path.getmtime(os.path.join(on_ray, n, "results.json")) for n in RUNS}
-  assert any(starts[m] < ends[n] for m in RUNS for n in RUNS if m != n)
+  # Side by side: two attempts of different runs were running at the same time.
+  spans = {n: _attempt_spans(os.path.join(on_ray, n), sweeps["killed"]) for n in RUNS}
+  assert all(spans.values()), spans
+  overlaps = [
+    (m, n) for m in RUNS for n in RUNS if m < n for a in spans[m] for b in spans[n] if a[0] < b[1] and b[0] < a[1]
+  ]
+  assert overlaps, f"no two runs' attempts overlap in time: {spans}"
   # A finished run is never redone: a second invocation starts no process.
   before = {n: len(ray_sweep.read_attempts(os.path.join(on_ray, n))) for n in RUNS}
   good = [r for r in ray_sweep_runs(sweeps["sweep"]) if r["name"] in RUNS]
   statuses = ray_sweep.run_sweep(good, on_ray, address="unused")
-  assert [s["status"] for s in statuses] == ["done"] * 3 and all(s["attempts"] == 0 for s in statuses)
+  assert [s["status"] for s in statuses] == ["done"] * len(RUNS) and all(s["attempts"] == 0 for s in statuses)
   assert {n: len(ray_sweep.read_attempts(os.path.join(on_ray, n))) for n in RUNS} == before
 
 
@@ -163,13 +166,25 @@ def test_bad_runs_are_reported_once_and_not_retried_while_the_good_ones_finish(s
     assert len(lines) == 2 and "Traceback" not in "".join(lines), log[-4000:]
     assert lines[0].startswith("error: run resnet19: config key 'model.backbone' = 'resnet19'; choose one of"), lines
     assert lines[1].startswith("error: run nodata: dataset 'BP4D' not found (config key 'dataset.root')"), lines
-    assert "sweep ray: 2 of 5 runs did not finish" in log
+    assert f"sweep ray: 2 of {len(RUNS) + 2} runs did not finish" in log
     assert not os.path.exists(os.path.join(root, "resnet19"))  # never started
     with open(os.path.join(root, "sweep.md")) as f:
       assert "Not finished (2): resnet19, nodata" in f.read()
   starts = [a for a in ray_sweep.read_attempts(os.path.join(sweeps["ray"], "nodata")) if "checkpoints" in a]
   assert [a["attempt"] for a in starts] == [0], starts  # one process, no retry
   assert "nodata: DatasetNotFoundError, not retried" in sweeps["log"] and "nodata: attempt" not in sweeps["log"]
+
+
+def _attempt_spans(workdir: str, killed: dict | None) -> list[tuple[float, float]]:
+  """(start, end) times of a run's attempts: from its start and end records; the killed attempt ends at the kill."""
+  records = ray_sweep.read_attempts(workdir)
+  spans = []
+  for s in (r for r in records if "checkpoints" in r):
+    ends = [r["time"] for r in records if "end" in r and (r["attempt"], r["process"]) == (s["attempt"], s["process"])]
+    if not ends and killed is not None and s["pid"] == killed["pid"]:
+      ends = [killed["time"]]
+    spans += [(s["time"], ends[0])] if ends else []
+  return spans
 
 
 def ray_sweep_runs(path: str) -> list:
@@ -180,11 +195,15 @@ def ray_sweep_runs(path: str) -> list:
 def test_killed_worker_is_retried_and_resumes_from_its_checkpoint(sweeps, synthetic_cache):
   killed, workdir = sweeps["killed"], os.path.join(sweeps["ray"], KILLED)
   assert killed is not None and not killed["results_existed"], sweeps["log"][-3000:]
+  # The kill came between the intermediate checkpoint (step 4) and the final one (step 8), so the retry has
+  # steps 5-8 to train again (from the final checkpoint it would retrain nothing and match trivially).
+  assert killed["checkpoints"] == {"fold1/stage1": 4}, f"killed too late: {killed}"
   starts = [a for a in ray_sweep.read_attempts(workdir) if "checkpoints" in a]
   assert [a["attempt"] for a in starts] == [0, 1], starts
   assert starts[0]["pid"] == killed["pid"] and starts[1]["pid"] != killed["pid"]
   assert starts[0]["checkpoints"] == {}  # a fresh start
-  assert starts[1]["checkpoints"].get("fold1/stage1", 0) >= 4, starts[1]  # the retry resumed, not from step 0
+  assert starts[1]["checkpoints"] == {"fold1/stage1": 4}, starts[1]  # the retry resumed from step 4: not 0, not 8
+  assert starts[1]["time"] > killed["time"]
   assert "attempt 0 failed" in sweeps["log"] and "retrying" in sweeps["log"]
   step_a, a = _final_params(os.path.join(sweeps["ref"], KILLED), synthetic_cache, 1, seed=1)
   step_b, b = _final_params(workdir, synthetic_cache, 1, seed=1)
