@@ -2,6 +2,7 @@
 ``helpers.py``."""
 
 import importlib.util
+import math
 import os
 import re
 import sys
@@ -153,3 +154,14 @@ def tiny_train_run(tmp_path_factory, synthetic_cache):
   workdir = str(tmp_path_factory.mktemp("tiny_train"))
   config = tiny_config(synthetic_cache, mode="train")
   return workdir, config, run(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def float64_one_device(tmp_path_factory, synthetic_cache):
+  """The 1-device float64 stage-2 run (``helpers.float64_stage2_run``) that tests/test_sharding.py (8 devices) and
+  tests/test_multiprocess.py (2 processes) compare with: (info, {name: array}), trained once per session."""
+  from helpers import float64_stage2_run  # pylint: disable=import-outside-toplevel
+
+  one, params = float64_stage2_run(1, tmp_path_factory.mktemp("float64_one_device"), synthetic_cache)
+  assert len(one["losses"]) == 4 and all(math.isfinite(x) for x in one["losses"]), one
+  return one, params
