@@ -1,6 +1,6 @@
 """Device check: the paper configs' jitted steps, prediction, golden parity and throughput on this machine's device.
 
-Usage: python benchmarks/device_check.py [--size tiny|full] [--only compile,predict,parity,throughput]
+Usage: python benchmarks/device_check.py [--size tiny|full] [--only compile,predict,parity,profile,throughput]
          [--steps 10] [--warmup 3] [--batch 64] [--official PATH_TO_ME-GraphAU] [--out device_check.json]
 
 One line per check as it goes, everything in ``--out`` (JSON, rewritten after each part); exit status 1 when a
@@ -14,6 +14,11 @@ check failed. Parts:
   image / frame); face mode (MTCNN) too where TensorFlow and mtcnn import.
 - **parity**: the golden files of the official code (``tools/golden_cases.py``): max |au_probs - official| per
   case at precision 'highest' (passes within 1e-5) and 'default'.
+- **profile**: the bfloat16 stage-2 train step of both configs under ``jax.profiler`` (``--steps`` steps): the
+  trace (Perfetto JSON and XPlane, for TensorBoard's profile plugin or ui.perfetto.dev) under ``profile_<config>/``
+  beside ``--out``, and the ops that took most device time (:func:`op_times`): share of the step, matmul/conv
+  kernels vs the rest, device busy time vs wall time (launch gaps). Where the float32 share of the step's matmul
+  FLOPs is printed by **compile** (bf16 steps leave ~1-3% in float32: softmax/loss islands, not the cost).
 - **throughput**: stage 2 of both configs in float32 and bfloat16: img/s and ms per train / eval step, FLOPs per
   image counted from the steps' jaxprs (:func:`jaxpr_flops`: 2 x MACs of every dot_general and convolution; XLA's
   GPU cost analysis leaves cuDNN convolutions out), TFLOP/s and utilisation against matmul peaks measured here,
@@ -35,6 +40,8 @@ import collections
 import contextlib
 import csv
 import dataclasses
+import glob
+import gzip
 import importlib
 import importlib.metadata
 import importlib.util
@@ -64,7 +71,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr  # noqa: E402
 from megraph_jax import loader, model_factory, numerics, sharding  # noqa: E402
 from megraph_jax.model_factory import ModelSpec  # noqa: E402
 
-PARTS = ("compile", "predict", "parity", "throughput")
+PARTS = ("compile", "predict", "parity", "profile", "throughput")
 FAMILIES = {"resnet": "bp4d_resnet50", "swin": "bp4d_swin"}  # configs/<name>.py: the paper's two backbones
 DTYPES = ("float32", "bfloat16")
 TINY_IMG = {"resnet": 32, "swin": 56}
@@ -88,29 +95,42 @@ def jaxpr_flops(jaxpr: Jaxpr | ClosedJaxpr, notes: set[str] | None = None) -> in
   ``conv_general_dilated``, sub-jaxprs included (jit/pjit, remat, custom_jvp/vjp, shard_map: once; ``scan``: times
   its length; ``cond``: its costliest branch; ``while``: one trip, said in ``notes``). Elementwise work is left out:
   it is what the matrix units do not do."""
+  return sum(flops_by_dtype(jaxpr, notes).values())
+
+
+def flops_by_dtype(jaxpr: Jaxpr | ClosedJaxpr, notes: set[str] | None = None) -> collections.Counter:
+  """:func:`jaxpr_flops` by the dtype of the products' left operands (``{'bfloat16': ..., 'float32': ...}``): the
+  float32 share of a bf16 step is work that runs at float32 (or TF32) rate on a GPU's tensor cores."""
   jaxpr = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
-  total = 0
+  total: collections.Counter = collections.Counter()
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == "dot_general":
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval.shape
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+      total[str(eqn.invars[0].aval.dtype)] += (
+        2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+      )
     elif name == "conv_general_dilated":
       rhs = eqn.invars[1].aval.shape  # each output element: a dot over the kernel's input features and window
       out_feature = eqn.params["dimension_numbers"].rhs_spec[0]
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) // rhs[out_feature]
+      total[str(eqn.invars[0].aval.dtype)] += (
+        2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) // rhs[out_feature]
+      )
     subs = {k: _sub_jaxprs(v) for k, v in eqn.params.items()}
     subs = {k: v for k, v in subs.items() if v}
     if not subs:
       continue
     if name == "cond":
-      total += max(jaxpr_flops(j, notes) for j in subs["branches"])
+      total += max((flops_by_dtype(j, notes) for j in subs["branches"]), key=lambda c: sum(c.values()))
       continue
-    inner = sum(jaxpr_flops(j, notes) for js in subs.values() for j in js)
+    inner: collections.Counter = collections.Counter()
+    for js in subs.values():
+      for j in js:
+        inner += flops_by_dtype(j, notes)
     if name == "scan":
-      inner *= int(eqn.params["length"])
-    elif name == "while" and inner and notes is not None:
+      inner = collections.Counter({k: v * int(eqn.params["length"]) for k, v in inner.items()})
+    elif name == "while" and sum(inner.values()) and notes is not None:
       notes.add("a while loop's body is counted once (its trip count is not static)")
     total += inner
   return total
@@ -261,6 +281,7 @@ class Cell:
   train: Any = None  # compiled
   evaluate: Any = None
   train_flops: int = 0
+  train_float32_share: float = 0.0  # of the train step's matmul/conv FLOPs, with float32 operands
   eval_flops: int = 0
   train_memory: dict[str, Any] = dataclasses.field(default_factory=dict)
   eval_memory: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -273,17 +294,20 @@ class Cell:
 
 
 def random_batches(batch: int, img: int, num_aus: int, seed: int = 0) -> tuple[dict, dict]:
-  """A training batch {image, label, relation} and an eval batch (+ mask) as the input pipeline makes them."""
+  """A training batch {image (uint8 pixels), jitter, label, relation} and an eval batch {image (normalised float32),
+  label, relation, mask} as the input pipelines make them: the train step does the colour jitter and normalisation
+  (``device_augment.model_images``), so it is timed with them."""
   from megraph_jax import task  # pylint: disable=import-outside-toplevel
+  from megraph_jax.data import device_augment  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(seed)
   labels = (rng.random((batch, num_aus)) < 0.3).astype(np.float32)
-  train = {
-    "image": rng.standard_normal((batch, img, img, 3)).astype(np.float32),
-    "label": labels,
-    "relation": task.relation_labels(labels),
-  }
-  return train, {**train, "mask": np.ones(batch, np.float32)}
+  pixels = rng.integers(0, 256, (batch, img, img, 3)).astype(np.uint8)
+  jitter = device_augment.jitter_slots(rng.uniform(0.6, 1.4, (batch, 3)), rng.integers(0, 6, batch))
+  targets = {"label": labels, "relation": task.relation_labels(labels)}
+  train = {"image": pixels, "jitter": jitter, **targets}
+  evaluate = {"image": np.asarray(device_augment.normalise(pixels / np.float32(255))), **targets}
+  return train, {**evaluate, "mask": np.ones(batch, np.float32)}
 
 
 def _memory(compiled: Any) -> dict[str, Any]:
@@ -338,7 +362,9 @@ def compile_cell(cell: Cell) -> None:
   """Traces (FLOPs from the jaxpr), lowers and compiles both steps; times each."""
   t0 = time.perf_counter()
   traced = cell.train_fn.trace(cell.state, cell.train_batch)
-  cell.train_flops = jaxpr_flops(traced.jaxpr, cell.notes)
+  by_dtype = flops_by_dtype(traced.jaxpr, cell.notes)
+  cell.train_flops = sum(by_dtype.values())
+  cell.train_float32_share = by_dtype["float32"] / max(cell.train_flops, 1)
   lowered = traced.lower()
   t1 = time.perf_counter()
   cell.train = lowered.compile()
@@ -387,12 +413,14 @@ def part_compile(settings: Settings, report: Report, cells: dict[tuple, Cell]) -
           compile_cell(cell)
           row.update(run_cell_once(cell, settings.batch))
           row.update(ok=True, train_gflop_per_image=cell.train_flops / settings.batch / 1e9)
+          row.update(train_float32_flop_share=round(cell.train_float32_share, 4))
           row.update({k: round(v, 3) for k, v in cell.times.items()})
           row.update(train_memory=cell.train_memory, eval_memory=cell.eval_memory, flop_notes=sorted(cell.notes))
           report.line(
             f"compile {cell.name} ({cell.model}, batch {settings.batch}): ok; train trace "
             f"{cell.times['train_trace_s']:.1f}s + compile {cell.times['train_compile_s']:.1f}s, eval compile "
-            f"{cell.times['eval_compile_s']:.1f}s, loss {row['loss']:.4f}"
+            f"{cell.times['eval_compile_s']:.1f}s, loss {row['loss']:.4f}, float32 FLOP share "
+            f"{cell.train_float32_share:.1%}"
           )
           if (family, stage, dtype) in keep:
             cells[(family, stage, dtype)] = cell
@@ -544,7 +572,124 @@ def part_parity(settings: Settings, report: Report) -> None:
       del model
 
 
-# ----------------------------------------------------------------------------- part 4: throughput
+# ----------------------------------------------------------------------------- part 4: profile
+
+# Op / kernel names of matrix products: XLA (convolution, dot, cuBLAS/cuDNN custom calls, Triton GEMM fusions) and the
+# cuBLAS/cuDNN/CUTLASS kernels themselves.
+MATMUL_WORDS = ("convolution", "gemm", "dot", "cublas", "cudnn", "matmul", "xmma", "cutlass")
+
+
+def _latest_perfetto(trace_dir: str) -> str:
+  """The newest ``perfetto_trace.json.gz`` that ``jax.profiler.trace(create_perfetto_trace=True)`` wrote."""
+  found = sorted(
+    glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True), key=os.path.getmtime
+  )
+  if not found:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  return found[-1]
+
+
+def op_times(trace_path: str) -> dict[str, Any]:
+  """Device time per op from a Perfetto trace of jax.profiler: ``{"where", "busy_us", "span_us", "ops": {name: us}}``.
+
+  On a GPU the ops are the device's "XLA Ops" line (HLO ops: fusions, convolutions, custom calls), or its streams'
+  kernels where there is no such line; on a CPU, XLA:CPU's executor threads. ``busy_us`` is the union of those
+  events' intervals (time the device did something), ``span_us`` from the first start to the last end.
+  """
+  with gzip.open(trace_path, "rt") as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+  threads = {
+    (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"
+  }
+  spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
+  device = {pid for pid, name in procs.items() if name.startswith("/device:")}
+
+  def line(e: dict) -> str:
+    return threads.get((e["pid"], e["tid"]), "")
+
+  chosen = [e for e in spans if e["pid"] in device and line(e) == "XLA Ops"]
+  where = "device XLA Ops"
+  if not chosen:
+    chosen = [e for e in spans if e["pid"] in device and line(e).startswith("Stream")]
+    where = "device streams"
+  if not chosen:
+    chosen = [e for e in spans if e["pid"] not in device and line(e).startswith("tf_XLA") and "::" not in e["name"]]
+    where = "host XLA:CPU threads"
+  ops: collections.Counter = collections.Counter()
+  intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in chosen)
+  busy, end = 0.0, -math.inf
+  for a, b in intervals:
+    if b > end:
+      busy += b - max(a, end)
+      end = b
+  for e in chosen:
+    ops[e["name"]] += float(e["dur"])
+  span = intervals[-1][1] - intervals[0][0] if intervals else 0.0
+  return {"where": where, "busy_us": busy, "span_us": span, "ops": dict(ops)}
+
+
+def profile_cell(cell: Cell, settings: Settings, trace_dir: str, top: int = 15) -> dict[str, Any]:
+  """Profiles ``settings.steps`` train steps of a compiled cell (after its warm-up) and summarises :func:`op_times`."""
+  box = {"state": cell.state}
+  for _ in range(settings.warmup):
+    box["state"], _ = cell.train(box["state"], cell.train_batch)
+  jax.block_until_ready(box["state"])
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    t0 = time.perf_counter()
+    for _ in range(settings.steps):
+      box["state"], metrics = cell.train(box["state"], cell.train_batch)
+    jax.block_until_ready((box["state"], metrics))
+    wall = time.perf_counter() - t0
+  cell.state = box["state"]
+  times = op_times(_latest_perfetto(trace_dir))
+  total = sum(times["ops"].values()) or 1.0
+  matmul = sum(t for name, t in times["ops"].items() if any(w in name.lower() for w in MATMUL_WORDS))
+  ranked = sorted(times["ops"].items(), key=lambda kv: -kv[1])[:top]
+  return {
+    "config": FAMILIES[cell.family],
+    "model": cell.model,
+    "dtype": cell.dtype,
+    "steps": settings.steps,
+    "trace_dir": trace_dir,
+    "read_from": times["where"],
+    "wall_ms_per_step": round(1e3 * wall / settings.steps, 3),
+    "busy_ms_per_step": round(times["busy_us"] / 1e3 / settings.steps, 3),
+    "distinct_ops": len(times["ops"]),
+    "matmul_conv_share": round(matmul / total, 4),
+    "top_ops": [
+      {"op": name, "ms_per_step": round(t / 1e3 / settings.steps, 4), "share": round(t / total, 4)}
+      for name, t in ranked
+    ],
+  }
+
+
+def part_profile(settings: Settings, report: Report, cells: dict[tuple, Cell], out: str) -> None:
+  rows = report.data.setdefault("profile", [])
+  for family in FAMILIES:
+    name = f"{FAMILIES[family]} stage 2 bfloat16"
+    try:
+      cell = cells.get((family, 2, "bfloat16"))
+      if cell is None:
+        cell = cells[(family, 2, "bfloat16")] = build_cell(family, 2, "bfloat16", settings)
+        compile_cell(cell)
+      trace_dir = os.path.join(os.path.dirname(os.path.abspath(out)), f"profile_{FAMILIES[family]}")
+      row = profile_cell(cell, settings, trace_dir)
+      rows.append(row)
+      report.line(
+        f"profile {name}: {row['wall_ms_per_step']:.1f} ms/step wall, device busy {row['busy_ms_per_step']:.1f} ms "
+        f"({row['read_from']}), {row['distinct_ops']} distinct ops, matmul/conv kernels "
+        f"{row['matmul_conv_share']:.0%} of op time; trace {trace_dir}"
+      )
+      for op in row["top_ops"][:8]:
+        report.line(f"  {op['share']:6.1%} {op['ms_per_step']:8.3f} ms  {op['op'][:90]}")
+    except Exception as e:
+      rows.append({"config": FAMILIES[family], "error": _error(e)})
+      report.fail(f"profile {name}", _error(e))
+
+
+# ----------------------------------------------------------------------------- part 5: throughput
 
 
 def matmul_peak(n: int, dtype: str, precision: str, reps: int) -> float:
@@ -843,6 +988,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   if "parity" in parts:
     with _part(report, "parity"):
       part_parity(settings, report)
+  if "profile" in parts:
+    with _part(report, "profile"):
+      part_profile(settings, report, cells, args.out)
   if "throughput" in parts:
     with _part(report, "throughput"):
       part_throughput(settings, report, cells)

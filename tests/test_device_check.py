@@ -1,6 +1,7 @@
 """benchmarks/device_check.py, what a GPU owner runs at full size, at its tiny size here: every part runs and passes;
 its jaxpr FLOP counter against hand counts; its imports on an image without TensorFlow, ml_collections and clu."""
 
+import gzip
 import importlib.util
 import json
 import math
@@ -75,6 +76,46 @@ def test_flop_counter_matches_hand_counts():
   assert dc.jaxpr_flops(jax.make_jaxpr(loop)(jnp.ones((4, 4))), notes) == 2 * 4 * 4 * 4 and notes
 
 
+def test_flops_by_operand_dtype():
+  """The float32 share of a bf16 program: products whose left operand is float32 (a mixed product runs in float32)."""
+  dc = _module()
+
+  def step(a, b, c):  # a bf16 product, a float32 one and a mixed one (float32 lhs)
+    return (a @ b).astype(jnp.float32).sum() + (c @ c).sum() + (c @ b.astype(jnp.float32)).sum()
+
+  args = (jnp.ones((3, 4), jnp.bfloat16), jnp.ones((4, 4), jnp.bfloat16), jnp.ones((4, 4), jnp.float32))
+  got = dc.flops_by_dtype(jax.make_jaxpr(step)(*args))
+  assert got == {"bfloat16": 2 * 3 * 4 * 4, "float32": 2 * 2 * 4 * 4 * 4}, got
+  assert dc.jaxpr_flops(jax.make_jaxpr(step)(*args)) == sum(got.values())
+
+
+def test_op_times_reads_a_gpu_trace(tmp_path):
+  """:func:`op_times` on a Perfetto trace laid out as jax.profiler writes one on a GPU: the device's "XLA Ops" line
+  (not its streams' kernels, which would count the same work twice, nor the host), overlapping ops' busy time once."""
+  meta = lambda ph_name, pid, name, tid=0: {"ph": "M", "name": ph_name, "pid": pid, "tid": tid, "args": {"name": name}}
+  op = lambda name, pid, tid, ts, dur: {"ph": "X", "name": name, "pid": pid, "tid": tid, "ts": ts, "dur": dur}
+  events = [
+    meta("process_name", 1, "/host:CPU"), meta("thread_name", 1, "python", 5),
+    meta("process_name", 2, "/device:GPU:0"), meta("thread_name", 2, "XLA Ops", 7),
+    meta("thread_name", 2, "Stream #13(Compute)", 8),
+    op("PjitFunction(step)", 1, 5, 0, 1000),
+    op("convolution.3", 2, 7, 100, 300), op("loop_fusion.1", 2, 7, 350, 100),  # overlaps the conv by 50 us
+    op("loop_fusion.1", 2, 7, 600, 50), op("cudnn_kernel_xyz", 2, 8, 100, 300),
+  ]  # fmt: skip
+  path = tmp_path / "perfetto_trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  got = _module().op_times(str(path))
+  assert got["where"] == "device XLA Ops"
+  assert got["ops"] == {"convolution.3": 300.0, "loop_fusion.1": 150.0}
+  assert got["busy_us"] == 300 + 50 + 50 and got["span_us"] == 550
+  events = [e for e in events if e.get("tid") != 7]  # no XLA Ops line: the streams' kernels
+  with gzip.open(path, "wt") as f:
+    json.dump(events, f)
+  got = _module().op_times(str(path))
+  assert got["where"] == "device streams" and got["ops"] == {"cudnn_kernel_xyz": 300.0}
+
+
 def test_tiny_run_passes_every_check(tmp_path):
   out = tmp_path / "device_check.json"
   assert _module().main(["--size", "tiny", "--out", str(out)]) == 0
@@ -108,7 +149,19 @@ def test_tiny_run_passes_every_check(tmp_path):
     assert r["train_gflop_per_image"] > r["eval_gflop_per_image"] > 0, r  # backward + update cost more
     assert r["train_tflop_per_s"] > 0 and r["train_memory"]["total_gib"] > 0, r
   assert all(v > 0 for k, v in report["throughput"]["peak_tflop_per_s"].items() if k != "matmul_size")
-  assert set(report["elapsed_s"]) == {"compile", "predict", "parity", "throughput", "total"}
+  assert set(report["elapsed_s"]) == {"compile", "predict", "parity", "profile", "throughput", "total"}
+  # The share of matmul FLOPs with float32 operands: all of a float32 step, less of a bf16 one (full size 1-3%; at
+  # tiny sizes the head's float32 paths weigh more: 0-0.2% for the ResNet-18 cells, 5% and 76% for the tiny Swin's).
+  share = {(r["config"], r["stage"], r["dtype"]): r["train_float32_flop_share"] for r in report["compile"]}
+  assert all(v == 1.0 for k, v in share.items() if k[2] == "float32"), share
+  assert all(v < 0.95 for k, v in share.items() if k[2] == "bfloat16"), share
+  assert max(v for k, v in share.items() if k[0] == "bp4d_resnet50" and k[2] == "bfloat16") < 0.05, share
+  profiles = {r["config"]: r for r in report["profile"]}
+  assert set(profiles) == {"bp4d_resnet50", "bp4d_swin"}, profiles
+  for r in profiles.values():  # XLA:CPU's executor threads read from the trace jax.profiler wrote
+    assert r["read_from"] == "host XLA:CPU threads" and r["distinct_ops"] > 10, r
+    assert 0 < r["busy_ms_per_step"] <= 1.05 * r["wall_ms_per_step"], r
+    assert 0 < r["matmul_conv_share"] < 1 and r["top_ops"][0]["share"] >= r["top_ops"][-1]["share"] > 0, r
 
 
 _WITHOUT = """
