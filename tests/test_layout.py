@@ -8,18 +8,19 @@ from helpers import REPO
 
 PACKAGE = os.path.join(REPO, "megraph_jax")
 # What each part may import (besides itself): the core is below everything, data/ below train/ and predict/,
-# launch/ above train/.
+# launch/ above train/, the app (AU Studio) above predict/: nothing imports it.
 ALLOWED = {
   "core": {"core"},
   "data": {"core", "data"},
   "train": {"core", "data", "train"},
   "predict": {"core", "data", "predict"},
   "launch": {"core", "data", "train", "launch"},
+  "app": {"core", "data", "predict", "app"},
 }
 
 
 def _part(module: str) -> str:
-  """'core', 'data', 'train', 'predict' or 'launch' for a dotted module name under megraph_jax."""
+  """'core', 'data', 'train', 'predict', 'launch' or 'app' for a dotted module name under megraph_jax."""
   parts = module.split(".")
   return parts[1] if len(parts) > 1 and parts[1] in ALLOWED else "core"
 
