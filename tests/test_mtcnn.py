@@ -176,15 +176,21 @@ def test_detections_match_the_package(reference, ours, name):
 
 
 def test_finds_the_face_where_the_package_finds_none(reference, ours, astronaut):
-  """640 x 480 (VGA): the package's pyramid reaches a 10 px level, on which its PNet fails, so it reports no face
-  at all; the levels below 11 px are left out here, and the face is found with the package's box on other sizes."""
+  """640 x 480 (VGA): the package's pyramid reaches a 10 px level, on which its PNet fails (it raises, or on
+  older stacks reports no face); the levels below 11 px are left out here, and the face is found with the
+  package's box on other sizes."""
   frame = np.full((480, 640, 3), 120, np.uint8)
   frame[:, 80:560] = np.asarray(Image.fromarray(astronaut).resize((480, 480), Image.Resampling.BILINEAR))
   copies, min_face = _copies([frame])
   assert min(h for _, h, _ in jm.pyramid(480, 640, min_face)) >= jm.MIN_LEVEL
   got = ours.detect(copies, min_face_size=min_face)
-  want = reference.detect_faces(copies, output_type="numpy", box_format="xyxy", min_face_size=min_face)
+  try:  # mtcnn 1.0.0 with Keras 3 raises on the 10 px level (an empty convolution); older stacks return no rows
+    want = reference.detect_faces(copies, output_type="numpy", box_format="xyxy", min_face_size=min_face)
+  except ValueError as err:
+    assert "empty output" in str(err), err
+    want = []
   print(f"640x480: {len(got)} face(s); the package: {len(want)}")
+  assert len(want) == 0
   assert len(got) == 1 and got[0, 5] > 0.99
   # The same face on a 640 x 490 frame (the package's pyramid stops at 11 px there): same box to 0.1 px.
   taller = np.full((490, 640, 3), 120, np.uint8)
