@@ -117,8 +117,9 @@ def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
   """Python-side peak memory (NumPy arrays included) of the CLI on 12 vs 60 frames, rows all written.
 
   Measured (2-core x86): peaks 48.4 MB at 12 frames and 48.2 MB at 60 (the start-up's: a bounded pipeline stays
-  below it); with every decoded frame kept alive (640x360, 0.69 MB each) 73.6 MB at 60 frames. The 5% allowed is
-  under 4 frames' worth, where 20% of 120 frames was 14: 84 frames in all instead of 144, nothing let through."""
+  below it); with every decoded frame kept alive (640x360, 0.69 MB each) 73.6 MB at 60 frames. Under load the
+  queues ahead of a slower model fill further on 60 frames than on 12 (68.9 vs 72.8 MB seen), so the bound is in
+  frames, not a percentage."""
   pytest.importorskip("mtcnn")
   short = synthetic_video.write(tmp_path / "short.mp4", 12, seed=2)
   long = synthetic_video.write(tmp_path / "long.mp4", 60, seed=2)
@@ -131,7 +132,10 @@ def test_memory_does_not_grow_with_video_length(tmp_path, ckpt):
     peaks.append(tracemalloc.get_traced_memory()[1])
     tracemalloc.stop()
   assert len(_rows(tmp_path / "long.csv")) == 60
-  assert peaks[1] < 1.05 * peaks[0], [p / 2**20 for p in peaks]  # 48 more frames held would be +33 MB
+  # 48 more frames held would be +33 MB; the bounded queues may fill only on the longer video (seen: +3.8 MB under
+  # load), so up to 16 frames' worth is let through, a third of what holding the video would add.
+  frame_bytes = 640 * 360 * 3
+  assert peaks[1] - peaks[0] < 16 * frame_bytes, [p / 2**20 for p in peaks]
 
 
 def _rows_on_disk(folder, name):
