@@ -5,10 +5,12 @@
   python main.py --config=configs/bp4d_resnet50.py --workdir=runs/eval --config.mode=eval \
       --config.checkpoint=runs/bp4d_r50/fold1/stage2
 
-Rerunning the same command resumes from the latest checkpoint in ``--workdir``. Exit statuses: 0 finished,
-2 wrong input (a flag, a config value or key, data, checkpoint, weights; the workdir is in use or not a directory),
-3 training diverged, 75 stopped early after a checkpoint (SIGTERM, Ctrl-C): rerun to resume; 1 an unexpected error
-(a bug: the traceback is printed).
+Mode 'folds' runs as a sweep (``megraph_jax.launch.sweep.run_folds``: one mode-'train' run per fold, in this
+workdir), every other mode as one run (``megraph_jax.train.experiment.run``). Rerunning the same command resumes from
+the latest checkpoint in ``--workdir``. Exit statuses: 0 finished, 2 wrong input (a flag, a config value or key, data,
+checkpoint, weights; the workdir is in use or not a directory), 3 training diverged, 74 no space left for a
+checkpoint, 75 stopped early after a checkpoint (SIGTERM, Ctrl-C): rerun to resume; 1 an unexpected error (a bug: the
+traceback is printed).
 """
 
 import os
@@ -23,8 +25,7 @@ from ml_collections import config_flags  # noqa: E402
 from ml_collections.config_flags import config_path  # noqa: E402
 
 from megraph_jax import errors, optional
-from megraph_jax.launch import distributed
-from megraph_jax.train import experiment  # noqa: E402
+from megraph_jax.launch import distributed, sweep
 from megraph_jax.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -94,7 +95,7 @@ def main(argv):
     jax.default_backend(),
   )
   try:
-    results = experiment.run(FLAGS.config, FLAGS.workdir)
+    results = sweep.run_config(FLAGS.config, FLAGS.workdir)
   except errors.UserError as e:  # the input (config, data, files), not the code: the message says what to do
     print(f"error: {e}", file=sys.stderr)
     sys.exit(errors.EXIT_USAGE)

@@ -13,8 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # What to run: 'train' (stage 1, then stage 2 from stage 1, see stage2.init), 'stage1', 'stage2',
-  # 'eval' (evaluate `checkpoint` on `dataset.fold`'s test split), 'folds' (train on every fold of
-  # `dataset.folds`, then a summary averaged over folds, as the paper's 3-fold protocol).
+  # 'eval' (evaluate `checkpoint` on `dataset.fold`'s test split), 'folds' (mode 'train' on every fold of
+  # `dataset.folds`, one run per fold in the same workdir (a sweep), then a summary averaged over folds, as the
+  # paper's 3-fold protocol).
   config.mode = "train"
   config.seed = 0  # PRNG seed of initialisation, data order, augmentation and DropPath (official --seed 0)
 

@@ -7,6 +7,8 @@
       config.json             the stage's experiment config and where its initial weights came from
       history.json            one evaluation per evaluated epoch
       unreadable_checkpoints/ checkpoints that failed to restore, set aside (never deleted)
+  <workdir>/results.json, results.md        the run's results and F1 table (mode 'folds': every fold, their averages)
+  <workdir>/results_fold<k>.json, .md       mode 'folds': the run of fold k (``megraph_jax.launch.sweep.fold_runs``)
 
 Only paths and directory listings here (no orbax, no JAX): the loader, the checkpoints, training, sweeps and results
 all read the layout from this module.

@@ -79,15 +79,17 @@ def test_an_unknown_key_through_the_real_command_line(tmp_path, synthetic_cache)
 
 
 def test_a_bug_is_not_taken_for_an_input_error(tmp_path, synthetic_cache, monkeypatch):
-  """An exception that is not about the input propagates (absl prints its traceback, exit status 1): in the run, and
-  in a config file's own code while the flags are parsed."""
+  """An exception that is not about the input propagates (absl prints its traceback, exit status 1): in the run (also
+  a fold's run of mode 'folds', which the sweep machinery runs), and in a config file's own code while the flags are
+  parsed."""
 
-  def bug(config, workdir):
+  def bug(config, workdir, **kwargs):
     raise KeyError("a bug")
 
-  monkeypatch.setattr(main_py.experiment, "run", bug)
-  with pytest.raises(KeyError, match="a bug"):
-    _main_py(tiny_main_args(synthetic_cache, str(tmp_path / "w"))[2:], monkeypatch)
+  monkeypatch.setattr(main_py.sweep.experiment, "run", bug)
+  for mode in ("train", "folds"):
+    with pytest.raises(KeyError, match="a bug"):
+      _main_py(tiny_main_args(synthetic_cache, str(tmp_path / "w"), f"--config.mode={mode}")[2:], monkeypatch)
   buggy = tmp_path / "buggy_config.py"
   buggy.write_text("def get_config():\n  return {}.no_such_attribute\n")
   with pytest.raises(AttributeError, match="no_such_attribute"):

@@ -16,6 +16,7 @@ from helpers import TINY_AUS, TINY_SYNTHETIC, tiny_config
 from megraph_jax import checkpointing, model_factory, task
 from megraph_jax.data import synthetic
 from megraph_jax.errors import ConfigChangedError
+from megraph_jax.launch.sweep import run_config
 from megraph_jax.train.experiment import run
 from megraph_jax.train.preemption import StopRequest
 
@@ -91,20 +92,32 @@ def test_interrupted_run_resumes_to_identical_parameters(straight, tmp_path, syn
 
 
 def test_stop_on_an_epochs_last_step_still_evaluates_every_epoch_once(straight, tmp_path, synthetic_cache):
-  """Stops on stage 1's first epoch end (step 4) and on the last step of the one-epoch stage 2."""
-  config = tiny_config(synthetic_cache, mode="train")
+  """Stops on stage 1's first epoch end (step 4) and on the last step of the one-epoch stage 2. Run as mode 'folds'
+  (``main.py``'s ``run_config``: the sweep of mode-'train' runs, here of fold 1): its stops and resumes are the fold
+  run's, a rerun of the finished folds trains nothing and keeps ``wall_time_s``, and a changed experiment is refused."""
+  folds = {"dataset.folds": (1,)}
+  config = tiny_config(synthetic_cache, mode="folds", **folds)
   workdir = str(tmp_path / "resumed")
-  first = run(tiny_config(synthetic_cache, mode="train", stop_after_steps=4), workdir)
+  first = run_config(tiny_config(synthetic_cache, mode="folds", stop_after_steps=4, **folds), workdir)
   assert first.preempted and "stage 1: stopped at step 4" in first.message
-  second = run(tiny_config(synthetic_cache, mode="train", stop_after_steps=8), workdir)  # 4 of stage 1, 4 of stage 2
+  second = run_config(tiny_config(synthetic_cache, mode="folds", stop_after_steps=8, **folds), workdir)  # 4 + 4
   assert second.preempted and "stage 2: stopped at step 4" in second.message
-  done = run(config, workdir)
-  assert not done.preempted
+  done = run_config(config, workdir)
+  assert not done.preempted and done.mode == "folds"
   for stage in (1, 2):
     assert _history(workdir, stage) == _history(straight[0], stage)  # each epoch once, same numbers
   assert [h.epoch for h in done.folds[1].stages[1].history] == [1, 2]
   assert [h.epoch for h in done.folds[1].stages[2].history] == [1]
   _assert_same_final(straight[0], workdir, config)
+  with open(os.path.join(workdir, "results.json")) as f:
+    before = json.load(f)
+  with open(os.path.join(workdir, "results_fold1.json")) as f:
+    assert before["folds"] == json.load(f)["folds"] and before["mode"] == "folds"
+  again = run_config(config, workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f) == before and again.wall_time_s == before["wall_time_s"] > 0
+  with pytest.raises(ConfigChangedError, match="seed"):
+    run_config(tiny_config(synthetic_cache, mode="folds", seed=1, **folds), workdir)
 
 
 def _damage(checkpoint_dir):

@@ -1,13 +1,17 @@
-"""Sweeps: grid expansion, CLI checks, a 2 folds x 2 lambda sweep run in-process and its gathered table."""
+"""Sweeps: grid expansion, CLI checks, a 2 folds x 2 lambda sweep run in-process and its gathered table; mode 'folds'
+as the sweep of its folds."""
 
 import json
 import os
 
 import pytest
-from helpers import TINY_AUS, TINY_SYNTHETIC
-from sweep_files import bad_variants, tiny_overrides
+from helpers import TINY_AUS, TINY_SYNTHETIC, tiny_config
+from sweep_files import bad_variants, tiny_overrides, write_sweep
 
+from megraph_jax import errors
 from megraph_jax.launch import sweep, sweep_spec
+from megraph_jax.train import experiment, reporting, results
+from megraph_jax.train.results import RunResult
 
 
 def _tiny_sweep(cache: str) -> dict:
@@ -136,9 +140,6 @@ def _synthetic_config():
 def test_a_run_stopped_after_saving_stops_the_sweep_with_exit_75(tmp_path, synthetic_cache, monkeypatch, capsys):
   """Without Ray, SIGTERM (or Ctrl-C) stops the run in progress after its checkpoint (experiment.run returns it
   preempted): the runs after it are not started and the sweep exits 75, not 0, so a scheduler reruns it."""
-  from megraph_jax.train import experiment  # pylint: disable=import-outside-toplevel
-  from megraph_jax.train.results import RunResult  # pylint: disable=import-outside-toplevel
-
   spec = {
     "name": "stop",
     "config": "configs/synthetic.py",
@@ -149,7 +150,7 @@ def test_a_run_stopped_after_saving_stops_the_sweep_with_exit_75(tmp_path, synth
   monkeypatch.setattr(sweep_spec, "load_module", lambda path: module())
   started = []
 
-  def stopped_run(config, workdir):  # what experiment.run returns after a SIGTERM: saved, preempted
+  def stopped_run(config, workdir, **kwargs):  # what experiment.run returns after a SIGTERM: saved, preempted
     started.append(os.path.basename(workdir))
     return RunResult(config.mode, workdir, preempted=True, message="fold 1 stage 1: stopped at step 3")
 
@@ -159,3 +160,83 @@ def test_a_run_stopped_after_saving_stops_the_sweep_with_exit_75(tmp_path, synth
   err = capsys.readouterr().err
   assert "sweep stop: stopped at run first after saving its checkpoint" in err and "rerun the same command" in err
   assert "error:" not in err
+
+
+def _avg_cells(text: str, label: str) -> list[str]:
+  """The F1 cells of the table row of ``text`` whose label is ``label``."""
+  row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+  return row.split("|")[2:-1]
+
+
+def _fake_run(started: list, outcome: dict | None = None):
+  """An ``experiment.run`` of fixed results per fold (stage s of fold k: F1 of AU i = 0.1 k + 0.05 i + 0.01 s),
+  written as the real one writes them; ``outcome`` {fold: exception or 'preempted'} stops a fold instead."""
+
+  def run(config, workdir, *, results_name=""):
+    k = config.dataset.fold
+    started.append((config.mode, k, os.path.basename(workdir), results_name))
+    what = (outcome or {}).get(k)
+    if what == "preempted":
+      return RunResult(config.mode, workdir, preempted=True, message=f"fold {k} stage 1: stopped at step 2")
+    if what is not None:
+      raise what
+    evals = {}
+    for s in (1, 2):
+      f1 = {a: 0.1 * k + 0.05 * i + 0.01 * s for i, a in enumerate(TINY_AUS)}
+      evals[s] = results.EvalResult(f1, f1, sum(f1.values()) / len(f1), 0.5, 1.0, epoch=1, step=4)
+    fold = results.FoldResult(k, "/data", 32, 16, {a: 0.2 * k for a in TINY_AUS},
+                              stages={s: results.StageResult(s, k, e, e) for s, e in evals.items()})  # fmt: skip
+    out = RunResult(config.mode, workdir, folds={k: fold}, au_names=TINY_AUS, wall_time_s=10.0 * k,
+                    config=config.to_dict())  # fmt: skip
+    experiment.report(out, results_name or "results")
+    return out
+
+  return run
+
+
+def test_mode_folds_is_the_sweep_of_its_folds(tmp_path, synthetic_cache, monkeypatch):
+  """Mode 'folds' (main.py's ``run_config``) is the mode-'train' runs of its folds (a fake run here), one after another
+  in one workdir: results.json holds each fold as its run wrote it (results_fold<k>.json), results.md averages them as
+  ``results.fold_average`` does, and a sweep file over the same folds averages them to the same numbers. A fold that
+  stops early or fails ends mode 'folds' there, as main.py meets it (exit 75, 3)."""
+  started = []
+  monkeypatch.setattr(experiment, "run", _fake_run(started))
+  workdir = str(tmp_path / "w")
+  config = tiny_config(synthetic_cache, mode="folds")
+  result = sweep.run_config(config, workdir)
+  assert started == [("train", k, "w", f"results_fold{k}") for k in (1, 2, 3)]
+  parts = {k: RunResult.read(os.path.join(workdir, f"results_fold{k}.json")) for k in (1, 2, 3)}
+  saved = RunResult.read(os.path.join(workdir, "results.json"))
+  assert saved.to_json() == json.loads(json.dumps(result.to_json())) and saved.mode == "folds"
+  assert saved.to_json()["folds"] == {str(k): p.to_json()["folds"][str(k)] for k, p in parts.items()}
+  assert saved.wall_time_s == 60.0 and saved.config["dataset"]["folds"] == [1, 2, 3]
+  with open(os.path.join(workdir, "results.md")) as f:
+    table = f.read()
+  for s in (1, 2):  # the one fold average of the per-fold results
+    label, f1 = results.fold_average(f"stage {s}, last epoch", [p.folds[k].stages[s].last.f1 for k, p in parts.items()])
+    assert reporting.f1_table([(label, f1)], TINY_AUS).splitlines()[-1] in table
+
+  root = str(tmp_path / "sweep")  # the same folds as a sweep file: the same averages
+  path = write_sweep(str(tmp_path / "folds.py"), "folds", tiny_overrides(synthetic_cache, mode="train"),
+                     {"dataset.fold": [1, 2, 3]})  # fmt: skip
+  assert sweep.main(["run", path, f"--root={root}"]) == 0
+  with open(os.path.join(root, "sweep.md")) as f:
+    swept = f.read()
+  for s in (1, 2):
+    want = _avg_cells(table, f"stage {s}, last epoch, avg. over 3 folds")
+    assert _avg_cells(swept, f"all [stage {s}], avg. over 3 folds") == want
+
+  for outcome in ({2: "preempted"}, {2: errors.DiskFullError("no space left")}):
+    started.clear()
+    monkeypatch.setattr(experiment, "run", _fake_run(started, outcome))
+    if outcome[2] == "preempted":
+      assert sweep.run_config(config, str(tmp_path / "p")).preempted
+    else:
+      with pytest.raises(errors.DiskFullError):
+        sweep.run_config(config, str(tmp_path / "d"))
+    assert [k for _, k, _, _ in started] == [1, 2]  # fold 3 not started
+  with pytest.raises(errors.ConfigError, match="grid over 'dataset.fold'"):  # a sweep's runs are not mode folds
+    sweep.check_run({"name": "r", "config": config, "overrides": {}, "grid": {}})
+  monkeypatch.undo()
+  with pytest.raises(errors.ConfigError, match="mode 'folds' is a sweep"):  # no second way to run the folds
+    experiment.run(config, str(tmp_path / "x"))

@@ -69,8 +69,8 @@ def _append_attempt(workdir: str, record: dict[str, Any]) -> None:
 
 def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> dict[str, Any]:
   """One process of one attempt of one run (the body of the Ray task): returns its status."""
-  workdir = os.path.join(root, run["name"])
-  if os.path.isfile(os.path.join(workdir, "results.json")):
+  workdir = sweep_spec.workdir(run, root)
+  if os.path.isfile(sweep_spec.results_path(run, root)):
     return {"status": "done", "skipped": True}
   _append_attempt(
     workdir,
@@ -92,7 +92,7 @@ def run_process(run: dict[str, Any], root: str, attempt: int, process: int) -> d
   distributed.initialize()
 
   try:
-    result = experiment.run(config, workdir)
+    result = experiment.run(config, workdir, results_name=sweep_spec.results_name(run))
   except not_retried() as e:  # main.py's exit statuses 2 (input errors), 3 (diverged), 74 (disk full): not retried
     if type(e).__name__ == "WorkdirLockedError":  # the previous attempt's process may still be exiting: retry
       raise
@@ -253,7 +253,7 @@ def drive_run(ray, task, run: dict[str, Any], root: str, res: Resources, max_ret
   """Attempts of one run until it finishes, fails with a config/data error, or fails ``max_retries`` + 1 times."""
   failures, attempt = 0, 0
   while True:
-    if os.path.isfile(os.path.join(root, run["name"], "results.json")):
+    if os.path.isfile(sweep_spec.results_path(run, root)):
       return {"name": run["name"], "status": "done", "attempts": attempt, "failures": failures}
     try:
       outs = _attempt(ray, task, run, root, res, attempt)
@@ -329,7 +329,7 @@ def run_sweep(
   num_cpus: int | None = None,
 ) -> list[dict[str, Any]]:
   """Runs every run of a sweep as Ray work (all submitted at once; Ray schedules them); returns their statuses."""
-  todo = [r for r in runs if not os.path.isfile(os.path.join(root, r["name"], "results.json"))]
+  todo = [r for r in runs if not os.path.isfile(sweep_spec.results_path(r, root))]
   for r in runs:
     if r not in todo:
       _log(f"{r['name']}: finished earlier, skipped")

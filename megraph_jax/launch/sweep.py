@@ -17,6 +17,12 @@ input is wrong is not started, and one that fails while running does not stop th
 one ``error:`` line per run that did not finish, the table of those that did, and exit status
 ``EXIT_RUNS_FAILED`` (4) if any did not (0 if all did); ``EXIT_PREEMPTED`` (75) when, without Ray, a run was stopped
 (SIGTERM, Ctrl-C) after saving its checkpoint and the runs after it were not started: rerun to resume.
+
+Mode 'folds' (the paper's 3-fold protocol, ``python main.py --config.mode=folds``) is such a sweep: one mode-'train'
+run per fold of ``dataset.folds`` (:func:`fold_runs`), all in one workdir (``fold<k>/stage<s>``, each fold's
+``results_fold<k>.json``), run one after another by :func:`run_all` as one job, then ``results.json`` / ``results.md``
+of all folds with their averages (:func:`run_folds`). Inside a sweep file the same runs are a grid over
+``dataset.fold``; both tables average folds with ``results.fold_average``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,11 @@ def check_run(run: dict[str, Any]) -> ml_collections.ConfigDict:
   except (KeyError, TypeError) as e:  # a key the config does not have, a value of the wrong type
     raise errors.ConfigError(str(e.args[0]) if e.args else str(e)) from None
   experiment.check_config(config)
+  if config.mode == "folds":  # the same runs as a grid
+    raise errors.ConfigError(
+      f"run {run['name']!r}: mode 'folds' in a sweep file; use mode 'train' with a grid over 'dataset.fold' (the "
+      "same runs: the table averages them over the folds)"
+    )
   return config
 
 
@@ -56,7 +67,7 @@ def check_runs(runs: list[dict[str, Any]], root: str) -> tuple[list[dict[str, An
   """(runs to start, statuses of the runs whose config is wrong): every unfinished run checked before any starts."""
   todo, bad = [], []
   for r in runs:
-    if os.path.isfile(os.path.join(root, r["name"], "results.json")):
+    if os.path.isfile(sweep_spec.results_path(r, root)):
       todo.append(r)  # finished earlier: skipped by either runner
       continue
     try:
@@ -69,17 +80,21 @@ def check_runs(runs: list[dict[str, Any]], root: str) -> tuple[list[dict[str, An
   return todo, bad
 
 
-def run_all(runs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+def run_all(runs: list[dict[str, Any]], root: str, *, one_job: bool = False) -> list[dict[str, Any]]:
   """Runs every unfinished run in this process, one after another; returns the status of each run reached, as
   ``ray_sweep.run_sweep`` does: 'done' (also a run finished earlier, 0 attempts), 'error' (wrong input, diverged,
   a full disk: its message), 'failed' (an unexpected error: its traceback is printed), 'preempted' (stopped after
-  saving; the runs after it are not started). A failed run does not stop the others; a full disk does."""
+  saving; the runs after it are not started), with the ``result`` of each run started. A failed run does not stop the
+  others; a full disk does.
+
+  ``one_job`` (mode 'folds', one ``main.py`` job): a finished run is started too (it checks its config against its
+  stages' and trains nothing, as a rerun of ``main.py``), and the first error is raised, as ``main.py`` meets it."""
   out: list[dict[str, Any]] = []
   for i, r in enumerate(runs):
-    workdir = os.path.join(root, r["name"])
+    workdir = sweep_spec.workdir(r, root)
     status = {"name": r["name"], "status": "done", "attempts": 0, "failures": 0}
     out.append(status)
-    if os.path.isfile(os.path.join(workdir, "results.json")):
+    if not one_job and os.path.isfile(sweep_spec.results_path(r, root)):
       print(f"[{i + 1}/{len(runs)}] {r['name']}: finished earlier, skipped", flush=True)
       continue
     print(f"[{i + 1}/{len(runs)}] {r['name']}: {sweep_spec.command(r, root)}", flush=True)
@@ -88,8 +103,10 @@ def run_all(runs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
       config = check_run(r)
       if config.dataset.synthetic.enabled and not config.dataset.synthetic.cache_dir:
         config.dataset.synthetic.cache_dir = os.path.join(root, "data")  # one generated set for all runs
-      result = experiment.run(config, workdir)
+      result = experiment.run(config, workdir, results_name=sweep_spec.results_name(r))
     except ray_sweep.not_retried() as e:  # the same input would fail again: reported, the next run starts
+      if one_job:
+        raise
       status.update(status="error", message=ray_sweep.describe(e))
       print(f"{r['name']}: {type(e).__name__}, not finished (reported at the end)", flush=True)
       if isinstance(e, errors.DiskFullError):  # the runs after it write to the same disk
@@ -97,15 +114,48 @@ def run_all(runs: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
         break
       continue
     except Exception as e:  # pylint: disable=broad-except  # a bug: its traceback, then the next run
+      if one_job:
+        raise
       traceback.print_exc()
       status.update(status="failed", failures=1, message=ray_sweep.describe(e))
       print(f"{r['name']}: failed ({type(e).__name__}; traceback above), continuing with the next run", flush=True)
       continue
+    status["result"] = result
     if result.preempted:
-      status["status"] = "preempted"
-      print(f"{r['name']}: stopped before the end; rerun the sweep to resume", flush=True)
+      status.update(status="preempted", message=result.message)
+      print(f"{r['name']}: stopped before the end; rerun the same command to resume", flush=True)
       break
   return out
+
+
+def fold_runs(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Mode 'folds' as a sweep: one mode-'train' run of ``config`` per fold of ``dataset.folds``, named 'fold<k>', all
+  in ``workdir`` (its stages in ``fold<k>/stage<s>``, its results in ``results_fold<k>.json``)."""
+  spec = {"name": "folds", "config": config, "overrides": {"mode": "train"},
+          "grid": {"dataset.fold": list(config.dataset.folds)}}  # fmt: skip
+  return [{**r, "workdir": workdir, "results": f"results_{r['name']}"} for r in sweep_spec.expand(spec)]
+
+
+def run_folds(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """Mode 'folds', the paper's 3-fold protocol: :func:`fold_runs` one after another (:func:`run_all` as one job, the
+  first error raised), then ``results.json`` / ``results.md`` of every fold with the fold averages (``results.table``);
+  ``wall_time_s`` is the folds' sum. Returns a ``preempted`` result when a fold was stopped after saving."""
+  experiment.check_config(config)  # the config's own problems (dataset.folds...), before anything is written
+  workdir = os.path.abspath(workdir)
+  statuses = run_all(fold_runs(config, workdir), workdir, one_job=True)
+  if statuses[-1]["status"] == "preempted":
+    return RunResult(config.mode, workdir, preempted=True, message=statuses[-1]["message"])
+  parts = [s["result"] for s in statuses]
+  folds = {k: fold for part in parts for k, fold in part.folds.items()}
+  result = RunResult(config.mode, workdir, folds=folds, au_names=parts[0].au_names,
+                     wall_time_s=sum(p.wall_time_s for p in parts), config=config.to_dict())  # fmt: skip
+  experiment.report(result)
+  return result
+
+
+def run_config(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """One config as ``python main.py`` runs it: mode 'folds' by :func:`run_folds`, any other by ``experiment.run``."""
+  return run_folds(config, workdir) if config.mode == "folds" else experiment.run(config, workdir)
 
 
 def report_failures(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -126,7 +176,7 @@ def gather(runs: list[dict[str, Any]], root: str) -> tuple[str, list[dict[str, A
   finished, records, missing = [], [], []
   au_names = None
   for r in runs:
-    path = os.path.join(root, r["name"], "results.json")
+    path = sweep_spec.results_path(r, root)
     if not os.path.isfile(path):
       missing.append(r["name"])
       continue

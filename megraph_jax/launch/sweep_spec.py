@@ -6,6 +6,10 @@ A sweep file (``configs/sweeps/*.py``) defines ``get_sweep()`` returning a dict 
 backbones) and ``variants`` ({name: {key: value}}, e.g. the rows of the paper's Table 3). Every variant at
 every grid point is one run, named by the variant and its grid values; keys are ml_collections' dotted keys
 of the locked config. Running and gathering sweeps: ``megraph_jax.launch.sweep``.
+
+A run is a dict: ``name``, ``config`` (a config file, or a ``ConfigDict``), ``overrides``, ``grid``, and optionally
+``workdir`` (default ``ROOT/<name>``) and ``results`` (its results file's name, default ``results``). Mode 'folds'
+(``sweep.fold_runs``) gives its fold runs one workdir and ``results_fold<k>``.
 """
 
 from __future__ import annotations
@@ -105,9 +109,27 @@ def expand(sweep: dict[str, Any], extra: dict[str, Any] | None = None) -> list[d
   return runs
 
 
+def workdir(run: dict[str, Any], root: str) -> str:
+  """The run's workdir: its ``workdir`` when it names one, else ``ROOT/<name>``."""
+  return run.get("workdir") or os.path.join(root, run["name"])
+
+
+def results_name(run: dict[str, Any]) -> str:
+  return run.get("results", "results")
+
+
+def results_path(run: dict[str, Any], root: str) -> str:
+  """The run's results.json (or its ``results`` name): there, the run is finished."""
+  return os.path.join(workdir(run, root), results_name(run) + ".json")
+
+
 def build_config(run: dict[str, Any]) -> ml_collections.ConfigDict:
-  """The run's config file with its overrides (dotted keys; an unknown key or a wrong type is an error)."""
-  config = load_module(run["config"]).get_config()
+  """The run's config (file) with its overrides (dotted keys; an unknown key or a wrong type is an error)."""
+  base = run["config"]
+  if isinstance(base, ml_collections.ConfigDict):
+    config = base.copy_and_resolve_references()
+  else:
+    config = load_module(base).get_config()
   config.lock()
   for key, value in run["overrides"].items():
     try:
@@ -119,7 +141,8 @@ def build_config(run: dict[str, Any]) -> ml_collections.ConfigDict:
 
 def command(run: dict[str, Any], root: str, python: str = "python") -> str:
   """The main.py command line of one run."""
-  parts = [python, "main.py", f"--config={run['config']}", f"--workdir={os.path.join(root, run['name'])}"]
+  config = run["config"] if isinstance(run["config"], str) else "<the config given>"
+  parts = [python, "main.py", f"--config={config}", f"--workdir={workdir(run, root)}"]
   parts += [f"--config.{k}={_cli_value(v)}" for k, v in run["overrides"].items()]
   return " ".join(shlex.quote(p) for p in parts)
 

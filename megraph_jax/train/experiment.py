@@ -1,8 +1,9 @@
-"""One run of an experiment config (``config.mode``): train one fold's stages, the multi-fold protocol, or
-evaluate a checkpoint; typed results (``megraph_jax.train.results``), ``results.json`` and the F1 table.
+"""One run of an experiment config (``config.mode``): train one fold's stages or evaluate a checkpoint; typed results
+(``megraph_jax.train.results``), ``results.json`` and the F1 table.
 
-Sweeps (``megraph_jax.launch.sweep``, including the paper's Table 3 ablation, ``configs/sweeps/table3_ablation.py``)
-are sets of such runs, and build their tables from the same results.
+Sweeps (``megraph_jax.launch.sweep``) are sets of such runs and build their tables from the same results: mode 'folds'
+(one mode-'train' run per fold, ``sweep.run_folds``), the paper's Table 3 ablation
+(``configs/sweeps/table3_ablation.py``), grids.
 """
 
 from __future__ import annotations
@@ -145,49 +146,61 @@ def _make_workdir(workdir: str) -> str:
   return path
 
 
-def _recorded_wall_time(workdir: str, mode: str, folds: dict[int, FoldResult]) -> float | None:
-  """``wall_time_s`` of the workdir's results.json when it is of the same mode and folds, else None."""
+def _recorded_wall_time(path: str, mode: str, folds: dict[int, FoldResult]) -> float | None:
+  """``wall_time_s`` of the results file ``path`` when it is of the same mode and folds, else None."""
   try:
-    earlier = RunResult.read(os.path.join(workdir, "results.json"))
+    earlier = RunResult.read(path)
   except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: this run's time
     return None
   same = earlier.mode == mode and set(earlier.folds) == set(folds)
   return earlier.wall_time_s if same and earlier.wall_time_s > 0 else None
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
-  """Runs ``config.mode``; returns the results and writes them to ``workdir``.
+def report(result: RunResult, name: str = "results") -> None:
+  """Writes ``<name>.json`` / ``<name>.md`` (the F1 table) of ``result`` into its workdir and prints the table
+  (process 0)."""
+  if jax.process_index() == 0:
+    text = table({"run": result})
+    reporting.write_results(result.workdir, result.to_json(), f"# F1 (%) on the test split\n\n{text}", name=name)
+    print(text, flush=True)
 
-  Training modes write results.json / results.md and hold the workdir's lock; mode 'eval' writes
-  results_eval.json / results_eval.md beside them. A stop request returns a result with ``preempted``. A rerun
-  that trains no step (every stage finished) keeps the ``wall_time_s`` of the results.json it replaces.
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, results_name: str = "") -> RunResult:
+  """Runs ``config.mode`` on ``config.dataset.fold``; returns the results and writes them to ``workdir``.
+
+  Training modes write results.json / results.md (``results_name`` when given: a fold of mode 'folds') and hold the
+  workdir's lock; mode 'eval' writes results_eval.json / results_eval.md beside them. A stop request returns a result
+  with ``preempted``. A rerun that trains no step (every stage finished) keeps the ``wall_time_s`` of the results
+  file it replaces. Mode 'folds' is a sweep of such runs (``megraph_jax.launch.sweep.run_folds``), not run here.
   """
   stages = check_config(config)
+  if config.mode == "folds":
+    raise ConfigError(
+      "mode 'folds' is a sweep of mode-'train' runs, one per fold: run it with python main.py (or "
+      "megraph_jax.launch.sweep.run_config)"
+    )
   workdir = _make_workdir(workdir)
   reporting.quiet_library_logs()
   t0 = time.time()
   stop = StopRequest(config.stop_after_steps).install()
+  fold = config.dataset.fold
   try:
     if config.mode == "eval":
-      folds = {config.dataset.fold: evaluate_checkpoint(config, workdir)}
+      result = evaluate_checkpoint(config, workdir)
     else:
-      fold_list = list(config.dataset.folds) if config.mode == "folds" else [config.dataset.fold]
       with checkpointing.WorkdirLock(workdir):
-        folds = {k: run_fold(config, workdir, k, stages, stop) for k in fold_list}
+        result = run_fold(config, workdir, fold, stages, stop)
   except Preempted as e:
     logging.warning("%s", e)
     return RunResult(config.mode, workdir, preempted=True, message=str(e))
   finally:
     stop.uninstall()
-  names = tuple(next(iter(folds.values())).all_positive_f1)
+  folds = {fold: result}
+  name = results_name or ("results_eval" if config.mode == "eval" else "results")
   wall_time = time.time() - t0
   if config.mode != "eval" and stop.steps_run == 0:  # a rerun of a finished run: the training's time stays
-    wall_time = _recorded_wall_time(workdir, config.mode, folds) or wall_time
-  result = RunResult(config.mode, workdir, folds=folds, au_names=names, wall_time_s=wall_time,
-                     config=config.to_dict())  # fmt: skip
-  if jax.process_index() == 0:
-    text = table({"run": result})
-    name = "results_eval" if config.mode == "eval" else "results"
-    reporting.write_results(workdir, result.to_json(), f"# F1 (%) on the test split\n\n{text}", name=name)
-    print(text, flush=True)
-  return result
+    wall_time = _recorded_wall_time(os.path.join(workdir, f"{name}.json"), config.mode, folds) or wall_time
+  out = RunResult(config.mode, workdir, folds=folds, au_names=tuple(result.all_positive_f1), wall_time_s=wall_time,
+                  config=config.to_dict())  # fmt: skip
+  report(out, name)
+  return out
