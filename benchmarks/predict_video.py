@@ -10,8 +10,9 @@ A synthetic 640x360 video (``megraph_jax.data.synthetic_video``; no real data) i
 random weights (timing does not depend on them), on the default JAX device (CPU here; a GPU when present):
   * decode: reading the frames (OpenCV) and nothing else;
   * end to end: ``Predictor.iter_predict`` (decode, MTCNN detection / ONet tracking, alignment, model) with every
-    row written to a CSV file, as the CLI does; busy seconds per stage (stages overlap in threads, so they may sum
-    to more than the wall time);
+    row written to a CSV file, as the CLI does; busy seconds per stage and where it runs (the device: JAX on the
+    default device; the host: the CPU's Python/NumPy/OpenCV threads), stages overlap in threads, so they may sum to
+    more than the wall time;
   * model only: the same aligned crops, already transformed, through the jitted model at the same batch size;
   * simple path: the same predictor one stage after another with full detection on every frame (the behaviour
     before the pipeline), on the first ``--simple-frames`` frames;
@@ -43,6 +44,16 @@ from megraph_jax.predict import predictor as predict
 from megraph_jax.predict.records import RecordWriter
 
 GPU_TARGET = 1000  # frames/s end to end on one H100/H200-class GPU (issue 24; py-feat 2.0: 239 on a Blackwell GPU)
+# Where each stage of megraph_jax.predict.pipeline runs: on the device (jitted JAX, batched) or on the host's CPU.
+WHERE = {
+  "model": "device",
+  "detect": "device (MTCNN; pyramid copies on the host)",
+  "track": "device (ONet refit along frames)",
+  "align": "device (similarity warp, batched)",
+  "transform": "host (eval transform, threads)",
+  "decode": "host (OpenCV, its threads)",
+  "write": "host (CSV rows)",
+}
 
 
 def _end_to_end(pr: predict.Predictor, video: str, out_csv: str, max_frames: int | None = None):
@@ -166,7 +177,7 @@ def main(argv=None):
     print(f"target on one GPU: >= {GPU_TARGET} frames/s end to end: {e2e_fps:.0f} ({verdict})")
   print(f"\nend to end: {n} frames in {wall:.1f} s; busy seconds per stage (overlapping threads):")
   for stage, sec in sorted(stages.items(), key=lambda kv: -kv[1]):
-    print(f"  {stage:10s} {sec:7.2f} s  {1000 * sec / n:7.1f} ms/frame")
+    print(f"  {stage:10s} {sec:7.2f} s  {1000 * sec / n:7.1f} ms/frame   {WHERE.get(stage, '')}")
   print(f"  process CPU time {resource.getrusage(resource.RUSAGE_SELF).ru_utime:.0f} s user", flush=True)
 
   if args.memory:

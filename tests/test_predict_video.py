@@ -19,7 +19,7 @@ except ImportError:
 from megraph_jax import loader
 from megraph_jax.data import synthetic_video
 from megraph_jax.model_factory import ModelSpec, build, eval_view
-from megraph_jax.predict import faces, media
+from megraph_jax.predict import faces, media, warp
 from megraph_jax.predict import predictor as predict
 
 ASTRONAUT_FACE = (182, 64, 265, 172)  # x0, y0, x1, y1 of the face in skimage's astronaut (by eye)
@@ -83,8 +83,9 @@ def _model_on_crops(model, crops):
 def test_pipelined_rows_equal_the_simple_path(model, video):
   """Same faces, order and track ids; with full detection on every frame also the same numbers; tracked crops stay
   aligned (the tracking policy of megraph_jax.predict.pipeline); every row's probabilities are the model's on that
-  row's own aligned crop."""
+  row's own aligned crop; the alignment warp (on the device, batched) compiles once for the video."""
   pytest.importorskip("mtcnn")
+  compiled = warp.warp_faces._cache_size()
   simple = list(predict.Predictor(model, batch_size=4, threads=False, redetect=1).iter_predict(video))
   batched = list(predict.Predictor(model, batch_size=4, redetect=1).iter_predict(video))
   tracked_pr = predict.Predictor(model, batch_size=4, redetect=8)
@@ -98,6 +99,8 @@ def test_pipelined_rows_equal_the_simple_path(model, video):
     np.testing.assert_allclose(b.probs, s.probs, atol=1e-5)
   assert tracked_pr.times.seconds["track"] > 0  # frames between keyframes were tracked, not detected
   assert tracked_pr._fn._cache_size() == 1  # one model batch shape: compiled once
+  # the alignment warp on the device: frames and faces padded to the batch, so one shape for the three paths
+  assert warp.warp_faces._cache_size() - compiled <= 1
   for s, t in zip(simple, tracked):
     assert _iou(s.box, t.box) > 0.8, (s.frame, s.box, t.box)
     assert _shift(s.crop, t.crop) <= 1, (s.frame, s.face)  # at most 1/64 of the crop (4 px of 256) apart

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from megraph_jax import optional
+from megraph_jax.predict import warp as warplib
 
 ALIGN_SIZE = 256  # px side of aligned crops, as the official ME-GraphAU crops (then resize + centre crop)
 
@@ -72,32 +73,21 @@ def apply(matrix: np.ndarray, pts: np.ndarray) -> np.ndarray:
   return np.asarray(pts, np.float64) @ matrix[:, :2].T + matrix[:, 2]
 
 
-def _invert(matrix: np.ndarray) -> np.ndarray:
-  """Inverse of an affine ``[2, 3]``."""
-  lin = np.linalg.inv(matrix[:, :2])
-  return np.concatenate([lin, -(lin @ matrix[:, 2])[:, None]], axis=1)
-
-
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-  """Warps RGB ``image`` by ``matrix`` (source -> crop pixels) into a ``size`` x ``size`` crop (bicubic)."""
-  img = Image.fromarray(image)
-  m = np.asarray(matrix, np.float64)
-  scale = np.sqrt(abs(np.linalg.det(m[:, :2])))
-  factor = int(1.0 / scale) if scale < 0.5 else 1
-  if factor > 1:  # Box-downsample first so that strong shrinking does not alias.
-    img = img.reduce(factor)
-    m = m.copy()
-    m[:, :2] *= factor
-  inv = _invert(m)
-  out = img.transform(
-    (size, size), Image.Transform.AFFINE, data=tuple(inv.reshape(-1)), resample=Image.Resampling.BICUBIC
-  )
-  return np.asarray(out)
+  """Warps RGB ``image`` by ``matrix`` (source -> crop pixels) into a ``size`` x ``size`` crop: PIL's bicubic
+  affine transform, on the device (:func:`megraph_jax.predict.warp.align_faces`, which batches many faces)."""
+  return warplib.align_faces([image], [0], [matrix], size)[0]
+
+
+def alignment(landmarks: np.ndarray, size: int = ALIGN_SIZE) -> np.ndarray:
+  """The similarity ``[2, 3]`` (source -> crop px) that puts five ``landmarks`` on the template of a ``size`` crop
+  (weighted least squares)."""
+  return umeyama(landmarks, template(size), WEIGHTS)
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
   """Crop ``[size, size, 3]`` whose five landmarks sit on the template (weighted least squares)."""
-  return warp(image, umeyama(landmarks, template(size), WEIGHTS), size)
+  return warp(image, alignment(landmarks, size), size)
 
 
 def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -395,7 +385,12 @@ def mtcnn_aligner(size: int = ALIGN_SIZE, *, min_face_size: int | None = None, b
 
 def aligned(rgb: np.ndarray, face: Face, size: int = ALIGN_SIZE) -> AlignedFace:
   """A detection as (aligned crop, box, score)."""
-  return align_face(rgb, face.landmarks, size), tuple(float(v) for v in face.box), float(face.score)
+  return aligned_as(face, align_face(rgb, face.landmarks, size))
+
+
+def aligned_as(face: Face, crop: np.ndarray) -> AlignedFace:
+  """A detection and its aligned crop as (crop, box, score)."""
+  return crop, tuple(float(v) for v in face.box), float(face.score)
 
 
 def whole_image(rgb: np.ndarray) -> list[AlignedFace]:

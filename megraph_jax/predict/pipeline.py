@@ -2,7 +2,9 @@
 
 Each stage is an iterator; :class:`Prefetch` runs one in a thread with a bounded queue, so decoding (OpenCV),
 detection (MTCNN) and the model (XLA) overlap and use all cores while memory stays bounded by the
-queue sizes, whatever the video length. Nothing is accumulated: a frame's rows leave the model stage as soon as
+queue sizes, whatever the video length. Detection, tracking, alignment (one batched similarity warp per chunk of
+frames, :func:`megraph_jax.predict.warp.align_faces`) and the model run on the JAX device; decoding, the eval
+transform and the rows on the host. Nothing is accumulated: a frame's rows leave the model stage as soon as
 its faces are predicted. With ``threads=False`` the same stages run one after another in the caller's thread.
 
 Detection policy along a video (:class:`FaceFinder`), ``redetect`` = K:
@@ -34,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from megraph_jax.predict import faces as facelib
-from megraph_jax.predict import media
+from megraph_jax.predict import media, warp
 from megraph_jax.predict.records import FacePrediction
 
 MOVE_LIMIT = 0.2  # a tracked face's centre may move this fraction of its box side per frame ...
@@ -201,12 +203,46 @@ class FaceFinder:
         for i, (fr, kf) in enumerate(zip(chunk, keyframes)):  # in frame order: detection, tracking, track ids
           self._run = [f.image for f in self._between(chunk[i:], keyframes[i:])]
           found.append(self._start(fr, kf))
-        jobs = [(fr.image, face) for fr, (_, faces) in zip(chunk, found) for _, face in faces]
+        jobs = self._align(chunk, found)  # the chunk's faces aligned on the device, batched
         prepared = iter(
           pool.map(self._prepare, jobs) if self.workers > 1 and len(jobs) > 1 else map(self._prepare, jobs)
         )
-        for fr, (rows, faces) in zip(chunk, found):  # alignment and transform of the chunk's faces on all cores
+        for fr, (rows, faces) in zip(chunk, found):  # the eval transform of the chunk's faces on all cores
           yield self._finish(fr, rows, [(i, next(prepared)) for i, _ in faces])
+
+  def _align(self, chunk: list[media.Frame], found: list[tuple]) -> list[facelib.AlignedFace | Exception]:
+    """The faces of a chunk's frames, in order, aligned (:class:`megraph_jax.predict.faces.Face`: one
+    :func:`megraph_jax.predict.warp.align_faces` call per frame size, frames and faces padded to the batch size), or
+    the error that aligning one raised."""
+    out: list = [face for _, faces in found for _, face in faces]
+    groups: dict[tuple, list[tuple[int, int, np.ndarray]]] = collections.defaultdict(list)  # shape -> faces
+    k = 0
+    for j, (fr, (_, faces)) in enumerate(zip(chunk, found)):
+      for _, face in faces:
+        if isinstance(face, facelib.Face):
+          try:
+            groups[fr.image.shape].append((k, j, facelib.alignment(face.landmarks)))
+          except Exception as e:  # pylint: disable=broad-except  # the frame's row says so
+            out[k] = e
+        k += 1
+    with self.times("align"):
+      for todo in groups.values():
+        frames = sorted({j for _, j, _ in todo})
+        slot = {j: i for i, j in enumerate(frames)}
+        try:
+          crops = warp.align_faces(
+            [chunk[j].image for j in frames],
+            [slot[j] for _, j, _ in todo],
+            [m for _, _, m in todo],
+            facelib.ALIGN_SIZE,
+            frames_to=self.batch,
+            faces_to=self.batch,
+          )
+        except Exception as e:  # pylint: disable=broad-except  # the rows of these frames say so
+          crops = [e] * len(todo)
+        for (k, _, _), crop in zip(todo, crops):
+          out[k] = crop if isinstance(crop, Exception) else facelib.aligned_as(out[k], crop)
+    return out
 
   @staticmethod
   def _between(chunk: list[media.Frame], keyframes: list) -> list[media.Frame]:
@@ -313,13 +349,12 @@ class FaceFinder:
       return None, sorted(zip(ids, found), key=lambda t: t[0])
     return None, list(zip(ids, found))
 
-  def _prepare(self, job: tuple[np.ndarray, facelib.Face | facelib.AlignedFace]) -> tuple | Exception:
-    """(aligned face, model input) of one face, or the error that aligning it raised (run in the worker threads)."""
-    image, face = job
+  def _prepare(self, face: facelib.AlignedFace | Exception) -> tuple | Exception:
+    """(aligned face, model input) of one face, or the error that aligning or transforming it raised (run in the
+    worker threads)."""
+    if isinstance(face, Exception):
+      return face
     try:
-      if isinstance(face, facelib.Face):
-        with self.times("align"):
-          face = facelib.aligned(image, face)
       with self.times("transform"):
         return face, self.transform(face[0])
     except Exception as e:  # pylint: disable=broad-except  # the frame's row says so
