@@ -47,7 +47,7 @@ GPU_TARGET = 1000  # frames/s end to end on one H100/H200-class GPU (issue 24; p
 # Where each stage of megraph_jax.predict.pipeline runs: on the device (jitted JAX, batched) or on the host's CPU.
 WHERE = {
   "model": "device",
-  "detect": "device (MTCNN; pyramid copies on the host)",
+  "detect": "device (MTCNN; large frames shrunk on the host first)",
   "track": "device (ONet refit along frames)",
   "align": "device (similarity warp, batched)",
   "transform": "host (eval transform, threads)",
