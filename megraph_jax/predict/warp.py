@@ -17,7 +17,7 @@ time, hence ``data_pipelines/align.py``). It reproduces what the project's align
 The arithmetic is float32 (PIL's is double; the crop's centre is placed in integer + fraction so that precision
 does not fall with the frame's size), so a value a hair from an integer may truncate one grey level apart: against
 PIL on real photos at most 0.011% of the values differ, by 1, and a model's AU probabilities on the crops by 4e-6
-(``tests/test_warp.py``). Shapes are static per (frames, faces, frame size, crop size, reduce); :func:`align_faces`
+(``tests/test_warp.py``). Shapes are static per (frames, faces, frame size, crop size, factor); :func:`align_faces`
 pads the counts, so a video compiles once.
 """
 
@@ -47,7 +47,7 @@ def _cubic(v: list[jax.Array], w: tuple[jax.Array, jax.Array, jax.Array]) -> jax
   return v[1] + w[0] * (v[0] - v[1]) + w[1] * (v[2] - v[1]) + w[2] * (v[3] - v[1])
 
 
-def _plain_tap(frames: jax.Array, which: jax.Array, ty: jax.Array, tx: jax.Array) -> jax.Array:
+def _tap(frames: jax.Array, which: jax.Array, ty: jax.Array, tx: jax.Array) -> jax.Array:
   """Pixels ``[F, S, S, 3]`` float32 at rows ``ty`` and columns ``tx`` ``[F, S, S, 1]`` (in range) of each face's
   frame: one flat gather per tap, which XLA fuses into the warp's single loop."""
   _, h, w, _ = frames.shape
@@ -55,42 +55,34 @@ def _plain_tap(frames: jax.Array, which: jax.Array, ty: jax.Array, tx: jax.Array
   return frames.reshape(-1)[index].astype(jnp.float32)
 
 
-def _reduced_tap(
-  sat: jax.Array, which: jax.Array, factor: jax.Array, ty: jax.Array, tx: jax.Array, h: int, w: int
-) -> jax.Array:
-  """Pixels ``[F, S, S, 3]`` float32 at rows ``ty`` and columns ``tx`` ``[F, S, S, 1]`` of each face's frame
-  box-reduced by its ``factor`` (PIL's ``Image.reduce``: the block's mean in PIL's fixed point; blocks at the right
-  and bottom edges hold fewer pixels). ``sat``: the frames' summed-area tables ``[B, H + 1, W + 1, 3]`` uint32,
-  whose wrapping differences give a block's sum exactly."""
-  f = factor[:, None, None, None]
-  r0, c0 = ty * f, tx * f
-  r1, c1 = jnp.minimum(r0 + f, h), jnp.minimum(c0 + f, w)
-  flat, base, c = sat.reshape(-1), which[:, None, None, None] * (h + 1), jnp.arange(3)
-  at = lambda r, col: flat[((base + r) * (w + 1) + col) * 3 + c]  # noqa: E731
-  total = at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)  # [F, S, S, 3]
-  n = ((r1 - r0) * (c1 - c0)).astype(jnp.uint32)
+def box_reduce(frames: jax.Array, factor: int) -> jax.Array:
+  """``frames`` ``[B, H, W, 3]`` uint8 box-reduced by ``factor`` as PIL's ``Image.reduce``: ``[B, ceil(H / factor),
+  ceil(W / factor), 3]`` uint8, each pixel the mean of its ``factor x factor`` block (the blocks at the right and
+  bottom edges hold fewer pixels), rounded in PIL's fixed point: ``((sum + n // 2) * m) >> 24`` with ``m`` its
+  float32 ``2**32 / (256 n)``."""
+  b, h, w, _ = frames.shape
+  hr, wr = -(-h // factor), -(-w // factor)
+  x = jnp.pad(frames, ((0, 0), (0, hr * factor - h), (0, wr * factor - w), (0, 0))).astype(jnp.uint32)
+  total = x.reshape(b, hr, factor, wr, factor, 3).sum(axis=(2, 4), dtype=jnp.uint32)  # [B, Hr, Wr, 3]
+  rows = jnp.minimum(factor, h - factor * jnp.arange(hr))  # pixels per block
+  cols = jnp.minimum(factor, w - factor * jnp.arange(wr))
+  n = (rows[:, None] * cols[None, :]).astype(jnp.uint32)[None, :, :, None]  # [1, Hr, Wr, 1]
   multiplier = (jnp.float32(2.0**32) / (256.0 * n.astype(jnp.float32))).astype(jnp.uint32)  # PIL's, in float32
-  return (((total + n // 2) * multiplier) >> 24).astype(jnp.float32)
+  return (((total + n // 2) * multiplier) >> 24).astype(jnp.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "reduce"))
+@functools.partial(jax.jit, static_argnames=("size", "factor"))
 def warp_faces(
-  frames: jax.Array,
-  which: jax.Array,
-  centre: jax.Array,
-  linear: jax.Array,
-  factor: jax.Array,
-  *,
-  size: int,
-  reduce: bool,
+  frames: jax.Array, which: jax.Array, centre: jax.Array, linear: jax.Array, *, size: int, factor: int = 1
 ) -> jax.Array:
   """Aligned crops ``[F, size, size, 3]`` uint8 of faces in ``frames`` ``[B, H, W, 3]`` uint8.
 
-  Face ``f`` is sampled from frame ``which[f]`` ``[F]`` box-reduced by ``factor[f]`` ``[F]`` through the inverse
-  map (crop px -> px of that frame, continuous pixels) as :func:`split` gives it: ``centre[f]`` ``[F, 2, 2]``
-  int32, where the crop's centre lands (x, y) as (integer, fraction in [0, 1) bit-cast from float32), so that its
-  precision does not depend on the frame's size, and ``linear[f]`` ``[F, 2, 2]`` float32. ``reduce``: whether any
-  ``factor`` exceeds 1 (else the reduction is left out of the compiled op)."""
+  Face ``f`` is sampled from frame ``which[f]`` ``[F]`` box-reduced by ``factor`` (:func:`box_reduce`; 1: as it is)
+  through the inverse map (crop px -> px of that frame, continuous pixels) as :func:`split` gives it: ``centre[f]``
+  ``[F, 2, 2]`` int32, where the crop's centre lands (x, y) as (integer, fraction in [0, 1) bit-cast from float32),
+  so that its precision does not depend on the frame's size, and ``linear[f]`` ``[F, 2, 2]`` float32."""
+  if factor > 1:
+    frames = box_reduce(frames, factor)  # [B, Hr, Wr, 3]
   _, h, w, _ = frames.shape
   c = jnp.arange(size, dtype=jnp.float32) + (0.5 - size / 2)  # crop px from the centre
   a = linear[:, :, :, None, None]  # [F, 2, 2, 1, 1]
@@ -102,20 +94,12 @@ def warp_faces(
   dx, dy = sx - fx, sy - fy
   # A sample point p = i + d + 0.5 (i integer, d in [0, 1)): PIL's taps are rows/columns i - 1 .. i + 2.
   ix, iy = whole[:, 0] + fx.astype(jnp.int32), whole[:, 1] + fy.astype(jnp.int32)
-  hr = ((h + factor - 1) // factor)[:, None, None, None]  # the (reduced) frame's size, PIL's: ceil
-  wr = ((w + factor - 1) // factor)[:, None, None, None]
-  inside = ((ix >= 0) | ((ix == -1) & (dx >= 0.5))) & ((ix < wr - 1) | ((ix == wr - 1) & (dx < 0.5)))  # 0 <= p < n
-  inside &= ((iy >= 0) | ((iy == -1) & (dy >= 0.5))) & ((iy < hr - 1) | ((iy == hr - 1) & (dy < 0.5)))
+  inside = ((ix >= 0) | ((ix == -1) & (dx >= 0.5))) & ((ix < w - 1) | ((ix == w - 1) & (dx < 0.5)))  # 0 <= p < n
+  inside &= ((iy >= 0) | ((iy == -1) & (dy >= 0.5))) & ((iy < h - 1) | ((iy == h - 1) & (dy < 0.5)))
   tx, ty = ix - 1, iy - 1  # the first of the 4 x 4 taps
-  if reduce:
-    sat = jnp.cumsum(jnp.cumsum(frames.astype(jnp.uint32), axis=1, dtype=jnp.uint32), axis=2, dtype=jnp.uint32)
-    sat = jnp.pad(sat, ((0, 0), (1, 0), (1, 0), (0, 0)))  # [B, H + 1, W + 1, 3]: sums above and left of (y, x)
-    tap = functools.partial(_reduced_tap, sat, which, factor, h=h, w=w)
-  else:
-    tap = functools.partial(_plain_tap, frames, which)
-  cols = [jnp.clip(tx + j, 0, wr - 1) for j in range(4)]  # each tap clamped to the (reduced) frame's edge, as PIL's
+  cols = [jnp.clip(tx + j, 0, w - 1) for j in range(4)]  # each tap clamped to the frame's edge, as PIL's
   wx = _weights(dx)
-  rows = [_cubic([tap(jnp.clip(ty + i, 0, hr - 1), col) for col in cols], wx) for i in range(4)]
+  rows = [_cubic([_tap(frames, which, jnp.clip(ty + i, 0, h - 1), col) for col in cols], wx) for i in range(4)]
   v = _cubic(rows, _weights(dy))
   v = jnp.where(v <= 0, 0.0, jnp.where(v >= 255, 255.0, v))  # PIL: clamped, then truncated
   return jnp.where(inside, v.astype(jnp.uint8), jnp.uint8(0))
@@ -168,29 +152,32 @@ def align_faces(
   """Crops ``[F, size, size, 3]`` uint8 of ``F = len(which)`` faces: face ``f`` warped from ``frames[which[f]]``
   (RGB uint8, all of one size) by ``matrices[f]`` ``[2, 3]`` (source -> crop px).
 
-  :func:`warp_faces` runs on exactly ``faces_to`` faces at a time (the last call padded) and on the frames padded
-  to ``frames_to`` (or the next power of two above), so a video whose batches hold up to ``frames_to`` frames
-  compiles it once."""
+  :func:`warp_faces` runs on exactly ``faces_to`` faces at a time (the last call padded) of one reduction factor
+  and on the frames padded to ``frames_to`` (or the next power of two above), so a video whose batches hold up to
+  ``frames_to`` frames compiles it once per factor its faces need (1 unless a face is shrunk below half size)."""
   h, w = frames[0].shape[:2]
   if any(fr.shape != (h, w, 3) for fr in frames):
     raise ValueError("align_faces: frames of different sizes or not RGB; batch RGB frames of one size")
   n, step = len(which), max(1, int(faces_to))
-  calls = max(1, -(-n // step))
-  centre = np.zeros((calls * step, 2, 2), np.int32)  # padding faces: the crop's centre on pixel (0, 0)
-  linear = np.zeros((calls * step, 2, 2), np.float32)
-  factor = np.ones(len(centre), np.int32)
-  index = np.zeros(len(centre), np.int32)
-  for f, (i, m) in enumerate(zip(which, matrices)):
+  centre = np.zeros((n, 2, 2), np.int32)
+  linear = np.zeros((n, 2, 2), np.float32)
+  factor = np.ones(n, np.int32)
+  for f, m in enumerate(matrices):
     inverse, factor[f] = sampling(m)
     centre[f], linear[f] = split(inverse, size)
-    index[f] = i
-  batch = np.zeros((max(int(frames_to), padded_count(len(frames))), h, w, 3), np.uint8)  # [B, H, W, 3]
-  for i, fr in enumerate(frames):
-    batch[i] = fr
-  batch = jnp.asarray(batch)
-  crops = []
-  for k in range(0, len(centre), step):
-    part = slice(k, k + step)
-    reduce = bool((factor[part] > 1).any())
-    crops.append(warp_faces(batch, index[part], centre[part], linear[part], factor[part], size=size, reduce=reduce))
-  return np.concatenate([np.asarray(c) for c in crops])[:n]  # [F, S, S, 3]
+  blank = [np.zeros_like(frames[0])] * (max(int(frames_to), padded_count(len(frames))) - len(frames))
+  batch = jnp.asarray(np.stack([*frames, *blank]))  # [B, H, W, 3]
+  which = np.asarray(which, np.int32)
+  crops = np.zeros((n, size, size, 3), np.uint8)  # [F, S, S, 3]
+  for f in np.unique(factor):  # faces by reduction factor, in calls of exactly `step` faces
+    todo = np.flatnonzero(factor == f)
+    for k in range(0, len(todo), step):
+      part = todo[k : k + step]
+      args = [_padded(a[part], step) for a in (which, centre, linear)]
+      crops[part] = np.asarray(warp_faces(batch, *args, size=int(size), factor=int(f)))[: len(part)]
+  return crops
+
+
+def _padded(a: np.ndarray, n: int) -> np.ndarray:
+  """``a`` padded with zeros to ``n`` rows (padding faces: frame 0, the crop's centre on its pixel (0, 0))."""
+  return np.concatenate([a, np.zeros((n - len(a), *a.shape[1:]), a.dtype)])
