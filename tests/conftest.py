@@ -49,6 +49,7 @@ IMPORT_NAMES = {  # distribution -> import name, where they differ
   "orbax-checkpoint": "orbax",
   "apache-beam": "apache_beam",
   "protobuf": "google.protobuf",
+  "pytest-xdist": "xdist",
 }
 
 
@@ -165,3 +166,59 @@ def float64_one_device(tmp_path_factory, synthetic_cache):
   one, params = float64_stage2_run(1, tmp_path_factory.mktemp("float64_one_device"), synthetic_cache)
   assert len(one["losses"]) == 4 and all(math.isfinite(x) for x in one["losses"]), one
   return one, params
+
+
+# ------------------------------------------------------------------------------------ two workers (pytest -n 2)
+# CI runs the suite on two workers (pytest-xdist): much of it is single-threaded (XLA compiling, Python, subprocess
+# start-up), so the second core was idle. A worker takes whole files, so module and session fixtures are built once
+# per worker; files that share an expensive session fixture or a Ray cluster form one unit (SHARED), and the longest
+# units are handed out first (LONGEST, measured) so that neither worker is left with a long file at the end.
+SHARED = {  # file -> unit: the float64 1-device reference (conftest) and the local Ray clusters
+  "test_sharding.py": "float64-and-ray",
+  "test_multiprocess.py": "float64-and-ray",
+  "test_ray_sweep.py": "float64-and-ray",
+}
+LONGEST = (  # units by their time in one serial run (2 cores, loaded: 3,640 s in all), the longest first
+  "float64-and-ray",  # 660 s
+  "test_device_check.py",  # 410 s
+  "test_resume.py",
+  "test_train.py",
+  "test_opengraphau_finetune.py",
+  "test_notebooks.py",
+  "test_train_safety.py",
+  "test_remat.py",
+  "test_opengraphau.py",
+  "test_numerics.py",
+  "test_bfloat16.py",
+  "test_loader.py",
+  "test_predict_video.py",
+  "test_sweep.py",  # 87 s; the rest under 80 s each, in the order collected
+)
+
+
+def _unit(nodeid: str) -> str:
+  path = nodeid.split("::", 1)[0]
+  return SHARED.get(os.path.basename(path), path)
+
+
+def _rank(nodeid: str) -> int:
+  name = os.path.basename(_unit(nodeid))
+  return LONGEST.index(name) if name in LONGEST else len(LONGEST)
+
+
+def pytest_collection_modifyitems(items):
+  """Longest units first (a stable sort: the order within a unit stays)."""
+  items.sort(key=lambda item: _rank(item.nodeid))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+  """Whole files to a worker (SHARED files together), in the order collected (longest first)."""
+  from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel
+
+  class FileUnits(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      return _unit(nodeid)
+
+  config.option.loadscopereorder = False
+  return FileUnits(config, log)
