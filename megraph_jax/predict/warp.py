@@ -47,14 +47,6 @@ def _cubic(v: list[jax.Array], w: tuple[jax.Array, jax.Array, jax.Array]) -> jax
   return v[1] + w[0] * (v[0] - v[1]) + w[1] * (v[2] - v[1]) + w[2] * (v[3] - v[1])
 
 
-def _tap(frames: jax.Array, which: jax.Array, ty: jax.Array, tx: jax.Array) -> jax.Array:
-  """Pixels ``[F, S, S, 3]`` float32 at rows ``ty`` and columns ``tx`` ``[F, S, S, 1]`` (in range) of each face's
-  frame: one flat gather per tap, which XLA fuses into the warp's single loop."""
-  _, h, w, _ = frames.shape
-  index = ((which[:, None, None, None] * h + ty) * w + tx) * 3 + jnp.arange(3)  # [F, S, S, 3]
-  return frames.reshape(-1)[index].astype(jnp.float32)
-
-
 def box_reduce(frames: jax.Array, factor: int) -> jax.Array:
   """``frames`` ``[B, H, W, 3]`` uint8 box-reduced by ``factor`` as PIL's ``Image.reduce``: ``[B, ceil(H / factor),
   ceil(W / factor), 3]`` uint8, each pixel the mean of its ``factor x factor`` block (the blocks at the right and
@@ -96,10 +88,19 @@ def warp_faces(
   ix, iy = whole[:, 0] + fx.astype(jnp.int32), whole[:, 1] + fy.astype(jnp.int32)
   inside = ((ix >= 0) | ((ix == -1) & (dx >= 0.5))) & ((ix < w - 1) | ((ix == w - 1) & (dx < 0.5)))  # 0 <= p < n
   inside &= ((iy >= 0) | ((iy == -1) & (dy >= 0.5))) & ((iy < h - 1) | ((iy == h - 1) & (dy < 0.5)))
-  tx, ty = ix - 1, iy - 1  # the first of the 4 x 4 taps
-  cols = [jnp.clip(tx + j, 0, w - 1) for j in range(4)]  # each tap clamped to the frame's edge, as PIL's
+  # Taps clamped to the frame's edge (PIL's) as the frame with its edge repeated 2 px around: for a point inside,
+  # rows iy - 1 .. iy + 2 are padded rows iy + 1 .. iy + 4 (iy >= -1), so each tap is a fixed offset from the
+  # first (one index per crop pixel instead of 16 clamped ones); a point outside is black whatever it reads.
+  hp, wp = h + 4, w + 4
+  flat = jnp.pad(frames, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge").reshape(-1)  # [B * Hp * Wp * 3]
+  first = (which[:, None, None, None] * hp + jnp.clip(iy + 1, 0, hp - 4)) * wp + jnp.clip(ix + 1, 0, wp - 4)
+  index = first * 3 + jnp.arange(3)  # [F, S, S, 3]: the first tap's channels
+
+  def tap(i: int, j: int) -> jax.Array:  # [F, S, S, 3]: the tap at row i, column j of the 4 x 4
+    return flat[index + (i * wp + j) * 3].astype(jnp.float32)
+
   wx = _weights(dx)
-  rows = [_cubic([_tap(frames, which, jnp.clip(ty + i, 0, h - 1), col) for col in cols], wx) for i in range(4)]
+  rows = [_cubic([tap(i, j) for j in range(4)], wx) for i in range(4)]
   v = _cubic(rows, _weights(dy))
   v = jnp.where(v <= 0, 0.0, jnp.where(v >= 255, 255.0, v))  # PIL: clamped, then truncated
   return jnp.where(inside, v.astype(jnp.uint8), jnp.uint8(0))
