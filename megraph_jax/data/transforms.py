@@ -33,9 +33,14 @@ def eval_transform(rgb: np.ndarray, img_size: int, resize: int | None = None) ->
 
   ``resize`` (default :func:`eval_resize`) is the shorter side after the bilinear (antialiased) resize.
   """
-  im = Image.fromarray(np.asarray(rgb, np.uint8))
-  nw, nh = resized_size(*im.size, resize or eval_resize(img_size))
-  im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+  rgb = np.asarray(rgb, np.uint8)
+  h, w = rgb.shape[:2]
+  nw, nh = resized_size(w, h, resize or eval_resize(img_size))
+  if (nw, nh) != (w, h):  # (PIL's resize to the same size is a copy: an aligned 256 px crop skips it)
+    rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
   top, left = centre_offsets(nh, nw, img_size)
-  x = np.asarray(im, np.float32)[top : top + img_size, left : left + img_size] / 255.0
-  return (x - IMAGENET_MEAN) / IMAGENET_STD
+  x = rgb[top : top + img_size, left : left + img_size].astype(np.float32)
+  x /= 255.0
+  x -= IMAGENET_MEAN
+  x /= IMAGENET_STD
+  return x
