@@ -173,16 +173,17 @@ def float64_one_device(tmp_path_factory, synthetic_cache):
 # start-up), so the second core was idle. A worker takes whole files, so module and session fixtures are built once
 # per worker; files that share an expensive session fixture or a Ray cluster form one unit (SHARED), and the longest
 # units are handed out first (LONGEST, measured) so that neither worker is left with a long file at the end.
-SHARED = {  # file -> unit: the float64 1-device reference (conftest) and the local Ray clusters
+SHARED = {  # file -> unit: the float64 1-device reference (conftest) and the local Ray clusters; the tiny train run
   "test_sharding.py": "float64-and-ray",
   "test_multiprocess.py": "float64-and-ray",
   "test_ray_sweep.py": "float64-and-ray",
+  "test_train.py": "tiny-train-run",
+  "test_resume.py": "tiny-train-run",
 }
 LONGEST = (  # units by their time in one serial run (2 cores, loaded: 3,640 s in all), the longest first
   "float64-and-ray",  # 660 s
+  "tiny-train-run",  # 540 s
   "test_device_check.py",  # 410 s
-  "test_resume.py",
-  "test_train.py",
   "test_opengraphau_finetune.py",
   "test_notebooks.py",
   "test_train_safety.py",

@@ -137,67 +137,78 @@ def official_subjects(dataset: str) -> dict[str, list[str]]:
   return {key: entry["subjects"] for key, entry in shipped.items()}
 
 
-# The float64 stage-2 run of tests/test_sharding.py (1 vs 8 devices) and tests/test_multiprocess.py (1 vs 2 processes):
+# The float64 stage-2 runs of tests/test_sharding.py (1 vs 8 devices) and tests/test_multiprocess.py (1 vs 2 processes):
 # ``tiny_config``'s stage 2 from scratch, one epoch (4 steps), float64 (JAX_ENABLE_X64=1), in a subprocess with
-# ``devices`` CPU devices. Prints its losses (TensorBoard, one per step), F1 and device count; saves every parameter and
-# BatchNorm statistic of the latest checkpoint.
+# ``devices`` CPU devices, one run per set of config overrides (several in one process: one start-up). Prints each
+# run's losses (TensorBoard, one per step), F1 and device count; saves every parameter and BatchNorm statistic of
+# its latest checkpoint.
 FLOAT64_WORKER = textwrap.dedent("""
     import json, os, sys
     sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
     import jax, numpy as np
+    import tensorflow as tf
     from flax import nnx
     from helpers import tiny_config
     from megraph_jax import checkpointing, model_factory
     from megraph_jax.train.experiment import run
-    workdir, out, extra = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    config = tiny_config({cache!r}, mode="stage2", log_every_steps=1,
-                         **{{"model.dtype": "float64", "stage2.init": "none"}}, **extra)
-    if config.sharding.params == "fsdp":  # check that the state really is split over the devices
-      from megraph_jax import sharding
-      specs = jax.tree.leaves(sharding.state_shardings(nnx.state(model_factory.build_from_config(config, 2)),
-                              sharding.make_mesh(), "fsdp", config.sharding.fsdp_min_size))
-      print("sharded leaves:", sum(s.spec != () and any(a is not None for a in s.spec) for s in specs), file=sys.stderr)
-    config.stage2.epochs = 1
-    results = run(config, workdir)
-    stage_dir = os.path.join(workdir, "fold1", "stage2")
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, 2)))
-    _, state = checkpointing.restore_model_state(stage_dir, state, which="latest")
-    flat = {{"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
-             if isinstance(v, (nnx.Param, nnx.BatchStat))}}
-    import tensorflow as tf
-    losses = {{}}
-    for name in os.listdir(stage_dir):
-      if name.startswith("events.out.tfevents"):
-        for e in tf.compat.v1.train.summary_iterator(os.path.join(stage_dir, name)):
-          for v in e.summary.value:
-            if v.tag == "train/total":
-              losses[e.step] = float(tf.make_ndarray(v.tensor))
-    np.savez(out, **flat)
-    print(json.dumps({{"devices": jax.device_count(), "losses": [losses[k] for k in sorted(losses)],
-                      "f1": results.folds[1].stages[2].last.f1}}))
+    root, extras = sys.argv[1], json.loads(sys.argv[2])
+    for k, extra in enumerate(extras):
+      workdir, out = os.path.join(root, f"work_{{k}}"), os.path.join(root, f"params_{{k}}.npz")
+      config = tiny_config({cache!r}, mode="stage2", log_every_steps=1,
+                           **{{"model.dtype": "float64", "stage2.init": "none"}}, **extra)
+      info = {{}}
+      if config.sharding.params == "fsdp":  # check that the state really is split over the devices
+        from megraph_jax import sharding
+        specs = jax.tree.leaves(sharding.state_shardings(nnx.state(model_factory.build_from_config(config, 2)),
+                                sharding.make_mesh(), "fsdp", config.sharding.fsdp_min_size))
+        info["sharded_leaves"] = sum(s.spec != () and any(a is not None for a in s.spec) for s in specs)
+      config.stage2.epochs = 1
+      results = run(config, workdir)
+      stage_dir = os.path.join(workdir, "fold1", "stage2")
+      graphdef, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, 2)))
+      _, state = checkpointing.restore_model_state(stage_dir, state, which="latest")
+      flat = {{"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
+               if isinstance(v, (nnx.Param, nnx.BatchStat))}}
+      losses = {{}}
+      for name in os.listdir(stage_dir):
+        if name.startswith("events.out.tfevents"):
+          for e in tf.compat.v1.train.summary_iterator(os.path.join(stage_dir, name)):
+            for v in e.summary.value:
+              if v.tag == "train/total":
+                losses[e.step] = float(tf.make_ndarray(v.tensor))
+      np.savez(out, **flat)
+      info.update(devices=jax.device_count(), losses=[losses[k] for k in sorted(losses)],
+                  f1=results.folds[1].stages[2].last.f1)
+      print("RUN " + json.dumps(info), flush=True)
 """)
 
 
-def float64_stage2_run(devices: int, tmp_dir, cache: str, **extra) -> tuple[dict, dict[str, np.ndarray]]:
-  """(info: devices, losses, f1[, sharded_leaves], {name: parameter or statistic}) of ``FLOAT64_WORKER``."""
-  script = os.path.join(str(tmp_dir), "float64_worker.py")
+def float64_stage2_runs(
+  devices: int, tmp_dir, cache: str, extras: list[dict]
+) -> list[tuple[dict, dict[str, np.ndarray]]]:
+  """[(info: devices, losses, f1[, sharded_leaves], {name: parameter or statistic})] of ``FLOAT64_WORKER``, one per
+  set of config overrides in ``extras``, all in one process."""
+  root = os.path.join(str(tmp_dir), f"float64_{devices}")
+  os.makedirs(root, exist_ok=True)
+  script = os.path.join(root, "float64_worker.py")
   with open(script, "w") as f:
     f.write(FLOAT64_WORKER.format(repo=REPO, cache=cache))
   env = dict(
     os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1"
   )
-  tag = f"{devices}_{len(extra)}"
-  out = os.path.join(str(tmp_dir), f"params_{tag}.npz")
   proc = subprocess.run(
-    [sys.executable, script, os.path.join(str(tmp_dir), f"work_{tag}"), out, json.dumps(extra)],
+    [sys.executable, script, root, json.dumps(extras)],
     env=env,
     capture_output=True,
     text=True,
-    timeout=400,
+    timeout=400 * len(extras),
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  info = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert info["devices"] == devices
-  if extra.get("sharding.params") == "fsdp":
-    info["sharded_leaves"] = int(proc.stderr.split("sharded leaves:")[1].split()[0])
-  return info, dict(np.load(out))
+  infos = [json.loads(line[len("RUN ") :]) for line in proc.stdout.splitlines() if line.startswith("RUN ")]
+  assert len(infos) == len(extras) and all(info["devices"] == devices for info in infos), proc.stdout[-2000:]
+  return [(info, dict(np.load(os.path.join(root, f"params_{k}.npz")))) for k, info in enumerate(infos)]
+
+
+def float64_stage2_run(devices: int, tmp_dir, cache: str, **extra) -> tuple[dict, dict[str, np.ndarray]]:
+  """The one run of :func:`float64_stage2_runs` with config overrides ``extra``."""
+  return float64_stage2_runs(devices, tmp_dir, cache, [extra])[0]

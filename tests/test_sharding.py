@@ -11,7 +11,7 @@ losses and parameters far beyond the tolerances (LOSS_RTOL, STATE_ATOL).
 
 import numpy as np
 import pytest
-from helpers import float64_stage2_run
+from helpers import float64_stage2_runs
 
 # float64 reduction-order noise, measured (x86 CPU, 8 vs 1 devices, 4 steps): losses equal, parameters and BatchNorm
 # statistics 1.5e-12 apart (Adam's g / (|g| + eps) of near-zero gradients). A bug that moves the loss by 1e-7 of
@@ -25,8 +25,8 @@ def test_one_vs_eight_devices_same_training(tmp_path, synthetic_cache, float64_o
   FSDP-sharded parameters: same run."""
   one, p1 = float64_one_device
   assert len(one["losses"]) == 4 and np.all(np.isfinite(one["losses"]))
-  for extra in ({}, {"sharding.params": "fsdp", "sharding.fsdp_min_size": 64}):
-    eight, p8 = float64_stage2_run(8, tmp_path, synthetic_cache, **extra)
+  extras = [{}, {"sharding.params": "fsdp", "sharding.fsdp_min_size": 64}]
+  for extra, (eight, p8) in zip(extras, float64_stage2_runs(8, tmp_path, synthetic_cache, extras)):  # one process
     if extra:
       assert eight["sharded_leaves"] > 30  # the big kernels and their AdamW moments are split 8 ways
     loss = np.max(np.abs(np.subtract(eight["losses"], one["losses"])) / np.abs(one["losses"]))

@@ -19,13 +19,15 @@ from megraph_jax import loader, model_factory, sharding, task
 from megraph_jax.data import device_augment
 from megraph_jax.errors import CheckpointError, ConfigError
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
-from megraph_jax.train import optim
+from megraph_jax.train import initialization, optim
 from megraph_jax.train.experiment import run
+from megraph_jax.train.initialization import init_stage_weights
 from megraph_jax.train.results import EvalResult, FoldResult, RunResult, StageResult, table
 from megraph_jax.train.stage import jit_train_step
 from megraph_jax.train.train_state import TrainState
 
 IMG = 32
+STAGE1_PARTS = ("backbone", "global_linear", "afg", "sc")  # what stage 2 takes over from stage 1
 
 
 @pytest.fixture(scope="module")
@@ -67,30 +69,43 @@ def test_train_mode_end_to_end(trained):
   assert stored.folds[1].stages[2].best == results.folds[1].stages[2].best
 
 
-def test_stage2_starts_from_stage1_last_epoch(tmp_path, synthetic_cache):
+def test_stage2_starts_from_stage1_last_epoch(trained, tmp_path, monkeypatch):
   """Official hand-over: stage 2 starts from stage 1's last checkpoint (no selection on the test fold).
 
-  With a zero stage-2 learning rate the trained stage-2 model still holds exactly the stage-1 weights it
-  started from, so they can be compared with stage 1's last and best checkpoints.
+  A copy of the trained workdir without its stage 2 is run again (stage 1 is done; stage 2 trains with the
+  fixture's config, so its step program comes from the compilation cache): the weights stage 2 starts from, taken
+  as ``init_stage_weights`` leaves them, are stage 1's last checkpoint's, and not its best's where those differ.
   """
-  config = tiny_config(synthetic_cache, mode="train", **{"stage2.learning_rate": 0.0})
   workdir = str(tmp_path / "work")
-  results = run(config, workdir)
+  shutil.copytree(trained[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "fold1", "stage2"))
+  started = {}
+
+  def init_and_keep(model, config, init_from):
+    source = init_stage_weights(model, config, init_from)
+    started[type(model).__name__] = {n: _flat_params(getattr(model, n)) for n in STAGE1_PARTS}  # copies
+    return source
+
+  monkeypatch.setattr(initialization, "init_stage_weights", init_and_keep)
+  results = run(trained[1], workdir)
+  assert set(started) == {"Stage2Model"}  # stage 1 was not retrained
   assert results.folds[1].stages[2].init == os.path.join(workdir, "fold1", "stage1", "checkpoints")
   last = loader.load(os.path.join(workdir, "fold1", "stage1", "checkpoints"))[0]
   best = loader.load(os.path.join(workdir, "fold1", "stage1", "best"))[0]
-  stage2 = loader.load(os.path.join(workdir, "fold1", "stage2", "checkpoints"))[0]
-  assert isinstance(last, Stage1Model) and isinstance(stage2, Stage2Model)
-  for name in ("backbone", "global_linear", "afg", "sc"):
-    got = nnx.to_flat_state(nnx.state(getattr(stage2, name), nnx.Param))
-    want = dict(nnx.to_flat_state(nnx.state(getattr(last, name), nnx.Param)))
-    for path, v in got:
-      np.testing.assert_array_equal(v[...], want[path][...], err_msg=f"{name}/{path}")
+  assert isinstance(last, Stage1Model)
+  for name in STAGE1_PARTS:
+    got, want = started["Stage2Model"][name], _flat_params(getattr(last, name))
+    assert got.keys() == want.keys() and len(got) > 0, name
+    for path, v in got.items():
+      np.testing.assert_array_equal(v, want[path], err_msg=f"{name}/{path}")
   history = results.folds[1].stages[1].history
   if results.folds[1].stages[1].best.step != history[-1].step:  # then best/ differs from the last
-    got = dict(nnx.to_flat_state(nnx.state(stage2.backbone, nnx.Param)))
-    best_params = nnx.to_flat_state(nnx.state(best.backbone, nnx.Param))
-    assert any(not np.array_equal(v[...], got[p][...]) for p, v in best_params)
+    got, best_params = started["Stage2Model"]["backbone"], _flat_params(best.backbone)
+    assert any(not np.array_equal(v, got[p]) for p, v in best_params.items())
+
+
+def _flat_params(module: nnx.Module) -> dict[tuple, np.ndarray]:
+  return {path: np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(module, nnx.Param))}
 
 
 def test_mode_stage2_without_stage1_is_an_error(tmp_path, synthetic_cache):
@@ -182,7 +197,11 @@ def _batch(b=8, n=4, seed=0):
 
 def _steps(model, tx, batch, num_steps, lam=0.05):
   graphdef, state = nnx.split(TrainState(model, tx))
-  step = jit_train_step(graphdef, jnp.ones(batch["label"].shape[1]), lam, sharding.make_mesh())
+  mesh = sharding.make_mesh()
+  # Placed as train_stage places it: an unplaced state would give step 2 an input typed with the mesh (the step's
+  # output) where step 1 had none, and the step would compile twice.
+  state = sharding.put_replicated(state, mesh)
+  step = jit_train_step(graphdef, jnp.ones(batch["label"].shape[1]), lam, mesh)
   losses = []
   for _ in range(num_steps):
     state, metrics = step(state, batch)
