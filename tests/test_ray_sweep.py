@@ -6,8 +6,8 @@ goes through ``python -m megraph_jax.launch.sweep run --ray=local`` on a 2-CPU l
 While it runs, the test SIGKILLs the Ray worker process training seed 1 once that run's first (intermediate,
 step 4 of 8) stage-1 checkpoint exists: its retry must resume from step 4 and train steps 5-8 again. The same
 sweep file, run one after another without Ray, is the reference: F1 tables, loss histories and every parameter
-must be identical. Both share JAX's persistent compilation cache (the seeds change no program), so the runs
-compile once in all.
+must be identical. Both use the suite's persistent compilation cache (the seeds change no program), so the runs
+compile once in all, and not at all where another file compiled the tiny stage 1 first.
 """
 
 import json
@@ -37,9 +37,10 @@ def _sweep_file(tmp_path, cache) -> str:
   return write_sweep(str(tmp_path / "sweep_ray.py"), "ray", tiny_overrides(cache, mode="stage1"), {}, variants)
 
 
-def _env(tmp) -> dict:
+def _env() -> dict:
+  """The suite's persistent compilation cache (conftest): a program another file compiled is not compiled again."""
   return sweep_env(
-    JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
+    JAX_COMPILATION_CACHE_DIR=os.environ["JAX_COMPILATION_CACHE_DIR"],
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
   )
@@ -69,7 +70,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
   t0 = time.time()
   seq = subprocess.run(
     [PYTHON, "-m", "megraph_jax.launch.sweep", "run", sweep, f"--root={ref}"],
-    env=_env(tmp),
+    env=_env(),
     capture_output=True,
     text=True,
     timeout=600,
@@ -92,7 +93,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
       "--cpus=1",
       "--max_retries=2",
     ],
-    env=_env(tmp),
+    env=_env(),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
