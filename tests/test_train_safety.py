@@ -86,8 +86,9 @@ def test_resume_with_a_changed_config_is_refused_naming_the_keys(tmp_path, synth
     run(other_backbone, workdir)
   assert {n: os.path.getmtime(os.path.join(stage_dir, n)) for n in before} == before  # nothing rewritten
   assert sorted(os.listdir(stage_dir)) == files_before
-  # Keys that do not change the experiment (logging, mode, stage-2 settings for stage 1) may change.
-  done = run(tiny_config(synthetic_cache, mode="train", log_every_steps=3, **{"stage2.lam": 0.1}), workdir)
+  # Keys that do not change the experiment (logging, mode, stage-2 settings for stage 1) may change. (A stage-2 key
+  # that leaves the step programs as the other files compile them: stage 2 then starts from best/ at no new compile.)
+  done = run(tiny_config(synthetic_cache, mode="train", log_every_steps=3, **{"stage2.init": "best"}), workdir)
   assert done.folds[1].stages[1].steps == 8
 
 
@@ -165,7 +166,7 @@ def test_second_training_in_the_same_workdir_is_refused(tmp_path, synthetic_cach
 
 
 def test_main_exits_75_when_stopped_and_0_when_resumed_to_the_end(tmp_path, synthetic_cache):
-  args = tiny_main_args(synthetic_cache, str(tmp_path / "w"), "--config.mode=stage1", "--config.stage1.epochs=1")
+  args = tiny_main_args(synthetic_cache, str(tmp_path / "w"), "--config.mode=stage1")  # the tiny stage 1's program
   proc = subprocess.run(
     args + ["--config.stop_after_steps=2"], cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600, check=False
   )
