@@ -146,10 +146,9 @@ FLOAT64_WORKER = textwrap.dedent("""
     import json, os, sys
     sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
     import jax, numpy as np
-    import tensorflow as tf
     from flax import nnx
-    from helpers import tiny_config
-    from megraph_jax import checkpointing, model_factory
+    from helpers import read_stage2_run, tiny_config
+    from megraph_jax import model_factory
     from megraph_jax.train.experiment import run
     root, extras = sys.argv[1], json.loads(sys.argv[2])
     for k, extra in enumerate(extras):
@@ -164,21 +163,9 @@ FLOAT64_WORKER = textwrap.dedent("""
         info["sharded_leaves"] = sum(s.spec != () and any(a is not None for a in s.spec) for s in specs)
       config.stage2.epochs = 1
       results = run(config, workdir)
-      stage_dir = os.path.join(workdir, "fold1", "stage2")
-      graphdef, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, 2)))
-      _, state = checkpointing.restore_model_state(stage_dir, state, which="latest")
-      flat = {{"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
-               if isinstance(v, (nnx.Param, nnx.BatchStat))}}
-      losses = {{}}
-      for name in os.listdir(stage_dir):
-        if name.startswith("events.out.tfevents"):
-          for e in tf.compat.v1.train.summary_iterator(os.path.join(stage_dir, name)):
-            for v in e.summary.value:
-              if v.tag == "train/total":
-                losses[e.step] = float(tf.make_ndarray(v.tensor))
+      _, flat, losses, _ = read_stage2_run(config, os.path.join(workdir, "fold1", "stage2"))
       np.savez(out, **flat)
-      info.update(devices=jax.device_count(), losses=[losses[k] for k in sorted(losses)],
-                  f1=results.folds[1].stages[2].last.f1)
+      info.update(devices=jax.device_count(), losses=losses, f1=results.folds[1].stages[2].last.f1)
       print("RUN " + json.dumps(info), flush=True)
 """)
 
@@ -212,3 +199,28 @@ def float64_stage2_runs(
 def float64_stage2_run(devices: int, tmp_dir, cache: str, **extra) -> tuple[dict, dict[str, np.ndarray]]:
   """The one run of :func:`float64_stage2_runs` with config overrides ``extra``."""
   return float64_stage2_runs(devices, tmp_dir, cache, [extra])[0]
+
+
+def read_stage2_run(config, stage_dir: str) -> tuple[int, dict[str, np.ndarray], list[float], int]:
+  """(latest step, {name: parameter or BatchNorm statistic} of its checkpoint, the TensorBoard ``train/total`` losses
+  by step, number of event files) of a stage-2 directory trained from ``config`` (the float64 runs' subprocesses)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from megraph_jax import checkpointing, model_factory  # pylint: disable=import-outside-toplevel
+
+  _, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, 2)))
+  step, state = checkpointing.restore_model_state(stage_dir, state, which="latest")
+  flat = {
+    "/".join(map(str, p)): np.asarray(v[...])
+    for p, v in nnx.to_flat_state(state)
+    if isinstance(v, (nnx.Param, nnx.BatchStat))
+  }
+  events = [n for n in os.listdir(stage_dir) if n.startswith("events.out")]
+  losses = {}
+  for name in events:
+    for e in tf.compat.v1.train.summary_iterator(os.path.join(stage_dir, name)):
+      for v in e.summary.value:
+        if v.tag == "train/total":
+          losses[e.step] = float(tf.make_ndarray(v.tensor))
+  return int(step), flat, [losses[k] for k in sorted(losses)], len(events)

@@ -34,25 +34,12 @@ READ = textwrap.dedent("""
     import json, os, sys
     sys.path[:0] = [{repo!r}, os.path.join({repo!r}, "tests")]
     import numpy as np
-    import tensorflow as tf
-    from flax import nnx
-    from helpers import tiny_config
-    from megraph_jax import checkpointing, model_factory
+    from helpers import read_stage2_run, tiny_config
     config = tiny_config({cache!r}, mode="stage2", **{{"model.dtype": "float64", "stage2.init": "none"}})
     stage_dir, out = sys.argv[1], sys.argv[2]
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: model_factory.build_from_config(config, 2)))
-    step, state = checkpointing.restore_model_state(stage_dir, state, which="latest")
-    np.savez(out, **{{"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)
-                     if isinstance(v, (nnx.Param, nnx.BatchStat))}})
-    losses = {{}}
-    for name in os.listdir(stage_dir):
-      if name.startswith("events.out.tfevents"):
-        for e in tf.compat.v1.train.summary_iterator(os.path.join(stage_dir, name)):
-          for v in e.summary.value:
-            if v.tag == "train/total":
-              losses[e.step] = float(tf.make_ndarray(v.tensor))
-    print(json.dumps({{"step": int(step), "losses": [losses[k] for k in sorted(losses)],
-                      "event_files": sum(n.startswith("events.out") for n in os.listdir(stage_dir))}}))
+    step, flat, losses, event_files = read_stage2_run(config, stage_dir)
+    np.savez(out, **flat)
+    print(json.dumps({{"step": step, "losses": losses, "event_files": event_files}}))
 """)
 
 
