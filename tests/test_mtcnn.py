@@ -209,3 +209,23 @@ def test_refit_matches_the_detection_on_its_own_box(ours, astronaut):
   reg, marks, prob = ours.refit(astronaut, sq)
   assert reg.shape == (1, 4) and marks.shape == (1, 10) and prob[0] > 0.99
   assert np.abs(reg).max() < 0.25  # the box moves little (a refined box is not a fixed point of ONet)
+
+
+def test_keyframes_with_few_candidates_share_one_rnet_shape(ours, astronaut, monkeypatch):
+  """Frames of one size whose PNet candidates differ in number (9 on noise, 28 on a corner of the astronaut) run
+  RNet on one box count (``RNET_BOXES``), so a video's keyframes compile it once (a count rounded up per frame, 16
+  vs 32 here, compiled RNet again in the middle of a video)."""
+  calls, real = [], jm._refine
+
+  def spy(*args, **kwargs):  # (graphdef, state, images, hw, boxes [B, K, 4], valid [B, K], threshold)
+    calls.append((args[4].shape, int(np.asarray(args[5]).sum())))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(jm, "_refine", spy)
+  noise = np.random.default_rng(0).integers(0, 256, astronaut.shape).astype(np.uint8)
+  corner = np.pad(astronaut[:200, 100:300], ((0, 312), (0, 312), (0, 0)))
+  for frame in (noise, corner):
+    ours.detect(frame)
+  (shape_a, n_a), (shape_b, n_b) = calls
+  assert jm._pow2(n_a, jm.CHUNK) != jm._pow2(n_b, jm.CHUNK), calls  # counts that round to different powers of 2
+  assert shape_a == shape_b == (1, jm.RNET_BOXES, 4), calls

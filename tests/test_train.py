@@ -206,6 +206,7 @@ def _steps(model, tx, batch, num_steps, lam=0.05):
   for _ in range(num_steps):
     state, metrics = step(state, batch)
     losses.append(float(metrics["total"]))
+  assert step._cache_size() == 1  # pylint: disable=protected-access  # one compile for every step
   return state["model"], losses
 
 
