@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 
 from megraph_jax.errors import ConfigError
+from megraph_jax.train import step_cache
 
 TRAIN, FROZEN = "train", "frozen"
 
@@ -127,9 +128,21 @@ def create_optimizer(
   models). Returns the transformation and the schedule.
   """
   params = nnx.as_pure(params)  # masks over plain arrays, as nnx.Optimizer.update hands them to optax
-  schedule = cosine_lr(learning_rate, total_steps, dtype=schedule_dtype(params))
-  labels = param_labels(params, trainable_params, key=f"{stage_key}.trainable_params")
-  decay_mask = path_mask(params, decay_params, key=f"{stage_key}.decay_params")
-  inner = adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_mask=decay_mask, clip_norm=clip_norm)
-  tx = optax.multi_transform({TRAIN: inner, FROZEN: optax.set_to_zero()}, labels)
-  return tx, schedule
+  dtype = schedule_dtype(params)
+
+  def build():
+    schedule = cosine_lr(learning_rate, total_steps, dtype=dtype)
+    labels = param_labels(params, trainable_params, key=f"{stage_key}.trainable_params")
+    decay_mask = path_mask(params, decay_params, key=f"{stage_key}.decay_params")
+    inner = adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_mask=decay_mask,
+                  clip_norm=clip_norm)  # fmt: skip
+    return optax.multi_transform({TRAIN: inner, FROZEN: optax.set_to_zero()}, labels), schedule
+
+  # The same objects for the same settings and parameter tree: a train state's graph holds the transformation, and
+  # equal graphs let a later run in this process reuse its jitted steps (step_cache).
+  key = (learning_rate, total_steps, weight_decay, b1, b2, eps, clip_norm, trainable_params, decay_params, stage_key,
+         jax.tree.structure(params), jnp.dtype(dtype).name)  # fmt: skip
+  return _OPTIMIZERS.get(key, build)
+
+
+_OPTIMIZERS = step_cache.KeyedCache()

@@ -22,7 +22,7 @@ from megraph_jax.data import device_augment, input_pipeline
 from megraph_jax.data.datasets import FoldData, SplitData
 from megraph_jax.errors import ConfigError
 from megraph_jax.metrics import AUMetrics, confusion_counts
-from megraph_jax.train import initialization, monitoring, optim
+from megraph_jax.train import initialization, monitoring, optim, step_cache
 from megraph_jax.train.preemption import Preempted, StopRequest
 from megraph_jax.train.results import EvalResult, StageResult
 from megraph_jax.train.train_state import TrainState
@@ -131,17 +131,30 @@ def jit_train_step(
   donate: bool | None = None,
   **options,
 ):
-  """``train_step`` jitted once: train state as given (default replicated), batch split on 'data'; traced with
+  """``train_step`` jitted once (per process: equal arguments give the same jitted function, ``step_cache``): train
+  state as given (default replicated), batch split on 'data'; traced with
   ``precision`` and ``layout`` for the mesh's platform (``megraph_jax.numerics``); the train state donated off
   CPU (``donate``: force); ``options``: its wa_loss / sam_rho / sam_adaptive (``step_options``)."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
-  fn = functools.partial(train_step, graphdef, class_weights=class_weights, lam=lam, **options)
-  fn = numerics.traced_with(fn, precision=precision, layout=layout, platform=numerics.platform_of(mesh))
   donate = numerics.platform_of(mesh) != "cpu" if donate is None else donate
-  return jax.jit(
-    fn, in_shardings=(state_sharding, data), out_shardings=(state_sharding, repl), donate_argnums=(0,) if donate else ()
-  )
+
+  def build():
+    fn = functools.partial(train_step, graphdef, class_weights=class_weights, lam=lam, **options)
+    fn = numerics.traced_with(fn, precision=precision, layout=layout, platform=numerics.platform_of(mesh))
+    return jax.jit(
+      fn,
+      in_shardings=(state_sharding, data),
+      out_shardings=(state_sharding, repl),
+      donate_argnums=(0,) if donate else (),
+    )
+
+  key = (graphdef, step_cache.array_key(class_weights), float(lam), mesh, step_cache.tree_key(state_sharding),
+         precision, layout, donate, tuple(sorted(options.items())))  # fmt: skip
+  return _TRAIN_STEPS.get(key, build)
+
+
+_TRAIN_STEPS, _EVAL_STEPS = step_cache.KeyedCache(), step_cache.KeyedCache()  # jitted steps of this process's runs
 
 
 def step_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -167,13 +180,20 @@ def jit_eval_step(
   layout: str = "auto",
   **_train_only,
 ):
-  """``eval_step`` jitted once with explicit shardings (``state``: a model state, e.g. a train state's 'model'),
-  traced with ``precision`` and ``layout`` for the mesh's platform; SAM options of ``step_options`` are ignored."""
+  """``eval_step`` jitted once (per process, as ``jit_train_step``) with explicit shardings (``state``: a model
+  state, e.g. a train state's 'model'), traced with ``precision`` and ``layout`` for the mesh's platform; SAM
+  options of ``step_options`` are ignored."""
   repl, data = sharding.replicated(mesh), sharding.data_sharded(mesh)
   state_sharding = repl if state_sharding is None else state_sharding
-  fn = functools.partial(eval_step, graphdef, class_weights=class_weights, wa_loss=wa_loss)
-  fn = numerics.traced_with(fn, precision=precision, layout=layout, platform=numerics.platform_of(mesh))
-  return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=repl)
+
+  def build():
+    fn = functools.partial(eval_step, graphdef, class_weights=class_weights, wa_loss=wa_loss)
+    fn = numerics.traced_with(fn, precision=precision, layout=layout, platform=numerics.platform_of(mesh))
+    return jax.jit(fn, in_shardings=(state_sharding, data), out_shardings=repl)
+
+  key = (graphdef, step_cache.array_key(class_weights), mesh, step_cache.tree_key(state_sharding), wa_loss,
+         precision, layout)  # fmt: skip
+  return _EVAL_STEPS.get(key, build)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -235,6 +255,7 @@ def evaluator(
   """The evaluation of a model graph, the stage loop's and mode 'eval''s: ``(model state, split) -> EvalResult``
   with the eval step jitted once (``jit_eval_step`` with the settings' step options)."""
   p_eval_step = jit_eval_step(graphdef, jnp.asarray(class_weights), mesh, state_sharding, **settings.options)
+  p_eval_step = sharding.compile_then_meet(p_eval_step, "eval step")
   return functools.partial(evaluate, p_eval_step, config=settings, mesh=mesh)
 
 
@@ -318,6 +339,7 @@ def train_stage(
 
   lam = float(settings.lam) if stage == 2 else 0.0
   p_train_step = jit_train_step(graphdef, jnp.asarray(data.class_weights), lam, mesh, state_sharding, **options)
+  p_train_step = sharding.compile_then_meet(p_train_step, f"{tag} train step")
   data_sharding = sharding.data_sharded(mesh)
 
   writer = _metric_writer(stage_dir)
