@@ -8,7 +8,8 @@ parameter where it is used and reduce-scatters its gradient. Same arithmetic as 
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -56,6 +57,39 @@ def put_batch(batch: dict[str, Any], sharding: NamedSharding) -> dict[str, jax.A
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree (state, optimizer state) on every device."""
   return jax.device_put(tree, replicated(mesh))
+
+
+# XLA:CPU's collectives (gloo) give the processes 30 s, not configurable, to meet at their first collective; processes
+# that compile the same step at different speeds (shared cores, one of them a cache hit) miss that. A barrier of
+# JAX's coordination service takes no collective and waits as long as we say.
+BARRIER_TIMEOUT_S = 1800
+_barriers = itertools.count()
+
+
+def wait_for_all_processes(what: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Returns when every process has called it (in the same order); at once with one process."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel  # the client jax.distributed set up
+
+  distributed.global_state.client.wait_at_barrier(f"megraph:{next(_barriers)}:{what}", int(timeout_s * 1000))
+
+
+def compile_then_meet(jitted: Callable, what: str) -> Callable:
+  """``jitted`` itself with one process; with several, its first call compiles it, waits until every process has
+  compiled (``wait_for_all_processes``) and runs it; later calls run the executable."""
+  if jax.process_count() == 1:
+    return jitted
+  compiled = None
+
+  def call(*args):
+    nonlocal compiled
+    if compiled is None:
+      compiled = jitted.lower(*args).compile()
+      wait_for_all_processes(f"{what} compiled")
+    return compiled(*args)
+
+  return call
 
 
 PARAM_MODES = ("replicated", "fsdp")

@@ -36,3 +36,39 @@ def test_one_vs_eight_devices_same_training(tmp_path, synthetic_cache, float64_o
     print(f"8 devices {extra}: losses {loss:.2e} relative, parameters and statistics {worst:.2e} ({name}) off 1")
     assert loss <= LOSS_RTOL, f"{extra}: losses {loss:.3g} relative off the 1-device run (noise ~1e-16)"
     assert worst <= STATE_ATOL, f"{extra}: {name} {worst:.3g} off the 1-device run (noise ~1.5e-12)"
+
+
+def test_several_processes_compile_then_meet_before_the_first_run(monkeypatch):
+  """With several processes a step's first call compiles, waits at the coordination-service barrier, then runs (gloo
+  gives processes 30 s to meet at their first collective: one still compiling made the other fail); later calls
+  run the executable with no barrier. One process: the jitted function itself."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from megraph_jax import sharding  # pylint: disable=import-outside-toplevel
+
+  events = []
+
+  class Jitted:  # records what the wrapper does with a jitted function, and does it
+    def __init__(self, fn):
+      self.fn = jax.jit(fn)
+
+    def lower(self, *args):
+      events.append("lower")
+      lowered = self.fn.lower(*args)
+
+      class Lowered:
+        def compile(self):
+          events.append("compile")
+          executable = lowered.compile()
+          return lambda *a: (events.append("run"), executable(*a))[1]
+
+      return Lowered()
+
+  step = Jitted(lambda x: 2 * x)
+  assert sharding.compile_then_meet(step, "step") is step  # one process
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(sharding, "wait_for_all_processes", lambda what: events.append(f"barrier {what}"))
+  call = sharding.compile_then_meet(step, "step")
+  assert float(call(jnp.float32(3))) == 6.0 and float(call(jnp.float32(4))) == 8.0
+  assert events == ["lower", "compile", "barrier step compiled", "run", "run"], events
