@@ -40,10 +40,6 @@ class KeyedCache:
         self._items.popitem(last=False)
     return value
 
-  def clear(self) -> None:
-    with self._lock:
-      self._items.clear()
-
 
 def array_key(x: Any) -> tuple:
   """A hashable stand-in for an array's value (dtype, shape, bytes)."""
