@@ -5,6 +5,7 @@ import importlib.util
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -19,6 +20,9 @@ os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"megraph-jax-tests-xla-cache-{os.getuid()}")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Bounded (least recently used entries go first): on a machine that keeps /tmp, runs of changing code would otherwise
+# add to it without end. One cold run of the suite writes about CACHE_GB_PER_RUN.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
@@ -131,6 +135,22 @@ def _matmul_precision(request):
 
   with numerics.compute_settings(precision=marker.args[0]):
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_temp_dir():
+  """Local Ray clusters started by the tests (subprocesses: ``tests/sweep_files.sweep_env`` passes RAY_TMPDIR on)
+  keep their session folders (logs, sockets) here, removed at the end, instead of in /tmp/ray, where they stay. Short:
+  Ray's socket paths must fit in 107 bytes."""
+  path = tempfile.mkdtemp(prefix="megraph-ray-")
+  before = os.environ.get("RAY_TMPDIR")
+  os.environ["RAY_TMPDIR"] = path
+  yield path
+  if before is None:
+    os.environ.pop("RAY_TMPDIR", None)
+  else:
+    os.environ["RAY_TMPDIR"] = before
+  shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,8 @@ def sweep_env(**extra: str) -> dict[str, str]:
   """Environment of a sweep subprocess: CPU JAX, this repository importable (also by Ray's workers)."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MEGRAPH_", "XLA_FLAGS", "RAY_"))}
+  if "RAY_TMPDIR" in os.environ:  # the suite's own folder for Ray's session files (conftest), removed at its end
+    env["RAY_TMPDIR"] = os.environ["RAY_TMPDIR"]
   # RAY_worker_niceness: Ray starts workers at nice 15, which starves them next to any other load on a CI machine.
   env.update(
     JAX_PLATFORMS="cpu",
