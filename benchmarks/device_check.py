@@ -452,13 +452,18 @@ def _rows_by_file(path: str) -> dict[str, collections.Counter]:
 
 
 def part_predict(settings: Settings, report: Report) -> None:
+  """The predict CLI on a photo and a clip, without and (where MTCNN imports) with face alignment."""
+  with tempfile.TemporaryDirectory(prefix="device_check_predict_") as tmp:
+    _predict_in(tmp, settings, report)
+
+
+def _predict_in(tmp: str, settings: Settings, report: Report) -> None:
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
   from megraph_jax.data import synthetic_video  # pylint: disable=import-outside-toplevel
   from megraph_jax.predict import predictor  # pylint: disable=import-outside-toplevel
 
   result = report.data.setdefault("predict", {"runs": []})
-  tmp = tempfile.mkdtemp(prefix="device_check_predict_")
   tiny = settings.size == "tiny"
   frames = 3 if tiny else 8
   width, height, face = (256, 192, 120) if tiny else (640, 360, 150)

@@ -129,7 +129,12 @@ def main(argv=None):
     return _memory_child(*args.memory_child, args.batch)
   if args.official:  # torchvision crashes when imported after TensorFlow (which MTCNN loads): import it first
     import torchvision  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
-  tmp = tempfile.mkdtemp(prefix="predict_video_")
+  with tempfile.TemporaryDirectory(prefix="predict_video_") as tmp:
+    _measure(args, tmp, on_cpu)
+
+
+def _measure(args: argparse.Namespace, tmp: str, on_cpu: bool) -> None:
+  """The figures, with the clip and the CSVs in ``tmp``."""
   video = synthetic_video.write(os.path.join(tmp, "clip.mp4"), args.frames, faces=args.faces, seed=2)
   print(f"devices: {jax.devices()}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
   print(f"video: 640x360, {args.frames} frames, {args.faces} face(s); {args.backbone} stage 2, batch {args.batch}")

@@ -12,6 +12,7 @@ compile once in all, and not at all where another file compiled the tiny stage 1
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -63,7 +64,7 @@ def _results(root: str, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory, synthetic_cache):
-  """Runs the sweep one by one (reference) and on Ray with one worker killed; returns both roots and the kill."""
+  """Runs the sweep one by one (reference) and on Ray with one worker killed; gives both roots and the kill."""
   tmp = tmp_path_factory.mktemp("ray_sweep")
   sweep = _sweep_file(tmp, synthetic_cache)
   ref, on_ray = str(tmp / "one_by_one"), str(tmp / "ray")
@@ -120,7 +121,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
       proc.wait()
   assert proc.returncode == 4, out[-4000:]
   print(f"one by one {t_seq:.0f} s, on Ray {time.time() - t0:.0f} s")
-  return {
+  yield {
     "ref": ref,
     "ray": on_ray,
     "killed": killed,
@@ -130,6 +131,7 @@ def sweeps(tmp_path_factory, synthetic_cache):
     "sweep": sweep,
     "seq_stderr": seq.stderr,
   }
+  shutil.rmtree(tmp, ignore_errors=True)  # ~0.7 GB of checkpoints: not kept to the end of the session
 
 
 def test_ray_sweep_matches_one_by_one(sweeps):
