@@ -54,21 +54,24 @@ def test_bfloat16_matches_float32(stage):
   f32, b16 = _pair(stage)
   x, y = _batch()
   # The bf16 path really computes in bf16 (else the comparison below would be vacuous) ...
-  assert b16.features(x).dtype == jnp.bfloat16 and f32.features(x).dtype == jnp.float32
+  features = nnx.jit(lambda m, x: m.features(x))
+  assert features(b16, x).dtype == jnp.bfloat16 and features(f32, x).dtype == jnp.float32
   # ... while parameters and BatchNorm statistics stay float32.
   assert {v.dtype for v in jax.tree.leaves(nnx.state(b16, nnx.Param))} == {jnp.dtype("float32")}
   assert {v.dtype for v in jax.tree.leaves(nnx.state(b16, nnx.BatchStat))} == {jnp.dtype("float32")}
 
   f32.train()
   b16.train()
-  p32, p16 = f32(x)["au_probs"], b16(x)["au_probs"]
+  probs = nnx.jit(lambda m, x: m(x)["au_probs"])  # jitted: one program each (eager: hundreds of op compiles)
+  p32, p16 = probs(f32, x), probs(b16, x)
   err = float(jnp.max(jnp.abs(p32 - p16.astype(jnp.float32))))
   assert 0.0 < err < 3e-2, err
   f32, b16 = _pair(stage)  # fresh running statistics for the comparison below
   f32.train()
   b16.train()
-  l32, g32 = nnx.value_and_grad(_loss)(f32, x, y)
-  l16, g16 = nnx.value_and_grad(_loss)(b16, x, y)
+  value_and_grad = nnx.jit(nnx.value_and_grad(_loss))
+  l32, g32 = value_and_grad(f32, x, y)
+  l16, g16 = value_and_grad(b16, x, y)
   assert abs(float(l16) - float(l32)) < 1e-2 * abs(float(l32))
   assert {v.dtype for v in jax.tree.leaves(g16)} == {jnp.dtype("float32")}
   a = jnp.concatenate([v.ravel() for v in jax.tree.leaves(g32)])
