@@ -19,21 +19,26 @@ def _images(b: int, size: int, seed: int = 0) -> jax.Array:
 def _grads_and_state(model: nnx.Module, loss, remat: bool):
   model.set_attributes(remat=remat, raise_if_not_found=False)
   model.train()
-  grads = nnx.grad(loss)(model)
+  grads = nnx.jit(nnx.grad(loss))(model)  # jitted, as training runs it (op by op: hundreds of op compiles)
   return (
     dict(nnx.to_flat_state(nnx.state(grads, nnx.Param))),
     dict(nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.Param)))),
   )
 
 
-def _assert_same(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-7) -> None:
+def _assert_same(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+  """Equal to float32 noise: the two programs differ (remat recomputes), so sums may round apart by ~1e-7 of a
+  leaf's largest value (``atol`` is relative to it); RNG keys and counters exactly."""
   assert a.keys() == b.keys()
   for path, v in a.items():
     x, y = b[path][...], v[...]
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       x, y = jax.random.key_data(x), jax.random.key_data(y)
     x, y = np.asarray(x), np.asarray(y)
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=str(path))
+    if not np.issubdtype(y.dtype, np.floating):
+      np.testing.assert_array_equal(x, y, err_msg=str(path))
+      continue
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol * float(np.abs(y).max(initial=0.0)), err_msg=str(path))
 
 
 def test_resnet_remat_same_gradients_and_batch_statistics():
