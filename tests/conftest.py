@@ -143,13 +143,9 @@ def _ray_temp_dir():
   keep their session folders (logs, sockets) here, removed at the end, instead of in /tmp/ray, where they stay. Short:
   Ray's socket paths must fit in 107 bytes."""
   path = tempfile.mkdtemp(prefix="megraph-ray-")
-  before = os.environ.get("RAY_TMPDIR")
-  os.environ["RAY_TMPDIR"] = path
-  yield path
-  if before is None:
-    os.environ.pop("RAY_TMPDIR", None)
-  else:
-    os.environ["RAY_TMPDIR"] = before
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("RAY_TMPDIR", path)
+    yield path
   shutil.rmtree(path, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ import textwrap
 
 import ml_collections
 import numpy as np
+from flax import nnx
 from PIL import Image
 
 from megraph_jax import task
@@ -25,6 +26,11 @@ from golden_cases import (  # noqa: E402,F401
   seeded_state_dict,
   write_official_pth,
 )
+
+# A model's call jitted, as training and predict run it: one program per model structure and input (run op by op,
+# a ResNet forward compiles hundreds of one-op programs). Equal structures share the program, so a loaded or
+# converted model and its source compare bit for bit. nnx.jit carries train-mode BatchNorm updates back.
+forward = nnx.jit(lambda model, *args: model(*args))
 
 TINY_AUS = ("AU1", "AU2", "AU6", "AU12")
 TINY_SYNTHETIC = dict(num_subjects=3, frames_per_subject=16, image_size=40, seed=0)  # fold 1: 32 train, 16 test

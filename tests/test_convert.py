@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import forward
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -83,11 +84,6 @@ def _official_checkpoint(tmp_path, stage, prefix="module.", extra=None):
   return path, tv, head
 
 
-# Our forwards jitted, as predict runs them: one program each (op by op: hundreds of op compiles); models of equal
-# structure share the program, so a converted model and its source still compare bit for bit.
-_forward = nnx.jit(lambda m, x: m(x))
-
-
 def _reference(tv, head, stage, images):
   """torchvision backbone -> our head loaded with the same tensors (head verified against golden files)."""
   with torch.no_grad():
@@ -104,7 +100,7 @@ def test_from_official_matches_torchvision_backbone_plus_head(tmp_path, stage, p
   path, tv, head = _official_checkpoint(tmp_path, stage, prefix)
   model, _ = loader.load(path, backbone="resnet18", num_aus=N, stage=stage, img_size=64)
   images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("f4")
-  ours = _forward(model, jnp.asarray(images))
+  ours = forward(model, jnp.asarray(images))
   ref = _reference(tv, head, stage, images)
   assert ours["au_probs"].shape == (2, N)
   np.testing.assert_allclose(np.asarray(ours["au_probs"]), np.asarray(ref["au_probs"]), atol=1e-4)
@@ -155,7 +151,7 @@ def test_cli_writes_a_checkpoint_that_loads(tmp_path):
   ref, _ = loader.load(path, backbone="resnet18", num_aus=N, stage=2, img_size=64)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype("f4"))
   np.testing.assert_array_equal(
-    np.asarray(_forward(model, images)["au_probs"]), np.asarray(_forward(ref, images)["au_probs"])
+    np.asarray(forward(model, images)["au_probs"]), np.asarray(forward(ref, images)["au_probs"])
   )
   with pytest.raises(FileNotFoundError, match="model.json"):
     loader.load(tmp_path)

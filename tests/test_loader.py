@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from helpers import forward
 from PIL import Image
 
 from megraph_jax import checkpointing, convert, loader
@@ -26,11 +27,6 @@ SPECS = [
   ModelSpec("resnet18", 4, 1, img_size=IMG, head="baseline", au_names=("AU1", "AU2", "AU4", "AU6")),
   ModelSpec("resnet18", 4, 2, img_size=IMG, gnn_layers=1, dtype="bfloat16"),
 ]
-
-
-# Jitted: one program per model structure and input (op by op, a ResNet forward compiles hundreds of ops); equal
-# structures share the program, so a loaded model and its source still compare bit for bit.
-_probs = nnx.jit(lambda m, x: m(x)["au_probs"])
 
 
 def _images(n=2, seed=0):
@@ -129,13 +125,13 @@ def test_stage_dir_best_latest_and_float64(tmp_path):
   ):
     model, got_spec = loader.load(path, **kw)
     assert got_spec == spec and isinstance(model, Stage1Model)
-    np.testing.assert_array_equal(np.asarray(_probs(model, x)), np.asarray(_probs(want, x)))
+    np.testing.assert_array_equal(np.asarray(forward(model, x)["au_probs"]), np.asarray(forward(want, x)["au_probs"]))
   with jax.enable_x64(True):
     model, got_spec = loader.load(stage_dir, dtype=jnp.float64)
     assert got_spec.dtype == "float64" and {p.dtype for p in _params(model)} == {jnp.dtype("float64")}
-    probs = _probs(model, x.astype(jnp.float64))
+    probs = forward(model, x.astype(jnp.float64))["au_probs"]
     assert probs.dtype == jnp.float64
-    np.testing.assert_allclose(np.asarray(probs), np.asarray(_probs(a, x)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(probs), np.asarray(forward(a, x)["au_probs"]), atol=1e-5)
 
 
 def test_official_pth_float64(tmp_path):
@@ -150,7 +146,8 @@ def test_official_pth_float64(tmp_path):
     assert spec64 == spec.replace(dtype="float64")
     assert {p.dtype for p in _params(model)} == {jnp.dtype("float64")}
     x = _images()
-    np.testing.assert_allclose(np.asarray(_probs(model, x.astype(jnp.float64))), np.asarray(_probs(ref, x)), atol=1e-5)
+    probs = forward(model, x.astype(jnp.float64))["au_probs"]
+    np.testing.assert_allclose(np.asarray(probs), np.asarray(forward(ref, x)["au_probs"]), atol=1e-5)
 
 
 def _predict_one(tmp_path, ckpt):
@@ -173,7 +170,7 @@ def test_no_fgg_and_baseline_stage1_convert_and_predict(tmp_path, head, use_fgg)
   model, got = loader.load(out)
   assert got == spec and isinstance(model, BaselineModel if head == "baseline" else Stage1Model)
   x = _images()
-  np.testing.assert_array_equal(np.asarray(_probs(model, x)), np.asarray(_probs(a, x)))
+  np.testing.assert_array_equal(np.asarray(forward(model, x)["au_probs"]), np.asarray(forward(a, x)["au_probs"]))
   row, p = _predict_one(tmp_path, out)
   assert row["status"] == "ok" and list(row["probs"]) == ["A", "B", "C", "D"]
   np.testing.assert_allclose(p.probs, [row["probs"][k] for k in "ABCD"], atol=1e-4)

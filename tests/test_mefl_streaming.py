@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import forward
 
 from megraph_jax.models.mefl import MEFL
 
@@ -44,7 +45,6 @@ def test_outputs_and_running_statistics_equal(train):
   u, x = _inputs()
   for m in (direct, stream):
     m.train() if train else m.eval()
-  forward = nnx.jit(lambda m, u, x: m(u, x))  # one program each (op by op: many op compiles, ~4x slower cold)
   out_d, out_s = forward(direct, u, x), forward(stream, u, x)
   assert out_s.shape == (B, N * N, C)
   assert _rel(out_s, out_d) <= 1e-5, _rel(out_s, out_d)

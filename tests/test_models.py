@@ -5,16 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import forward
 
 from megraph_jax.models.megraph import Stage1Model, Stage2Model
 from megraph_jax.models.trunk import init_stage2_from_stage1
 
 IMG = 32
-
-
-# Jitted: one program per model and shape (run op by op, a ResNet-18 forward compiles hundreds of ops, ~30 s cold).
-# nnx.jit carries a train-mode forward's BatchNorm updates back to the module, as a plain call does.
-_forward = nnx.jit(lambda m, x: m(x))
 
 
 def _images(b=3, seed=0):
@@ -34,7 +30,7 @@ def stage2():
 def test_call_contract(stage1, stage2):
   stage1.eval()
   stage2.eval()
-  o1, o2 = _forward(stage1, _images()), _forward(stage2, _images())
+  o1, o2 = forward(stage1, _images()), forward(stage2, _images())
   assert o1["au_probs"].shape == (3, 5) and o2["au_probs"].shape == (3, 5)
   assert o2["edge_logits"].shape == (3, 25, 4)
   for o in (o1, o2):
@@ -50,11 +46,11 @@ def test_train_mode_uses_batch_statistics_and_updates_them(stage2):
   x = _images()
   stage2.eval()
   before = jax.tree.map(np.asarray, nnx.state(stage2, nnx.BatchStat))
-  e1 = np.asarray(_forward(stage2, x)["au_probs"])
+  e1 = np.asarray(forward(stage2, x)["au_probs"])
   after_eval = jax.tree.map(np.asarray, nnx.state(stage2, nnx.BatchStat))
   jax.tree.map(np.testing.assert_array_equal, before, after_eval)  # eval never touches statistics
   stage2.train()
-  t1 = np.asarray(_forward(stage2, x)["au_probs"])
+  t1 = np.asarray(forward(stage2, x)["au_probs"])
   after_train = jax.tree.map(np.asarray, nnx.state(stage2, nnx.BatchStat))
   changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after_train))
   assert all(changed), "every BatchNorm's running statistics move in a train-mode forward"
@@ -66,19 +62,19 @@ def test_train_mode_uses_batch_statistics_and_updates_them(stage2):
 def test_any_number_of_aus(n):
   m = Stage2Model("resnet18", n, rngs=nnx.Rngs(0))
   m.eval()
-  o = _forward(m, _images(2))
+  o = forward(m, _images(2))
   assert o["au_probs"].shape == (2, n) and o["edge_logits"].shape == (2, n * n, 4)
 
 
 def test_bfloat16_compute_keeps_float32_parameters(stage2):
   """bf16 compute vs fp32 on the same parameters: |diff| of au_probs <= 0.05 (probabilities)."""
   stage2.eval()
-  ref = np.asarray(_forward(stage2, _images())["au_probs"])
+  ref = np.asarray(forward(stage2, _images())["au_probs"])
   m16 = Stage2Model("resnet18", 5, dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
   nnx.update(m16, nnx.state(stage2))
   m16.eval()
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(m16, nnx.Param)))
-  out = np.asarray(_forward(m16, _images())["au_probs"], dtype=np.float32)
+  out = np.asarray(forward(m16, _images())["au_probs"], dtype=np.float32)
   assert np.abs(out - ref).max() <= 0.05, np.abs(out - ref).max()
 
 
@@ -105,11 +101,11 @@ def test_ablation_variants():
 
   m = Stage1Model("resnet18", 4, use_fgg=False, rngs=nnx.Rngs(0))
   m.eval()
-  o = _forward(m, _images(2))
+  o = forward(m, _images(2))
   assert o["au_probs"].shape == (2, 4) and "adjacency" not in o and m.fgg is None
   b = BaselineModel("resnet18", 4, rngs=nnx.Rngs(0))
   b.eval()
-  p = np.asarray(_forward(b, _images(2))["au_probs"])
+  p = np.asarray(forward(b, _images(2))["au_probs"])
   assert p.shape == (2, 4) and np.all((p > 0) & (p < 1))
 
 

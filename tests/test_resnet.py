@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import forward
 
 from megraph_jax.models.resnet import ResNet, resnet
 from megraph_jax.weights.common import StateDict
@@ -18,8 +19,6 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 _TOL = 1e-4  # fp32 max abs diff; outputs are O(1) (max |y| ~ 2).
-# Our forwards jitted, as training and predict run them: one program each (op by op, hundreds of op compiles).
-_forward = nnx.jit(lambda m, x: m(x))
 
 
 def _torchvision(name: str, seed: int = 0):
@@ -75,7 +74,7 @@ def test_eval_parity(name, channels, tv18):
   x_t, x_j = _inputs()
   with torch.no_grad():
     ref = _torch_tokens(tv, x_t)
-  y = np.asarray(_forward(model, x_j))
+  y = np.asarray(forward(model, x_j))
   assert y.shape == ref.shape == (2, 4, channels)
   diff = float(np.abs(y - ref).max())
   assert diff <= _TOL, f"{name}: max abs diff {diff:.3g} (max |ref| {np.abs(ref).max():.3g})"
@@ -118,7 +117,7 @@ def test_torchvision_pth_roundtrip(tv18, tmp_path):
   x_t, x_j = _inputs(1)
   with torch.no_grad():
     ref = _torch_tokens(tv18, x_t)
-  diff = float(np.abs(np.asarray(_forward(model, x_j)) - ref).max())
+  diff = float(np.abs(np.asarray(forward(model, x_j)) - ref).max())
   assert diff <= _TOL, f"max abs diff {diff:.3g}"
   # Any key other than fc.* that the model does not use is an error naming it.
   extra = dict(tv18.state_dict())
@@ -135,9 +134,9 @@ def test_bf16_compute_close_to_fp32(tv18):
   model.eval()
   assert model.conv1.kernel.dtype == jnp.float32  # params stay float32
   _, x = _inputs(2)
-  y = _forward(model, x)
+  y = forward(model, x)
   assert y.dtype == jnp.bfloat16
-  ref = np.asarray(_forward(ref_model, x))
+  ref = np.asarray(forward(ref_model, x))
   diff = float(np.abs(np.asarray(y, np.float32) - ref).max())
   # bf16 has ~3 significant digits; 17 layers compound it. Loose: 5% of the output range.
   assert diff <= 0.05 * np.abs(ref).max(), f"bf16 vs fp32 max abs diff {diff:.3g} (max |ref| {np.abs(ref).max():.3g})"
@@ -159,7 +158,7 @@ def test_train_mode_batch_stats():
   x_t, x_j = _inputs(3)
   with torch.no_grad():
     ref = _torch_tokens(tv, x_t)
-  y = np.asarray(_forward(model, x_j))
+  y = np.asarray(forward(model, x_j))
   diff = float(np.abs(y - ref).max())
   assert diff <= _TOL, f"train-mode output max abs diff {diff:.3g}"
   stat_diff = 0.0
@@ -188,4 +187,4 @@ def test_loads_into_an_abstract_model(tv18):
   x_t, x_j = _inputs(1)
   with torch.no_grad():
     ref = _torch_tokens(tv18, x_t)
-  assert float(np.abs(np.asarray(_forward(model, x_j)) - ref).max()) <= _TOL
+  assert float(np.abs(np.asarray(forward(model, x_j)) - ref).max()) <= _TOL
